@@ -1,0 +1,114 @@
+"""Find the `tritonserver` binary that nvidia-pytriton ships and make it runnable.
+
+The wheel carries a real Triton 2.51 server, its Python backend and one backend
+stub per Python minor version. The server loads the backend from a *backend
+directory*, and the stub in that directory must match the Python that will run
+`model.py` (this venv's). We never write into site-packages: the backend tree is
+copied once into a cache folder with the right stub beside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class LauncherError(RuntimeError):
+    """A problem the operator can fix (missing binary, busy port, bad path)."""
+
+
+@dataclass(frozen=True)
+class TritonDistribution:
+    """Where the server binary, its libraries and the prepared backends live."""
+
+    binary: Path
+    backend_directory: Path
+    library_paths: tuple[Path, ...]
+    python_bin: Path
+
+    def environment(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        """Environment for the server process.
+
+        libpython and the wheel's bundled libraries go on LD_LIBRARY_PATH so the
+        stub can load; this venv's `bin` goes first on PATH so the stub runs
+        model.py with this venv's interpreter and site-packages.
+        """
+        env = dict(os.environ if base is None else base)
+        libs = [str(p) for p in self.library_paths]
+        if env.get("LD_LIBRARY_PATH"):
+            libs.append(env["LD_LIBRARY_PATH"])
+        env["LD_LIBRARY_PATH"] = ":".join(libs)
+        env["PATH"] = f"{self.python_bin}:{env.get('PATH', '')}"
+        return env
+
+
+def _pytriton_root() -> Path:
+    try:
+        import pytriton  # noqa: PLC0415 - only needed to locate the wheel
+    except ImportError as exc:  # pragma: no cover - dependency of the package
+        raise LauncherError(
+            "nvidia-pytriton is not installed: it ships the tritonserver binary "
+            "(pip install nvidia-pytriton), or pass --tritonserver PATH"
+        ) from exc
+    return Path(pytriton.__file__).resolve().parent
+
+
+def _cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "helmrec"
+
+
+def _python_version() -> str:
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def _prepare_backends(dist_root: Path) -> Path:
+    """Copy the Python backend with this interpreter's stub into the cache.
+
+    The copy is keyed by the wheel's location and the Python version so two
+    venvs never share a stub built for the wrong interpreter.
+    """
+    stub = dist_root / "python_backend_stubs" / _python_version() / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise LauncherError(
+            f"no Python backend stub for Python {_python_version()} in {stub.parent.parent} "
+            "(nvidia-pytriton ships stubs for 3.8-3.13)"
+        )
+    key = f"{hashlib.sha1(str(dist_root).encode()).hexdigest()[:10]}-py{_python_version()}"
+    target = _cache_root() / "backends" / key
+    python_dir = target / "python"
+    marker = python_dir / "triton_python_backend_stub"
+    if marker.is_file() and marker.stat().st_size == stub.stat().st_size:
+        return target
+    staging = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(dist_root / "backends", staging)
+    shutil.copy2(stub, staging / "python" / "triton_python_backend_stub")
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(staging, target)  # atomic: a concurrent launcher sees old or new, never half
+    return target
+
+
+def locate(tritonserver: str | os.PathLike[str] | None = None) -> TritonDistribution:
+    """Find the server to run: the given binary, or the one inside nvidia-pytriton."""
+    python_bin = Path(sys.executable).parent
+    libpython_dir = Path(sysconfig.get_config_var("LIBDIR") or sys.base_prefix + "/lib")
+    if tritonserver is not None:
+        binary = Path(tritonserver)
+        if not binary.is_file() or not os.access(binary, os.X_OK):
+            raise LauncherError(f"--tritonserver {binary}: no executable file there")
+        # The official container keeps its backends next to the binary.
+        backends = binary.resolve().parent.parent / "backends"
+        return TritonDistribution(binary, backends, (libpython_dir,), python_bin)
+    root = _pytriton_root()
+    dist_root = root / "tritonserver"
+    binary = dist_root / "bin" / "tritonserver"
+    if not binary.is_file():
+        raise LauncherError(f"the tritonserver binary is missing from nvidia-pytriton at {binary}")
+    libs = root.parent / "nvidia_pytriton.libs"
+    return TritonDistribution(binary, _prepare_backends(dist_root), (libpython_dir, libs), python_bin)

@@ -1,0 +1,208 @@
+"""Run one `tritonserver` process on loopback ports and stop it reliably.
+
+Used by `helmrec serve`, the tests, the router's tests and the benchmarks, so
+every caller gets the same guarantees: ports are chosen or checked before the
+start, `start()` returns only when the server says it is ready (or raises with
+the tail of its log), and `stop()` always leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from python_backend.launcher.binary import LauncherError, TritonDistribution, locate
+
+DEVICES = ("cpu", "cuda", "auto")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the kernel just handed out; it is released before tritonserver binds it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _check_port(host: str, port: int, what: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise LauncherError(f"--{what}-port {port}: {host}:{port} is already in use ({exc.strerror})") from None
+
+
+@dataclass
+class TritonServer:
+    """A `tritonserver` child process serving one model repository.
+
+    Port 0 means "pick a free loopback port". `device` reaches the models as the
+    HELMREC_DEVICE environment variable ("auto" lets each model use CUDA when
+    torch sees a GPU).
+    """
+
+    model_repository: str | os.PathLike[str]
+    device: str = "auto"
+    http_port: int = 0
+    grpc_port: int = 0
+    metrics_port: int = 0
+    host: str = "127.0.0.1"
+    tritonserver: str | os.PathLike[str] | None = None
+    startup_timeout_s: float = 180.0
+    log_verbose: int = 0
+    extra_env: dict[str, str] = field(default_factory=dict)
+    extra_args: tuple[str, ...] = ()
+
+    _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    _log_path: Path | None = field(default=None, init=False, repr=False)
+
+    # -- endpoints -----------------------------------------------------------------
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.host}:{self.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.metrics_port}/metrics"
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    @property
+    def log_path(self) -> Path | None:
+        return self._log_path
+
+    def log(self) -> str:
+        """Everything the server has written so far (stdout and stderr)."""
+        if self._log_path is None or not self._log_path.exists():
+            return ""
+        return self._log_path.read_text(errors="replace")
+
+    # -- lifecycle -----------------------------------------------------------------
+    def _command(self, dist: TritonDistribution) -> list[str]:
+        return [
+            str(dist.binary),
+            f"--model-repository={Path(self.model_repository).resolve()}",
+            f"--backend-directory={dist.backend_directory}",
+            f"--http-address={self.host}",
+            f"--http-port={self.http_port}",
+            f"--grpc-address={self.host}",
+            f"--grpc-port={self.grpc_port}",
+            f"--metrics-address={self.host}",
+            f"--metrics-port={self.metrics_port}",
+            "--allow-metrics=true",
+            "--allow-gpu-metrics=false",
+            "--exit-on-error=true",
+            "--strict-readiness=true",
+            f"--log-verbose={self.log_verbose}",
+            *self.extra_args,
+        ]
+
+    def start(self) -> "TritonServer":
+        repo = Path(self.model_repository)
+        if not repo.is_dir():
+            raise LauncherError(f"--model-repository {repo}: no such directory")
+        if self.device not in DEVICES:
+            raise LauncherError(f"--device {self.device}: expected one of {', '.join(DEVICES)}")
+        dist = locate(self.tritonserver)
+        for what in ("http", "grpc", "metrics"):
+            port = getattr(self, f"{what}_port")
+            if port:
+                _check_port(self.host, port, what)
+            else:
+                setattr(self, f"{what}_port", free_port(self.host))
+        env = dist.environment()
+        env["HELMREC_DEVICE"] = self.device
+        env.update(self.extra_env)
+        fd, log_name = tempfile.mkstemp(prefix="tritonserver-", suffix=".log")
+        self._log_path = Path(log_name)
+        with os.fdopen(fd, "wb") as log_file:
+            self._proc = subprocess.Popen(  # noqa: S603 - our own binary and arguments
+                self._command(dist),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,  # Ctrl-C in a terminal reaches us; we forward it
+            )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _ready(self) -> bool:
+        url = f"http://{self.http_url}/v2/health/ready"
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as resp:  # noqa: S310 - loopback
+                return resp.status == 200
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout_s
+        assert self._proc is not None
+        while time.monotonic() < deadline:
+            code = self._proc.poll()
+            if code is not None:
+                raise LauncherError(f"tritonserver exited with code {code} while starting:\n{self._tail()}")
+            if self._ready():
+                return
+            time.sleep(0.2)
+        raise LauncherError(f"tritonserver not ready after {self.startup_timeout_s:.0f} s:\n{self._tail()}")
+
+    def _tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
+
+    def wait(self) -> int:
+        """Block until the server exits; its exit code."""
+        assert self._proc is not None, "server not started"
+        return self._proc.wait()
+
+    def send_signal(self, sig: int) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(sig)
+
+    def stop(self, timeout_s: float = 30.0) -> int | None:
+        """SIGTERM (Triton drains in-flight requests), then SIGKILL the whole group."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        # Python backend stubs are children of the server; none may outlive it.
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        return proc.returncode
+
+    def __enter__(self) -> "TritonServer":
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

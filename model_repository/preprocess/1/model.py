@@ -1,0 +1,5 @@
+"""Triton shim for `preprocess`: the logic lives in python_backend.serving.preprocess."""
+
+from python_backend.serving.preprocess import TritonPythonModel
+
+__all__ = ["TritonPythonModel"]

@@ -1,0 +1,57 @@
+"""Which network a model instance serves, and on which device.
+
+The weights file is the single source of the network's sizes: preprocess reads
+its limits from it and hstu/hstu_pool load the network from it, so config.pbtxt
+never repeats a number the weights already fix.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from python_backend.hstu.config import HSTUConfig
+from python_backend.hstu.model import HSTU
+from python_backend.hstu.weights import load
+from python_backend.serving.schema import Limits
+
+
+def resolve_device(requested: str, instance_kind: str, device_id: int) -> torch.device:
+    """`HELMREC_DEVICE` (set by `helmrec serve --device`) beats the config's `device` parameter.
+
+    "auto" takes the GPU when torch sees one, which is what an operator running
+    the repository in the official Triton container expects.
+    """
+    choice = os.environ.get("HELMREC_DEVICE", requested) or "auto"
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cpu":
+        return torch.device("cpu")
+    if choice == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("device 'cuda' was asked for, but torch sees no CUDA device")
+        return torch.device("cuda", device_id if instance_kind == "GPU" else 0)
+    raise ValueError(f"device must be cpu, cuda or auto, got {choice!r}")
+
+
+def read_limits(weights: Path) -> Limits:
+    """The request limits fixed by a weights file, without building the network."""
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights}: no trained weights; run `helmrec train-model` first")
+    blob = torch.load(weights, map_location="cpu", mmap=True, weights_only=True)
+    cfg = HSTUConfig.from_dict(blob["config"])
+    return Limits(
+        num_items=cfg.num_items,
+        num_actions=cfg.num_actions,
+        max_seq_len=cfg.max_seq_len,
+        max_candidates=cfg.max_candidates,
+    )
+
+
+def load_network(weights: Path, device: torch.device) -> HSTU:
+    """The trained network in eval mode on `device` (no silent random weights: load raises)."""
+    model = load(weights, device=str(device))
+    model.eval()
+    return model

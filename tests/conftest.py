@@ -1,0 +1,28 @@
+"""Shared fixtures: a real tritonserver on free loopback ports, always stopped.
+
+The served repository is a temporary copy of model_repository/ with freshly
+initialised weights of the `tiny` preset, so the suite never depends on a
+trained artefact and never writes into the checkout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from python_backend.launcher import TritonServer
+from python_backend.launcher.repository import stage_repository
+
+
+@pytest.fixture(scope="session")
+def tiny_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return stage_repository(tmp_path_factory.mktemp("repo") / "model_repository")
+
+
+@pytest.fixture(scope="session")
+def triton_server(tiny_repository: Path) -> Iterator[TritonServer]:
+    """One CPU tritonserver for the session's end-to-end tests."""
+    with TritonServer(model_repository=tiny_repository, device="cpu") as server:
+        yield server

@@ -1,0 +1,1 @@
+"""The HSTU generative-recommender network (config, model, weights, training, export)."""

@@ -1,0 +1,161 @@
+"""KV cache: per-user prefix K/V of every layer in KV pages, LRU over users.
+
+Paged like vLLM: a user's prefix of n tokens occupies ceil(n / tokens_per_page)
+pages listed in its block table, each page laid out [L, tokens_per_page, W].
+A cached prefix is reused only if it is a prefix of the request's history:
+same length-n token prefix, checked by a digest over (item id, timestamp,
+action) of each position, so a changed action or timestamp anywhere in the
+prefix is a miss, never a wrong answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from python_backend.pool.pages import PageAllocator, Side
+
+_TOKEN_BYTES = 3 * 8  # (item id, timestamp, action) as int64
+
+
+class HistoryTokens:
+    """A request's history as bytes, position-major, so a token prefix is a byte prefix."""
+
+    def __init__(self, ids: torch.Tensor, ts: torch.Tensor, actions: torch.Tensor) -> None:
+        packed = torch.stack([ids.to(torch.int64), ts.to(torch.int64), actions.to(torch.int64)], dim=1)
+        self._bytes = memoryview(packed.cpu().numpy().tobytes())
+        self.length = ids.numel()
+
+    def digest(self, length: int) -> bytes:
+        """Digest of the first `length` tokens (the length is part of it through the byte count)."""
+        return hashlib.blake2b(self._bytes[: length * _TOKEN_BYTES], digest_size=16).digest()
+
+
+@dataclass
+class KVEntry:
+    length: int
+    digest: bytes
+    pages: list[int]
+
+
+class KVCache:
+    def __init__(self, allocator: PageAllocator, pages: torch.Tensor) -> None:
+        """`pages` is the pool viewed as [num_pages, L, tokens_per_page, W] (a strided view, no copy)."""
+        self._alloc = allocator
+        self._pages = pages
+        self.tokens_per_page = pages.shape[2]
+        self._entries: OrderedDict[int, KVEntry] = OrderedDict()
+
+    @property
+    def cached_users(self) -> int:
+        return len(self._entries)
+
+    def match(self, user_id: int, tokens: HistoryTokens) -> tuple[int, bytes]:
+        """Length and digest of this user's cached prefix if it is a prefix of `tokens`, else (0, b"")."""
+        entry = self._entries.get(user_id)
+        if entry is None or entry.length > tokens.length:
+            return 0, b""
+        digest = tokens.digest(entry.length)
+        if digest != entry.digest:
+            return 0, b""
+        self._entries.move_to_end(user_id)
+        return entry.length, digest
+
+    def read(self, user_id: int, length: int) -> torch.Tensor:
+        """Copy the first `length` cached tokens out of the pool as [L, length, W]."""
+        entry = self._entries[user_id]
+        blocks = -(-length // self.tokens_per_page)
+        index = torch.tensor(entry.pages[:blocks], dtype=torch.int64, device=self._pages.device)
+        gathered = self._pages[index]  # [blocks, L, tpp, W]
+        layers, width = gathered.shape[1], gathered.shape[3]
+        return gathered.permute(1, 0, 2, 3).reshape(layers, blocks * self.tokens_per_page, width)[:, :length]
+
+    def store(self, user_id: int, kv: torch.Tensor, reused: int, reused_digest: bytes, digest: bytes) -> int:
+        """Cache `kv` [L, n, W] as this user's prefix; returns how many other users were evicted.
+
+        When the entry still holds the prefix this request reused, only the new
+        suffix is written (into the last page's spare tokens, then new pages);
+        otherwise (first request, history rewritten, or the entry was evicted
+        meanwhile) the entry is rebuilt. If even evicting every other user
+        leaves too few pages, the old entry is kept when still valid and the
+        new prefix is simply not cached.
+        """
+        length = kv.shape[1]
+        if length == 0:
+            return 0  # an empty history has nothing to reuse
+        entry = self._entries.get(user_id)
+        extendable = entry is not None and reused > 0 and entry.length == reused and entry.digest == reused_digest
+        if entry is not None and not extendable:
+            self._drop(user_id)
+            entry = None
+        start = reused if extendable else 0
+        have = len(entry.pages) if entry is not None else 0
+        need = -(-length // self.tokens_per_page) - have
+        evicted = self._make_room(need, protect=user_id)
+        if self._alloc.free_count(Side.KV) < need:
+            return evicted
+        if entry is None:
+            entry = KVEntry(length=0, digest=b"", pages=[])
+            self._entries[user_id] = entry
+        for _ in range(need):
+            page = self._alloc.allocate(Side.KV)
+            assert page is not None  # guaranteed by the free_count check above
+            entry.pages.append(page)
+        if length > start:
+            positions = torch.arange(start, length, device=self._pages.device)
+            table = torch.tensor(entry.pages, dtype=torch.int64, device=self._pages.device)
+            page_index = table[positions // self.tokens_per_page]
+            slot_index = positions % self.tokens_per_page
+            self._pages[page_index, :, slot_index] = kv[:, start:length].permute(1, 0, 2).to(self._pages.dtype)
+        entry.length, entry.digest = length, digest
+        self._entries.move_to_end(user_id)
+        return evicted
+
+    def release_pages(self, count: int) -> int:
+        """Evict least recently used users until `count` KV pages are free; returns users evicted."""
+        evicted = 0
+        while self._alloc.free_count(Side.KV) < count and self._entries:
+            self._drop(next(iter(self._entries)))
+            evicted += 1
+        return evicted
+
+    def cached_length(self, user_id: int) -> int:
+        entry = self._entries.get(user_id)
+        return entry.length if entry is not None else 0
+
+    def users(self) -> list[int]:
+        return list(self._entries)
+
+    def check(self) -> None:
+        """Raise if block tables overlap, point outside KV, or disagree with the allocator."""
+        seen: set[int] = set()
+        for user_id, entry in self._entries.items():
+            if len(entry.pages) != -(-entry.length // self.tokens_per_page) or entry.length <= 0:
+                raise AssertionError(f"user {user_id}: {len(entry.pages)} pages for {entry.length} tokens")
+            for page in entry.pages:
+                if page in seen:
+                    raise AssertionError(f"page {page} is in two block tables")
+                if self._alloc.owner(page) != Side.KV:
+                    raise AssertionError(f"user {user_id}'s page {page} is owned by EMB")
+                seen.add(page)
+        in_use = set(self._alloc.pages_in_use(Side.KV).tolist())
+        if in_use != seen:
+            raise AssertionError("KV pages in use differ from the pages in block tables")
+
+    def _make_room(self, need: int, protect: int) -> int:
+        evicted = 0
+        while self._alloc.free_count(Side.KV) < need:
+            victim = next((user for user in self._entries if user != protect), None)
+            if victim is None:
+                break
+            self._drop(victim)
+            evicted += 1
+        return evicted
+
+    def _drop(self, user_id: int) -> None:
+        for page in self._entries.pop(user_id).pages:
+            self._alloc.release(Side.KV, page)

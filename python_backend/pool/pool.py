@@ -1,0 +1,262 @@
+"""The pool: one allocation of `pool_bytes`, split by alpha between the two caches.
+
+Everything that touches pool state goes through this class and its lock; the
+ranker sees only `lookup` -> `PoolLookup` and `commit`, the controller only
+`set_alpha` and `stats`. Copies are placed so that nothing but a request's own
+missed rows ever sits on its critical path:
+
+- `set_alpha` only records a target; `step_moves` (background) moves at most
+  `max_move_pages_per_step` pages per call, evicting on the shrinking side
+  (metadata only) and handing over free pages. A move copies nothing.
+- `background_step` admits recently missed rows and refills free EMB slots
+  with the hottest absent rows, within a byte budget the caller throttles;
+  its H2D copy runs outside the lock.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from python_backend.pool.config import PoolConfig
+from python_backend.pool.emb_cache import EmbCache
+from python_backend.pool.host_table import HostTable
+from python_backend.pool.kv_cache import HistoryTokens, KVCache
+from python_backend.pool.pages import PageAllocator, Side
+from python_backend.pool.stats import PoolStats, StatsRecorder
+
+# Frequencies are halved after this many row lookups per slot of the whole
+# pool: long enough that a row's count reflects many requests, short enough
+# that a hot set that moved on stops defending its rows within a few windows.
+_AGING_LOOKUPS_PER_SLOT = 8
+# Missed ids wait for admission in a bounded queue; beyond this many per pool
+# slot the oldest are forgotten (they come back on their next miss).
+_ADMIT_QUEUE_PER_SLOT = 2
+
+
+@dataclass(frozen=True)
+class PoolLookup:
+    """What a request gets from the pool: its reusable KV prefix and its embeddings.
+
+    Every tensor is a fresh copy on the pool's device; none aliases pool
+    pages, so later evictions cannot change what the request computes with.
+    """
+
+    prefix_len: int
+    prefix_digest: bytes
+    prefix_kv: torch.Tensor | None  # [L, prefix_len, W] or None when prefix_len == 0
+    suffix_emb: torch.Tensor  # [n - prefix_len, D] rows of the history not covered by the prefix
+    cand_emb: torch.Tensor  # [c, D]
+    miss_ids: np.ndarray  # ids gathered from the host table (queued for admission at commit)
+    lookup_s: float
+
+
+class Pool:
+    def __init__(self, config: PoolConfig, host_table: HostTable, kv_layers: int, kv_width: int, kv_dtype: torch.dtype) -> None:
+        self.config = config
+        self.device = torch.device(config.device)
+        self.host_table = host_table
+        self.num_pages = config.num_pages
+        page_bytes = config.page_bytes
+
+        row_bytes = host_table.row_bytes
+        rows_per_page = page_bytes // row_bytes
+        if rows_per_page < 1:
+            raise ValueError(f"page_bytes ({page_bytes}) is smaller than one embedding row ({row_bytes} bytes)")
+        token_bytes = kv_layers * kv_width * torch.empty(0, dtype=kv_dtype).element_size()
+        tokens_per_page = page_bytes // token_bytes
+        if tokens_per_page < 1:
+            raise ValueError(
+                f"page_bytes ({page_bytes}) is smaller than one KV token of all {kv_layers} layers ({token_bytes} bytes)"
+            )
+
+        # THE allocation. Both caches are strided views of it; nothing else holds pool memory.
+        self.storage = torch.zeros(config.pool_bytes, dtype=torch.uint8, device=self.device)
+        paged = self.storage[: self.num_pages * page_bytes]
+        emb_flat = paged.view(host_table.dtype)
+        emb_page_elems = page_bytes // host_table.table.element_size()
+        emb_rows = emb_flat.as_strided(
+            (self.num_pages, rows_per_page, host_table.width), (emb_page_elems, host_table.width, 1)
+        )
+        kv_flat = paged.view(kv_dtype)
+        kv_page_elems = page_bytes // kv_flat.element_size()
+        kv_pages = kv_flat.as_strided(
+            (self.num_pages, kv_layers, tokens_per_page, kv_width),
+            (kv_page_elems, tokens_per_page * kv_width, kv_width, 1),
+        )
+
+        emb_pages = _pages_for(config.alpha, self.num_pages)
+        self._alloc = PageAllocator(self.num_pages, emb_pages)
+        num_slots = self.num_pages * rows_per_page
+        self.emb_cache = EmbCache(
+            self._alloc, emb_rows, host_table.num_items, aging_lookups=_AGING_LOOKUPS_PER_SLOT * num_slots
+        )
+        self.kv_cache = KVCache(self._alloc, kv_pages)
+        self._target_emb_pages = emb_pages
+        self._admit_queue: deque[int] = deque(maxlen=_ADMIT_QUEUE_PER_SLOT * num_slots)
+        self._stats = StatsRecorder()
+        self.lock = threading.Lock()
+
+    # -- geometry --------------------------------------------------------------------------------
+    @property
+    def rows_per_page(self) -> int:
+        return self.emb_cache.rows_per_page
+
+    @property
+    def tokens_per_page(self) -> int:
+        return self.kv_cache.tokens_per_page
+
+    # -- alpha -----------------------------------------------------------------------------------
+    @property
+    def alpha(self) -> float:
+        """The split in effect now: EMB pages / all pages (lags `target_alpha` while a move runs)."""
+        return self._alloc.pages(Side.EMB) / self.num_pages
+
+    @property
+    def target_alpha(self) -> float:
+        return self._target_emb_pages / self.num_pages
+
+    def set_alpha(self, alpha: float) -> None:
+        """Record the split to move toward; `step_moves` does the moving, off the request path."""
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+            raise ValueError(f"alpha must be a finite number, got {alpha!r}")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        with self.lock:
+            self._target_emb_pages = _pages_for(alpha, self.num_pages)
+
+    def step_moves(self) -> int:
+        """Move at most `max_move_pages_per_step` pages toward the target; returns pages moved."""
+        with self.lock:
+            gap = self._target_emb_pages - self._alloc.pages(Side.EMB)
+            if gap == 0:
+                return 0
+            count = min(abs(gap), self.config.max_move_pages_per_step)
+            if gap > 0:  # KV shrinks: evict LRU users until enough KV pages are free
+                src = Side.KV
+                self._stats.kv_evictions += self.kv_cache.release_pages(count)
+            else:  # EMB shrinks: free whole pages, cheapest rows first
+                src = Side.EMB
+                short = count - self._alloc.free_count(Side.EMB)
+                if short > 0:
+                    self._stats.emb_evictions += self.emb_cache.release_pages(short)[1]
+            return self._alloc.transfer_free(src, count)
+
+    # -- request path ------------------------------------------------------------------------------
+    def lookup(self, user_id: int, tokens: HistoryTokens, hist_ids: torch.Tensor, cand_ids: torch.Tensor) -> PoolLookup:
+        """KV prefix match, then EMB lookup of the uncovered history suffix and the candidates.
+
+        Hits are copied out of the pool under the lock; misses are gathered from
+        the host table after it is released (the only critical-path H2D copy).
+        """
+        start = time.perf_counter()
+        with self.lock:
+            prefix_len, prefix_digest = self.kv_cache.match(user_id, tokens)
+            need = torch.cat([hist_ids[prefix_len:], cand_ids]).cpu().numpy()
+            slots = self.emb_cache.lookup(need)
+            hit = slots >= 0
+            hit_rows = self.emb_cache.gather(slots[hit])
+            prefix_kv = self.kv_cache.read(user_id, prefix_len) if prefix_len else None
+            self._stats.emb_lookups += need.size
+            self._stats.emb_hits += int(hit.sum())
+            miss_ids = need[~hit]
+            self._stats.h2d_critical_bytes += miss_ids.size * self.host_table.row_bytes
+        miss_rows = self.host_table.fetch_critical(torch.from_numpy(miss_ids)).wait()
+        emb = torch.empty(need.size, self.host_table.width, dtype=self.host_table.dtype, device=self.device)
+        hit_mask = torch.from_numpy(hit).to(self.device)
+        emb[hit_mask] = hit_rows
+        emb[~hit_mask] = miss_rows
+        suffix = hist_ids.numel() - prefix_len
+        return PoolLookup(
+            prefix_len=prefix_len,
+            prefix_digest=prefix_digest,
+            prefix_kv=prefix_kv,
+            suffix_emb=emb[:suffix],
+            cand_emb=emb[suffix:],
+            miss_ids=miss_ids,
+            lookup_s=time.perf_counter() - start,
+        )
+
+    def commit(self, user_id: int, tokens: HistoryTokens, lookup: PoolLookup, kv: torch.Tensor) -> None:
+        """Store the request's full-history KV, queue its missed rows for admission, count it."""
+        digest = tokens.digest(tokens.length)
+        with self.lock:
+            self._stats.kv_evictions += self.kv_cache.store(user_id, kv, lookup.prefix_len, lookup.prefix_digest, digest)
+            self._admit_queue.extend(lookup.miss_ids.tolist())
+            stats = self._stats
+            stats.record_request(user_id, tokens.length)
+            stats.kv_requests += 1
+            stats.kv_tokens += tokens.length
+            stats.kv_hit_tokens += lookup.prefix_len
+            if lookup.prefix_len:
+                stats.kv_hits += 1
+                stats.kv_partial_hits += int(lookup.prefix_len < tokens.length)
+            stats.lookup_s += lookup.lookup_s
+
+    # -- background ----------------------------------------------------------------------------------
+    def background_step(self, budget_bytes: int) -> int:
+        """Admit queued misses, then refill free EMB slots, copying at most `budget_bytes`.
+
+        Returns the bytes copied. Slots are reserved under the lock, filled by a
+        background-stream copy outside it, and published under it again.
+        """
+        rows_budget = budget_bytes // self.host_table.row_bytes
+        if rows_budget <= 0:
+            return 0
+        with self.lock:
+            queued = np.fromiter(self._admit_queue, dtype=np.int64, count=len(self._admit_queue))
+            self._admit_queue.clear()
+            admitted, evicted = self.emb_cache.reserve(queued, rows_budget, evict=True)
+            self._stats.emb_evictions += evicted
+            refill = self.emb_cache.refill_candidates(rows_budget - admitted.size)
+            refilled, _ = self.emb_cache.reserve(refill, rows_budget - admitted.size, evict=False)
+            items = np.concatenate([admitted.items, refilled.items])
+            self._stats.h2d_background_bytes += items.size * self.host_table.row_bytes
+        if items.size == 0:
+            return 0
+        try:
+            rows = self.host_table.fetch_background(torch.from_numpy(items))
+        except BaseException:
+            with self.lock:
+                self.emb_cache.cancel(admitted)
+                self.emb_cache.cancel(refilled)
+            raise
+        with self.lock:
+            self.emb_cache.publish(admitted, rows[: admitted.size])
+            self.emb_cache.publish(refilled, rows[admitted.size :])
+        return items.size * self.host_table.row_bytes
+
+    # -- observability ---------------------------------------------------------------------------------
+    def stats(self) -> PoolStats:
+        with self.lock:
+            return self._stats.snapshot(
+                emb_pages=self._alloc.pages(Side.EMB),
+                kv_pages=self._alloc.pages(Side.KV),
+                kv_cached_users=self.kv_cache.cached_users,
+                alpha=self.alpha,
+                target_alpha=self.target_alpha,
+            )
+
+    def bytes_in_use(self) -> int:
+        return self._alloc.used_pages() * self.config.page_bytes
+
+    def check_invariants(self) -> None:
+        """Raise AssertionError naming the first broken invariant of the pool."""
+        with self.lock:
+            if self.storage.numel() != self.config.pool_bytes:
+                raise AssertionError("the pool allocation changed size")
+            if self.bytes_in_use() > self.config.pool_bytes:
+                raise AssertionError(f"{self.bytes_in_use()} bytes in use exceed pool_bytes {self.config.pool_bytes}")
+            self._alloc.check()
+            self.emb_cache.check()
+            self.kv_cache.check()
+
+
+def _pages_for(alpha: float, num_pages: int) -> int:
+    return int(round(alpha * num_pages))

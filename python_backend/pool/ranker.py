@@ -1,0 +1,155 @@
+"""The cached request path: what `hstu_pool` calls once per request.
+
+`PooledRanker.rank` = KV prefix lookup -> EMB lookup of the uncovered history
+suffix and the candidates -> incremental prefill of the suffix only -> rank ->
+store the new KV and queue the missed rows for admission. Scores equal the
+uncached `HSTU.forward` on the same request (within fp tolerance): a cached
+row is a byte copy of the host row, and a cached prefix's K/V is exactly the
+prefix of the whole history's K/V (see python_backend/hstu/model.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from python_backend.hstu.model import HSTU
+from python_backend.pool.background import BackgroundWorker, RefillThrottle
+from python_backend.pool.config import PoolConfig
+from python_backend.pool.host_table import HostTable
+from python_backend.pool.kv_cache import HistoryTokens
+from python_backend.pool.pool import Pool
+from python_backend.pool.stats import PoolStats
+
+# How often the background thread wakes: short enough that a new alpha starts
+# moving within milliseconds, long enough to cost nothing when idle.
+DEFAULT_BACKGROUND_INTERVAL_S = 0.002
+
+
+@dataclass(frozen=True)
+class RankRequest:
+    """One ranking request: a user's history (oldest first) and the candidates to score."""
+
+    user_id: int
+    hist_ids: torch.Tensor
+    hist_ts: torch.Tensor
+    hist_actions: torch.Tensor
+    cand_ids: torch.Tensor
+    query_ts: int
+
+    def __post_init__(self) -> None:
+        if isinstance(self.user_id, bool) or not isinstance(self.user_id, int):
+            raise ValueError(f"user_id must be an int, got {type(self.user_id).__name__}")
+        if isinstance(self.query_ts, bool) or not isinstance(self.query_ts, int):
+            raise ValueError(f"query_ts must be an int, got {type(self.query_ts).__name__}")
+        for name in ("hist_ids", "hist_ts", "hist_actions", "cand_ids"):
+            value = getattr(self, name)
+            if not isinstance(value, torch.Tensor) or value.dim() != 1 or value.dtype != torch.int64:
+                shape = list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                dtype = value.dtype if isinstance(value, torch.Tensor) else ""
+                raise ValueError(f"{name} must be a 1-D int64 tensor, got {dtype} {shape}")
+        n = self.hist_ids.numel()
+        for name in ("hist_ts", "hist_actions"):
+            if getattr(self, name).numel() != n:
+                raise ValueError(f"{name} has {getattr(self, name).numel()} entries, hist_ids has {n}: they must match")
+        if self.cand_ids.numel() == 0:
+            raise ValueError("cand_ids must hold at least one candidate")
+
+
+class PooledRanker:
+    """HSTU ranking through the shared pool; owns the pool and its background thread."""
+
+    def __init__(
+        self, model: HSTU, config: PoolConfig, *, background_interval_s: float | None = DEFAULT_BACKGROUND_INTERVAL_S
+    ) -> None:
+        """`background_interval_s=None` runs no thread; the caller then drives `step_background`
+        (benchmarks and tests that need a reproducible order of events)."""
+        device = torch.device(config.device)
+        weight = model.item_emb.weight
+        param_device = next(p for name, p in model.named_parameters() if not name.startswith("item_emb")).device
+        if param_device.type != device.type:
+            raise ValueError(f"model lives on {param_device}, pool config asks for device {config.device!r}")
+        self.model = model
+        self._device = device
+        self.pool = Pool(config, HostTable(weight, device), model.config.num_layers, model.kv_width, weight.dtype)
+        self._throttle = RefillThrottle(config.refill_bandwidth_bytes_per_s, self.pool.host_table.row_bytes)
+        self._worker = (
+            BackgroundWorker(self.step_background, background_interval_s) if background_interval_s is not None else None
+        )
+
+    # -- the controller's side ---------------------------------------------------------------------
+    @property
+    def alpha(self) -> float:
+        """The split in effect now (EMB pages / all pages); trails the last `set_alpha` while moving."""
+        return self.pool.alpha
+
+    @property
+    def target_alpha(self) -> float:
+        return self.pool.target_alpha
+
+    def set_alpha(self, alpha: float) -> None:
+        self.pool.set_alpha(alpha)
+
+    def stats(self) -> PoolStats:
+        """Read-and-reset snapshot of the window since the previous call."""
+        return self.pool.stats()
+
+    # -- the request path ---------------------------------------------------------------------------
+    def rank(self, req: RankRequest) -> torch.Tensor:
+        """Scores [c, num_tasks] float32 on CPU for one request."""
+        self._validate(req)
+        tokens = HistoryTokens(req.hist_ids, req.hist_ts, req.hist_actions)
+        dev = self._device
+        with torch.inference_mode():
+            found = self.pool.lookup(req.user_id, tokens, req.hist_ids, req.cand_ids)
+            hist_ts = req.hist_ts.to(dev)
+            n, reused = tokens.length, found.prefix_len
+            if reused == n and found.prefix_kv is not None:
+                kv = found.prefix_kv  # full hit: nothing to compute for the history
+            elif reused > 0:
+                kv = self.model.extend(found.prefix_kv, found.suffix_emb, hist_ts, req.hist_actions[reused:].to(dev))
+            else:
+                kv = self.model.prefill(found.suffix_emb, hist_ts, req.hist_actions.to(dev))
+            scores = self.model.rank(kv, hist_ts, found.cand_emb, req.query_ts)
+            self.pool.commit(req.user_id, tokens, found, kv)
+        return scores.float().cpu()
+
+    # -- background -----------------------------------------------------------------------------------
+    def step_background(self, elapsed_s: float) -> None:
+        """One round of background work as if `elapsed_s` passed: a bounded move step, then
+        admission and refill within the bandwidth the throttle grants for that time."""
+        self.pool.step_moves()
+        budget = self._throttle.grant(elapsed_s)
+        self._throttle.spend(self.pool.background_step(budget))
+
+    @property
+    def background_error(self) -> BaseException | None:
+        """The exception that stopped the background thread, if one did."""
+        return self._worker.error if self._worker is not None else None
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None
+
+    def __enter__(self) -> "PooledRanker":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _validate(self, req: RankRequest) -> None:
+        cfg = self.model.config
+        n, c = req.hist_ids.numel(), req.cand_ids.numel()
+        if n > cfg.max_seq_len:
+            raise ValueError(f"hist_ids: history length {n} exceeds max_seq_len {cfg.max_seq_len}")
+        if c > cfg.max_candidates:
+            raise ValueError(f"cand_ids: {c} candidates exceed max_candidates {cfg.max_candidates}")
+        for name, ids, upper in (
+            ("hist_ids", req.hist_ids, cfg.num_items),
+            ("cand_ids", req.cand_ids, cfg.num_items),
+            ("hist_actions", req.hist_actions, cfg.num_actions),
+        ):
+            if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= upper):
+                raise ValueError(f"{name}: ids must lie in [0, {upper}), got [{int(ids.min())}, {int(ids.max())}]")

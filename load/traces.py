@@ -43,28 +43,28 @@ _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 class TraceConfig:
     """Everything that determines a trace; the same config always gives the same trace."""
 
-    num_users: int = 50_000
-    num_items: int = 200_000
+    num_users: int = 100_000
+    num_items: int = 5_000_000
     user_zipf: float = 0.8  # exponent of the background user popularity
     item_zipf: float = 0.9  # exponent of item popularity (history and candidates)
-    hot_users: int = 500  # size of the hot set
-    hot_user_share: float = 0.2  # share of requests sent by the hot set
-    mean_history_len: float = 128.0  # mean length of a user's first history
-    history_growth: int = 2  # items a returning user has added since the last request
-    max_history_len: int = 1024
-    arrival_rate: float = 200.0  # requests per second (base rate)
-    candidates: int = 128  # candidate items per request
+    hot_users: int = 150  # size of the hot set
+    hot_user_share: float = 0.3  # share of requests sent by the hot set
+    mean_history_len: float = 1000.0  # mean length of a user's first history
+    history_growth: int = 8  # items a returning user has added since the last request
+    max_history_len: int = 4096
+    arrival_rate: float = 1700.0  # requests per second (base rate)
+    candidates: int = 512  # candidate items per request
     duration_s: float = 600.0
     seed: int = 0
     regime: str = "steady"
     # Trend: linear drift from the base values to these by the end of the trace.
-    trend_hot_share_end: float = 0.6
+    trend_hot_share_end: float = 0.7
     trend_history_scale_end: float = 2.0
     # Burst: every `burst_every_s` (first at half that) a burst of `burst_len_s`.
     burst_every_s: float = 120.0
     burst_len_s: float = 20.0
     burst_hot_share: float = 0.7
-    burst_rate_mult: float = 2.5
+    burst_rate_mult: float = 1.3
 
     def __post_init__(self) -> None:
         if self.regime not in REGIMES:

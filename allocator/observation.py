@@ -1,0 +1,83 @@
+"""What the controller sees every control interval, and the fixed feature scaling of its policy.
+
+The simulator (`allocator/sim_env.py`) and the serving glue (pool stats in
+`hstu_pool`) both build an `Observation` with the same definitions, over the
+last control window:
+
+- emb_hit_rate: EMB row hits / row lookups
+- kv_hit_rate: requests whose user prefix was reused (fully or partly) / requests
+- hot_user_share: share of the window's requests whose user already sent a request
+  earlier in the same window
+- mean_history_len: mean request history length (tokens)
+- request_rate: requests per second
+- queue_depth: requests waiting at the node when the window closed
+- alpha: the EMB share of the pool during the window
+- p99_ms: P99 request latency over the window, milliseconds
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+OBS_DIM = 8
+# Columns that enter the policy as log1p(value): queue depth and P99 span orders of magnitude in a
+# burst, and a 100x spike must move the MLP's input, not saturate it.
+LOG_COLUMNS = (5, 7)
+# The policy's input is (transform(to_array()) - FEATURE_SHIFT) / FEATURE_SCALE, every feature O(1).
+# Fixed constants, not statistics of a training run, so serving and training can never disagree;
+# policy.npz stores them too and the runtime checks them on load.
+FEATURE_SHIFT = np.array([0.5, 0.5, 0.3, 1000.0, 1000.0, 1.0, 0.5, 1.0], dtype=np.float64)
+FEATURE_SCALE = np.array([0.5, 0.5, 0.3, 1000.0, 1000.0, 2.0, 0.5, 1.0], dtype=np.float64)
+
+
+def features(raw: np.ndarray) -> np.ndarray:
+    """Policy input from raw observation arrays [..., 8] (the same map the numpy runtime applies)."""
+    x = np.array(raw, dtype=np.float64, copy=True)
+    x[..., LOG_COLUMNS] = np.log1p(np.maximum(x[..., LOG_COLUMNS], 0.0))
+    return ((x - FEATURE_SHIFT) / FEATURE_SCALE).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Observation:
+    """A snapshot of one control window; every field a float (see the module docstring)."""
+
+    emb_hit_rate: float
+    kv_hit_rate: float
+    hot_user_share: float
+    mean_history_len: float
+    request_rate: float
+    queue_depth: float
+    alpha: float
+    p99_ms: float
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"Observation.{f.name} must be a finite float, got {value!r}")
+        for name in ("emb_hit_rate", "kv_hit_rate", "hot_user_share", "alpha"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"Observation.{name} must be in [0, 1], got {getattr(self, name)}")
+        for name in ("mean_history_len", "request_rate", "queue_depth", "p99_ms"):
+            if getattr(self, name) < 0.0:
+                raise ValueError(f"Observation.{name} must be >= 0, got {getattr(self, name)}")
+
+    def to_array(self) -> np.ndarray:
+        """The 8 fields in declaration order as float32 (the policy's raw input)."""
+        return np.array(
+            [
+                self.emb_hit_rate,
+                self.kv_hit_rate,
+                self.hot_user_share,
+                self.mean_history_len,
+                self.request_rate,
+                self.queue_depth,
+                self.alpha,
+                self.p99_ms,
+            ],
+            dtype=np.float32,
+        )
+

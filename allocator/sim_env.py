@@ -1,0 +1,280 @@
+"""The node simulator: a trace window and an alpha in, hit rates, latency and an Observation out.
+
+One node owns a pool of `pool_bytes`; alpha of it holds EMB rows, the rest
+per-user KV prefixes. For every control window of a trace and every alpha on
+a 0.01 grid, `build_table` computes once (vectorised over the grid):
+
+- KV (LRU over users, characteristic-time view): an LRU cache of capacity C
+  holds exactly the users whose last request is more recent than a cutoff
+  T_c(C) — the characteristic time of Che's approximation, here read off the
+  trace's own recency order at the window start instead of fitted to rates.
+  A request is a KV hit (prefix reuse, full or partial) iff its user's
+  previous request is newer than that cutoff; it then prefills only the new
+  suffix and looks up only the suffix's embeddings.
+- EMB (frequency-with-recency eviction, treated as ideal LFU under the
+  stationary Zipf item law): the cache holds the C most popular rows, so a row
+  lookup hits with probability CDF_zipf(C). Exact for LFU with known
+  popularity; it ignores the small warm-up of newly admitted rows.
+- Latency: per-request service times from `CostModel`, the window's P99
+  service time, plus the P99 queueing delay of an M/G/1 queue at the window's
+  arrival rate (Pollaczek-Khinchine mean wait, exponential tail). Work the
+  node cannot finish in a window carries over as backlog.
+
+The oracle (`allocator/oracle.py`) reads alpha* off the same grid, and the
+gym env `NodeEnv` replays windows of precomputed tables, so a PPO step costs
+microseconds and training over all three regimes takes minutes on a CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+
+from allocator.cost_model import CostModel
+from allocator.observation import OBS_DIM, Observation, features
+from load.traces import Trace
+
+ALPHA_GRID = np.round(np.arange(0.0, 1.0001, 0.01), 2)
+# Utilisation above which the M/G/1 formula is replaced by the backlog model: the stationary
+# wait diverges at 1, and a window-long overload is better described by the work left over.
+_RHO_CAP = 0.97
+# Largest request sample per window that the per-alpha latency is computed over.
+_SAMPLE = 4000
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """One simulated node and its control loop."""
+
+    pool_bytes: int = 4_000_000_000
+    interval_s: float = 1.0  # control window of the simulator (trace seconds)
+    warmup_s: float = 60.0  # trace time that only warms the caches before the first window
+    # Hit rates and latency of a window are expectations over the requests of the last `lookback_s`
+    # (a rate-weighted sample of users, as in Che's approximation), not over the window's own few
+    # hundred requests: otherwise alpha* would mostly track which users happened to arrive.
+    lookback_s: float = 10.0
+    alpha_min: float = 0.02  # alpha the pool never goes below/above (each side keeps some pages)
+    alpha_max: float = 0.98
+    cost: CostModel = dataclasses.field(default_factory=CostModel)
+
+    def __post_init__(self) -> None:
+        if self.pool_bytes <= 0:
+            raise ValueError(f"NodeConfig.pool_bytes must be > 0, got {self.pool_bytes}")
+        if self.interval_s <= 0 or self.warmup_s < 0 or self.lookback_s < self.interval_s:
+            raise ValueError("NodeConfig needs interval_s > 0, warmup_s >= 0 and lookback_s >= interval_s")
+        if not 0.0 <= self.alpha_min < self.alpha_max <= 1.0:
+            raise ValueError(f"NodeConfig needs 0 <= alpha_min < alpha_max <= 1, got {self.alpha_min}, {self.alpha_max}")
+
+
+@dataclass(frozen=True)
+class WindowTable:
+    """Per-window statistics of one trace, and per (window, alpha on ALPHA_GRID) cache/latency figures."""
+
+    regime: str
+    t0_s: np.ndarray  # [W] window start times
+    requests: np.ndarray  # [W] requests in the window
+    hot_user_share: np.ndarray  # [W] (Observation definition)
+    mean_history_len: np.ndarray  # [W]
+    emb_hit: np.ndarray  # [W, A] row hit rate
+    kv_hit: np.ndarray  # [W, A] request hit rate
+    mean_service_us: np.ndarray  # [W, A]
+    p99_ms: np.ndarray  # [W, A] stationary P99 (service + M/G/1 wait, no carried backlog)
+    interval_s: float
+
+    @property
+    def num_windows(self) -> int:
+        return int(self.t0_s.shape[0])
+
+    def at(self, w: int, alpha: float) -> tuple[float, float, float, float]:
+        """(emb_hit, kv_hit, mean_service_us, p99_ms) of window `w` at `alpha`, linear between grid points."""
+        pos = float(np.clip(alpha, 0.0, 1.0)) * (ALPHA_GRID.shape[0] - 1)
+        lo = min(int(pos), ALPHA_GRID.shape[0] - 2)
+        f = pos - lo
+        row = (self.emb_hit[w], self.kv_hit[w], self.mean_service_us[w], self.p99_ms[w])
+        return tuple(float(a[lo] * (1.0 - f) + a[lo + 1] * f) for a in row)  # type: ignore[return-value]
+
+
+def _p99_wait_ms(rate: float, mean_s_us: np.ndarray, mean_s2_us2: np.ndarray, interval_s: float) -> np.ndarray:
+    """P99 queueing delay (ms) of an M/G/1 queue, per alpha; overload beyond _RHO_CAP adds the backlog."""
+    lam = rate / 1e6  # per microsecond
+    rho = lam * mean_s_us
+    rho_c = np.minimum(rho, _RHO_CAP)
+    mean_wait = lam * mean_s2_us2 / (2.0 * (1.0 - rho_c))
+    # P(W > x) ~ rho exp(-rho x / E[W])  =>  x_99 = E[W]/rho ln(100 rho), zero when rho <= 0.01.
+    x99 = np.where(rho_c > 0.01, mean_wait / np.maximum(rho_c, 1e-9) * np.log(np.maximum(100.0 * rho_c, 1.0)), 0.0)
+    overload_us = np.maximum(rho - _RHO_CAP, 0.0) * interval_s * 1e6
+    return (x99 + overload_us) / 1e3
+
+
+def build_table(trace: Trace, node: NodeConfig = NodeConfig()) -> WindowTable:
+    """Simulate every window of `trace` at every alpha of ALPHA_GRID (see the module docstring)."""
+    cfg = trace.config
+    cost = node.cost
+    kv_capacity_tokens = (1.0 - ALPHA_GRID) * node.pool_bytes / cost.kv_token_bytes  # [A]
+    emb_rows = np.floor(ALPHA_GRID * node.pool_bytes / cost.emb_row_bytes).astype(np.int64)
+    emb_hit_row = np.where(emb_rows > 0, trace.item_cdf[np.clip(emb_rows - 1, 0, trace.item_cdf.shape[0] - 1)], 0.0)
+
+    last_t = np.full(cfg.num_users, -np.inf)
+    last_len = np.zeros(cfg.num_users, dtype=np.float64)
+    warm = trace.window(0.0, node.warmup_s)
+    last_t[trace.user_id[warm]] = trace.t_s[warm]
+    last_len[trace.user_id[warm]] = trace.history_len[warm]
+
+    starts = np.arange(node.warmup_s, cfg.duration_s - node.interval_s + 1e-9, node.interval_s)
+    shape = (starts.shape[0], ALPHA_GRID.shape[0])
+    out = {k: np.zeros(shape) for k in ("emb_hit", "kv_hit", "mean_service_us", "p99_ms")}
+    requests = np.zeros(starts.shape[0], dtype=np.int64)
+    hot = np.zeros(starts.shape[0])
+    mean_len = np.zeros(starts.shape[0])
+    for w, t0 in enumerate(starts):
+        rows = trace.window(t0, t0 + node.interval_s)
+        users = trace.user_id[rows]
+        n = users.shape[0]
+        requests[w] = n
+        # LRU cutoff per alpha: users by recency at t0, cumulative KV tokens, capacity -> oldest time kept.
+        seen = np.flatnonzero(np.isfinite(last_t))
+        by_recency = seen[np.argsort(-last_t[seen], kind="stable")]
+        cum_tokens = np.cumsum(last_len[by_recency])
+        kept = np.searchsorted(cum_tokens, kv_capacity_tokens, side="right")  # users that fit, per alpha
+        oldest_kept_t = np.where(
+            kept > 0, last_t[by_recency][np.maximum(kept - 1, 0)] if by_recency.size else np.inf, np.inf
+        )
+        t1 = t0 + node.interval_s
+        lb = trace.window(t1 - node.lookback_s, t1)
+        sample = np.arange(lb.start, lb.stop, max(1, -(-(lb.stop - lb.start) // _SAMPLE)))
+        out["emb_hit"][w] = emb_hit_row
+        if sample.size:
+            # The characteristic time of the LRU per alpha: a request hits iff its user came back
+            # within it (window start minus the recency of the oldest user still kept).
+            t_char = t0 - oldest_kept_t  # [A]
+            hit = trace.since_prev_s[sample][None, :] <= t_char[:, None]  # [A, s]
+            hist = trace.history_len[sample].astype(np.float64)
+            computed = np.where(hit, hist - trace.prev_len[sample], hist)
+            lookups = computed + cfg.candidates
+            miss_rows = lookups * (1.0 - emb_hit_row[:, None])
+            service = cost.service_us(computed, hist, cfg.candidates, miss_rows, lookups - miss_rows)
+            rate = (lb.stop - lb.start) / min(node.lookback_s, t1)
+            mean_s = service.mean(axis=1)
+            p99_service_ms = np.percentile(service, 99, axis=1) / 1e3
+            out["kv_hit"][w] = hit.mean(axis=1)
+            out["mean_service_us"][w] = mean_s
+            out["p99_ms"][w] = p99_service_ms + _p99_wait_ms(rate, mean_s, (service**2).mean(axis=1), node.interval_s)
+        if n == 0:
+            continue
+        t_req = trace.t_s[rows]
+        hist_w = trace.history_len[rows].astype(np.float64)
+        hot[w] = float((trace.since_prev_s[rows] <= t_req - t0).mean())
+        mean_len[w] = float(hist_w.mean())
+        last_t[users] = t_req
+        last_len[users] = hist_w
+    return WindowTable(
+        regime=cfg.regime,
+        t0_s=starts,
+        requests=requests,
+        hot_user_share=hot,
+        mean_history_len=mean_len,
+        interval_s=node.interval_s,
+        **out,
+    )
+
+
+@dataclass
+class NodeState:
+    """What carries over between windows of one node: the alpha in force and unfinished work."""
+
+    alpha: float
+    backlog_us: float = 0.0
+
+
+def step_node(table: WindowTable, w: int, state: NodeState) -> Observation:
+    """Run window `w` at `state.alpha`: update the backlog, return what the controller observes."""
+    emb_hit, kv_hit, mean_s_us, p99_ms = table.at(w, state.alpha)
+    rate = float(table.requests[w]) / table.interval_s
+    work_us = rate * table.interval_s * mean_s_us
+    state.backlog_us = max(0.0, state.backlog_us + work_us - table.interval_s * 1e6)
+    # Requests still waiting at the window's close: the carried backlog plus the M/G/1 mean queue.
+    rho = min(rate * mean_s_us / 1e6, _RHO_CAP)
+    queue = state.backlog_us / max(mean_s_us, 1e-9) + rho * rho / (2.0 * (1.0 - rho))
+    return Observation(
+        emb_hit_rate=min(max(emb_hit, 0.0), 1.0),
+        kv_hit_rate=min(max(kv_hit, 0.0), 1.0),
+        hot_user_share=float(table.hot_user_share[w]),
+        mean_history_len=float(table.mean_history_len[w]),
+        request_rate=rate,
+        queue_depth=float(queue),
+        alpha=float(state.alpha),
+        p99_ms=float(p99_ms + state.backlog_us / 1e3),
+    )
+
+
+def alpha_from_action(action: float, node: NodeConfig) -> float:
+    """Map a policy action in [-1, 1] to an alpha in [alpha_min, alpha_max]."""
+    a = min(max(float(action), -1.0), 1.0)
+    return node.alpha_min + (a + 1.0) * 0.5 * (node.alpha_max - node.alpha_min)
+
+
+class NodeEnv(gym.Env):
+    """Gymnasium env over precomputed window tables; one step = one control interval.
+
+    Action: the next alpha as a number in [-1, 1] (mapped onto [alpha_min, alpha_max]).
+    Observation: `features(Observation.to_array())`, the scaled 8 floats the policy reads.
+    Reward: minus the latency regret of the chosen alpha against the window's optimum, in units of
+    the optimum's P99, minus `gap_weight` x |alpha - alpha*|. The gap term shapes the reward toward
+    the oracle offline only; at run time the policy sees nothing but the observation.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(
+        self,
+        tables: list[WindowTable],
+        node: NodeConfig = NodeConfig(),
+        episode_windows: int = 128,
+        gap_weight: float = 10.0,
+    ) -> None:
+        if not tables:
+            raise ValueError("NodeEnv needs at least one WindowTable")
+        if episode_windows < 2 or any(t.num_windows <= episode_windows for t in tables):
+            raise ValueError(f"NodeEnv.episode_windows ({episode_windows}) must be >= 2 and < every table's windows")
+        from allocator.oracle import alpha_star  # oracle imports this module's types
+
+        self.tables = tables
+        self.node = node
+        self.episode_windows = episode_windows
+        self.gap_weight = gap_weight
+        self.alpha_star = [alpha_star(t, node) for t in tables]
+        self.best_p99 = [t.p99_ms.min(axis=1) for t in tables]
+        self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(OBS_DIM,), dtype=np.float32)
+        self._table = 0
+        self._w = 0
+        self._end = 0
+        self._state = NodeState(alpha=0.5)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self._table = int(self.np_random.integers(len(self.tables)))
+        table = self.tables[self._table]
+        self._w = int(self.np_random.integers(0, table.num_windows - self.episode_windows))
+        self._end = self._w + self.episode_windows
+        self._state = NodeState(alpha=float(self.np_random.uniform(self.node.alpha_min, self.node.alpha_max)))
+        obs = step_node(table, self._w, self._state)
+        self._w += 1
+        return features(obs.to_array()), {}
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
+        table = self.tables[self._table]
+        w = self._w
+        self._state.alpha = alpha_from_action(float(np.asarray(action).reshape(-1)[0]), self.node)
+        obs = step_node(table, w, self._state)
+        star = float(self.alpha_star[self._table][w])
+        best = float(self.best_p99[self._table][w])
+        regret = (table.at(w, self._state.alpha)[3] - best) / max(best, 1e-6)
+        reward = -regret - self.gap_weight * abs(self._state.alpha - star)
+        self._w += 1
+        truncated = self._w >= self._end
+        info = {"alpha": self._state.alpha, "alpha_star": star, "p99_ms": obs.p99_ms}
+        return features(obs.to_array()), float(reward), False, truncated, info

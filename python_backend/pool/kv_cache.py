@@ -85,13 +85,13 @@ class KVCache:
         new prefix is simply not cached.
         """
         length = kv.shape[1]
-        if length == 0:
-            return 0  # an empty history has nothing to reuse
         entry = self._entries.get(user_id)
         extendable = entry is not None and reused > 0 and entry.length == reused and entry.digest == reused_digest
         if entry is not None and not extendable:
-            self._drop(user_id)
+            self._drop(user_id)  # the user's history changed: the old prefix will not be asked for again
             entry = None
+        if length == 0:
+            return 0  # an empty history has nothing to reuse
         start = reused if extendable else 0
         have = len(entry.pages) if entry is not None else 0
         need = -(-length // self.tokens_per_page) - have

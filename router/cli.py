@@ -1,0 +1,79 @@
+"""`helmrec route`: the KServe-v2 front door for several Triton instances, in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from router.config import POLICIES, BackendAddress, ConfigError, RouterConfig
+from router.server import RouterServer
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend",
+        action="append",
+        required=True,
+        metavar="HOST:GRPC_PORT[,http=PORT][,metrics=PORT]",
+        help="a Triton instance (repeat for each); http= lets HTTP clients reach it, metrics= feeds routing",
+    )
+    parser.add_argument("--policy", choices=POLICIES, default="helm")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    parser.add_argument("--http-port", type=int, default=8000, help="-1: no HTTP front door")
+    parser.add_argument("--metrics-port", type=int, default=None, help="the router's own Prometheus metrics")
+    parser.add_argument("--max-in-flight", type=int, default=64, help="per backend; past it: RESOURCE_EXHAUSTED")
+    parser.add_argument("--health-interval", type=float, default=0.5, help="seconds between readiness probes")
+    parser.add_argument("--metrics-interval", type=float, default=1.0, help="seconds between metrics scrapes")
+
+
+def config_from_args(args: argparse.Namespace) -> RouterConfig:
+    return RouterConfig(
+        backends=tuple(BackendAddress.parse(spec) for spec in args.backend),
+        policy=args.policy,
+        host=args.host,
+        grpc_port=args.grpc_port,
+        http_port=None if args.http_port < 0 else args.http_port,
+        metrics_port=args.metrics_port,
+        max_in_flight_per_backend=args.max_in_flight,
+        health_interval_s=args.health_interval,
+        metrics_interval_s=args.metrics_interval,
+    )
+
+
+async def _serve(config: RouterConfig) -> None:
+    server = RouterServer(config)
+    await server.start()
+    healthy = sum(b.healthy for b in server.dispatcher.backends)
+    print(f"router ready (policy {config.policy}, {healthy}/{len(config.backends)} backends healthy)")
+    print(f"  gRPC    {server.grpc_url}")
+    if server.http_port is not None:
+        print(f"  HTTP    http://{server.http_url}")
+    if server.metrics_port is not None:
+        print(f"  metrics http://{config.host}:{server.metrics_port}/metrics")
+    sys.stdout.flush()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    print("stopping router ...")
+    await server.stop()
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        config = config_from_args(args)
+    except ConfigError as exc:
+        print(f"helmrec route: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(_serve(config))
+    except OSError as exc:
+        print(f"helmrec route: {exc}", file=sys.stderr)
+        return 1
+    return 0

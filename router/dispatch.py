@@ -1,0 +1,178 @@
+"""Place a request on a backend, send it, retry once if the backend died first.
+
+Shared by the gRPC and HTTP front doors, so both count against the same
+in-flight limits and feed the same placement record. The front door supplies a
+`send(index)` coroutine; it raises `BackendFailure` when the backend failed
+before giving any answer (connection refused or reset), which is the only case
+the request may be sent again: then the backend is taken out of rotation and
+the request goes once to another. Every other outcome, including a backend's
+own error answer, goes back to the client as it is.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Sequence, TypeVar
+
+from router.config import RouterConfig
+from router.policies import AllBackendsBusy, NoHealthyBackend, RoutingPolicy, make_policy
+from router.request_features import Features
+from router.state import BackendState
+
+T = TypeVar("T")
+# Sticky sequences remembered at once; the oldest is forgotten past this (a
+# sequence that never sent sequence_end must not grow the table forever).
+MAX_STICKY_SEQUENCES = 100_000
+
+
+class BackendFailure(Exception):
+    """The backend failed before answering; safe to send the request elsewhere."""
+
+
+class RouteFailure(Exception):
+    """The request cannot be served; `code` is the gRPC status name to answer with."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code  # "UNAVAILABLE" or "RESOURCE_EXHAUSTED"
+        self.message = message
+
+
+@dataclass
+class RouterStats:
+    """Counters of the router's own decisions (read by tests, the bench and /metrics)."""
+
+    requests: int = 0
+    answered: int = 0
+    retries: int = 0
+    unavailable: int = 0
+    overloaded: int = 0
+    # Requests placed where the router's record says the user's prefix is resident.
+    predicted_kv_hits: int = 0
+    with_user: int = 0
+
+    @property
+    def predicted_kv_hit_rate(self) -> float:
+        return self.predicted_kv_hits / self.with_user if self.with_user else 0.0
+
+
+class Dispatcher:
+    """Backend state, the policy and the sticky-sequence table of one router."""
+
+    def __init__(self, config: RouterConfig, policy: RoutingPolicy | None = None) -> None:
+        self.config = config
+        self.policy = policy if policy is not None else make_policy(config.policy)
+        self.backends: list[BackendState] = [
+            BackendState(name=str(address), max_in_flight=config.max_in_flight_per_backend)
+            for address in config.backends
+        ]
+        self.stats = RouterStats()
+        self._sequences: OrderedDict[tuple[str, int | str], int] = OrderedDict()
+        self._cursor = 0
+
+    # -- choosing ------------------------------------------------------------------
+    def _choose(self, features: Features, among: Sequence[int]) -> int:
+        """Index (into self.backends) for this request, among the allowed backends."""
+        if features.sequence is not None and features.sequence in self._sequences:
+            index = self._sequences[features.sequence]
+            backend = self.backends[index]
+            if not backend.healthy:
+                raise RouteFailure(
+                    "UNAVAILABLE", f"sequence {features.sequence[1]} lives on backend {backend.name}, which is down"
+                )
+            if not backend.has_room:
+                raise RouteFailure(
+                    "RESOURCE_EXHAUSTED",
+                    f"router overloaded: backend {backend.name} of sequence {features.sequence[1]} "
+                    f"has {backend.in_flight} requests in flight (limit {backend.max_in_flight})",
+                )
+            return index
+        view = [self.backends[i] for i in among]
+        try:
+            index = among[self.policy.choose(features.route, view)]
+        except NoHealthyBackend as exc:
+            raise RouteFailure("UNAVAILABLE", str(exc)) from None
+        except AllBackendsBusy as exc:
+            raise RouteFailure("RESOURCE_EXHAUSTED", str(exc)) from None
+        if features.sequence is not None:
+            self._sequences[features.sequence] = index
+            while len(self._sequences) > MAX_STICKY_SEQUENCES:
+                self._sequences.popitem(last=False)
+        return index
+
+    def place(self, features: Features, among: Sequence[int] | None = None) -> int:
+        """Choose a backend and count the request on it; the caller must `finish` it."""
+        among = range(len(self.backends)) if among is None else among
+        index = self._choose(features, among)
+        request = features.route
+        backend = self.backends[index]
+        if request.user_id is not None:
+            self.stats.with_user += 1
+            if backend.kv.cached_len(request.user_id, request.history_len) > 0:
+                self.stats.predicted_kv_hits += 1
+        backend.admit(request)
+        self.policy.on_placed(request, index, self.backends)
+        return index
+
+    def finish(self, features: Features, index: int, ok: bool) -> None:
+        self.backends[index].release()
+        self.policy.on_done(features.route, index, ok, self.backends)
+        if features.sequence_end and features.sequence is not None:
+            self._sequences.pop(features.sequence, None)
+
+    def any_healthy(self, among: Sequence[int] | None = None) -> int:
+        """A healthy backend in turn, for requests with no routing features (metadata, health)."""
+        among = list(range(len(self.backends)) if among is None else among)
+        for _ in range(len(among)):
+            index = among[self._cursor % len(among)]
+            self._cursor += 1
+            if self.backends[index].healthy:
+                return index
+        raise RouteFailure("UNAVAILABLE", f"no healthy backend (all {len(among)} are down)")
+
+    def mark_down(self, index: int) -> None:
+        self.backends[index].mark_down()
+
+    # -- sending -------------------------------------------------------------------
+    async def dispatch(
+        self,
+        features: Features,
+        send: Callable[[int], Awaitable[T]],
+        among: Sequence[int] | None = None,
+    ) -> T:
+        """Send through `send(index)`; one retry elsewhere if the first backend fails before answering."""
+        self.stats.requests += 1
+        retried = False
+        while True:
+            try:
+                index = self.place(features, among)
+            except RouteFailure as exc:
+                if exc.code == "UNAVAILABLE":
+                    self.stats.unavailable += 1
+                else:
+                    self.stats.overloaded += 1
+                raise
+            try:
+                result = await send(index)
+            except BackendFailure as exc:
+                self.finish(features, index, ok=False)
+                self.mark_down(index)
+                sticky = features.sequence is not None
+                if sticky:
+                    self._sequences.pop(features.sequence, None)  # type: ignore[arg-type]
+                if not retried and not sticky:
+                    retried = True
+                    self.stats.retries += 1
+                    continue
+                self.stats.unavailable += 1
+                what = "its sequence state was there" if sticky else "and the retry's backend failed too"
+                raise RouteFailure(
+                    "UNAVAILABLE", f"backend {self.backends[index].name} failed before answering ({exc}); {what}"
+                ) from None
+            except BaseException:
+                self.finish(features, index, ok=False)
+                raise
+            self.finish(features, index, ok=True)
+            self.stats.answered += 1
+            return result

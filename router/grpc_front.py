@@ -1,0 +1,232 @@
+"""The gRPC front door: Triton's `inference.GRPCInferenceService`, forwarded byte for byte.
+
+Handlers are registered generically with no (de)serializers, so a request's
+bytes — raw_input_contents included — reach the backend exactly as the client
+sent them and the backend's answer bytes reach the client unchanged. The router
+parses a copy of a ModelInfer request only to read its routing features.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import AsyncIterator, Awaitable, Callable
+
+import grpc
+from google.protobuf.message import DecodeError
+from tritonclient.grpc import service_pb2
+
+from router.config import RouterConfig
+from router.dispatch import BackendFailure, Dispatcher, RouteFailure
+from router.request_features import Features, from_grpc
+
+SERVICE = "inference.GRPCInferenceService"
+# Forwarded to one healthy backend: every backend serves the same repository.
+METADATA_METHODS = (
+    "ServerLive",
+    "ServerReady",
+    "ModelReady",
+    "ServerMetadata",
+    "ModelMetadata",
+    "ModelConfig",
+    "ModelStatistics",
+    "RepositoryIndex",
+)
+# These change or read per-process state (shared-memory regions, loaded models,
+# log and trace settings); sent to one backend of N they would silently diverge.
+UNSUPPORTED_METHODS = (
+    "SystemSharedMemoryStatus",
+    "SystemSharedMemoryRegister",
+    "SystemSharedMemoryUnregister",
+    "CudaSharedMemoryStatus",
+    "CudaSharedMemoryRegister",
+    "CudaSharedMemoryUnregister",
+    "RepositoryModelLoad",
+    "RepositoryModelUnload",
+    "LogSettings",
+    "TraceSetting",
+)
+CHANNEL_OPTIONS = (
+    ("grpc.max_send_message_length", -1),
+    ("grpc.max_receive_message_length", -1),
+)
+# Transport headers the router's own channel sets; the client's copies are not forwarded.
+_HOP_HEADERS = frozenset({"user-agent", "content-type", "te", "host", "accept-encoding"})
+
+
+@dataclass(frozen=True)
+class BackendError:
+    """A backend's own error answer, relayed to the client with its code and text."""
+
+    code: grpc.StatusCode
+    details: str
+
+
+def _metadata(context: grpc.aio.ServicerContext) -> tuple[tuple[str, str | bytes], ...]:
+    return tuple(
+        (m.key, m.value)
+        for m in context.invocation_metadata() or ()
+        if not m.key.startswith((":", "grpc-")) and m.key not in _HOP_HEADERS
+    )
+
+
+def _failed_before_answer(err: grpc.aio.AioRpcError) -> bool:
+    """UNAVAILABLE is what gRPC reports for refused, reset and closed connections."""
+    return err.code() == grpc.StatusCode.UNAVAILABLE
+
+
+class GrpcFront:
+    """Forwards every GRPCInferenceService call of the clients to the backends."""
+
+    def __init__(self, config: RouterConfig, dispatcher: Dispatcher) -> None:
+        self.config = config
+        self.dispatcher = dispatcher
+        self._channels = [grpc.aio.insecure_channel(b.grpc_target, options=CHANNEL_OPTIONS) for b in config.backends]
+        self._unary = [
+            {m: ch.unary_unary(f"/{SERVICE}/{m}") for m in ("ModelInfer", *METADATA_METHODS)} for ch in self._channels
+        ]
+        self._stream = [ch.stream_stream(f"/{SERVICE}/ModelStreamInfer") for ch in self._channels]
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        methods: dict[str, grpc.RpcMethodHandler] = {
+            "ModelInfer": grpc.unary_unary_rpc_method_handler(self.model_infer),
+            "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(self.model_stream_infer),
+        }
+        for name in METADATA_METHODS:
+            methods[name] = grpc.unary_unary_rpc_method_handler(self._metadata_handler(name))
+        for name in UNSUPPORTED_METHODS:
+            methods[name] = grpc.unary_unary_rpc_method_handler(self._unsupported_handler(name))
+        return grpc.method_handlers_generic_handler(SERVICE, methods)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(ch.close() for ch in self._channels))
+
+    def _timeout(self, context: grpc.aio.ServicerContext) -> float:
+        remaining = context.time_remaining()
+        return self.config.request_timeout_s if remaining is None else max(0.001, remaining)
+
+    async def _unary_call(
+        self, index: int, method: str, raw: bytes, context: grpc.aio.ServicerContext
+    ) -> bytes | BackendError:
+        try:
+            return await self._unary[index][method](raw, timeout=self._timeout(context), metadata=_metadata(context))
+        except grpc.aio.AioRpcError as err:
+            if _failed_before_answer(err):
+                raise BackendFailure(f"{err.code().name}: {err.details()}") from None
+            return BackendError(err.code(), err.details() or "")
+
+    @staticmethod
+    async def _answer(answer: bytes | BackendError, context: grpc.aio.ServicerContext) -> bytes:
+        if isinstance(answer, BackendError):
+            await context.abort(answer.code, answer.details)
+        return answer  # type: ignore[return-value]
+
+    @staticmethod
+    async def _refuse(failure: RouteFailure, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(getattr(grpc.StatusCode, failure.code), failure.message)
+
+    @staticmethod
+    def _features(raw: bytes) -> Features:
+        try:
+            return from_grpc(service_pb2.ModelInferRequest.FromString(raw))
+        except DecodeError:
+            return Features(from_grpc(service_pb2.ModelInferRequest()).route)
+
+    # -- ModelInfer ----------------------------------------------------------------
+    async def model_infer(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        features = self._features(raw)
+        try:
+            answer = await self.dispatcher.dispatch(features, lambda i: self._unary_call(i, "ModelInfer", raw, context))
+        except RouteFailure as failure:
+            await self._refuse(failure, context)
+        return await self._answer(answer, context)
+
+    # -- metadata and health -------------------------------------------------------
+    def _metadata_handler(self, method: str) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
+        async def forward(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            for _ in range(2):  # one retry elsewhere, like inference
+                try:
+                    index = self.dispatcher.any_healthy()
+                except RouteFailure as failure:
+                    if method == "ServerLive":  # the router itself is live, its backends are not
+                        return service_pb2.ServerLiveResponse(live=True).SerializeToString()
+                    if method == "ServerReady":
+                        return service_pb2.ServerReadyResponse(ready=False).SerializeToString()
+                    await self._refuse(failure, context)
+                try:
+                    return await self._answer(await self._unary_call(index, method, raw, context), context)
+                except BackendFailure:
+                    self.dispatcher.mark_down(index)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{method}: two backends failed in a row")
+            raise AssertionError("abort raises")
+
+        return forward
+
+    @staticmethod
+    def _unsupported_handler(method: str) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
+        async def refuse(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            await context.abort(
+                grpc.StatusCode.UNIMPLEMENTED,
+                f"{method} is not supported through the router: it changes per-server state; call each backend",
+            )
+            raise AssertionError("abort raises")
+
+        return refuse
+
+    # -- ModelStreamInfer ----------------------------------------------------------
+    async def model_stream_infer(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        """One client stream stays on one backend (sticky: sequences live in one server).
+
+        Until the backend's first answer, the messages sent are kept: if the
+        backend fails before answering anything, they are replayed once on
+        another backend. After an answer, a backend failure ends the stream with
+        UNAVAILABLE.
+        """
+        first = await anext(aiter(requests), None)
+        if first is None:
+            return
+        features = self._features(first)
+        unanswered: list[bytes] | None = [first]  # None once the backend has answered
+        retried = False
+        while True:
+            try:
+                index = self.dispatcher.place(features)
+            except RouteFailure as failure:
+                await self._refuse(failure, context)
+            backend = self.dispatcher.backends[index]
+            replay = list(unanswered or ())
+
+            async def outgoing() -> AsyncIterator[bytes]:
+                for raw in replay:
+                    yield raw
+                async for raw in requests:
+                    if unanswered is not None:
+                        unanswered.append(raw)
+                    backend.note(self._features(raw).route)
+                    yield raw
+
+            call = self._stream[index](outgoing(), metadata=_metadata(context))
+            try:
+                async for answer in call:
+                    unanswered = None
+                    yield answer
+                self.dispatcher.finish(features, index, ok=True)
+                return
+            except grpc.aio.AioRpcError as err:
+                self.dispatcher.finish(features, index, ok=False)
+                if not _failed_before_answer(err):
+                    await context.abort(err.code(), err.details() or "")
+                self.dispatcher.mark_down(index)
+                if unanswered is None or retried:
+                    await context.abort(
+                        grpc.StatusCode.UNAVAILABLE,
+                        f"backend {backend.name} failed mid-stream ({err.details()}); the stream's state was there",
+                    )
+                retried = True
+                self.dispatcher.stats.retries += 1
+            except BaseException:
+                self.dispatcher.finish(features, index, ok=False)
+                call.cancel()
+                raise

@@ -1,0 +1,107 @@
+"""Background watch over the backends: readiness probes and metrics scrapes.
+
+A backend that fails a probe leaves rotation (and its cache estimates are
+dropped: whatever comes back has an empty cache); it returns as soon as a probe
+succeeds again. Metrics scrapes feed alpha, queue depth and the KV eviction
+model of the placement record; the last report of each backend is kept for
+tests, benchmarks and the router's own /metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import aiohttp
+import grpc
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from router.backend_metrics import BackendReport, parse_report
+from router.config import RouterConfig
+from router.dispatch import Dispatcher
+from router.grpc_front import CHANNEL_OPTIONS
+
+log = logging.getLogger("helmrec.router")
+
+
+class HealthMonitor:
+    """Probes readiness over gRPC and scrapes metrics over HTTP, one task per backend."""
+
+    def __init__(self, config: RouterConfig, dispatcher: Dispatcher) -> None:
+        self.config = config
+        self.dispatcher = dispatcher
+        self.reports: list[BackendReport | None] = [None] * len(config.backends)
+        # Probes use their own connections so a probe is never queued behind inference.
+        self._channels = [
+            grpc.aio.insecure_channel(b.grpc_target, options=CHANNEL_OPTIONS) for b in config.backends
+        ]
+        self._stubs = [service_pb2_grpc.GRPCInferenceServiceStub(ch) for ch in self._channels]
+        self._tasks: list[asyncio.Task[None]] = []
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        """First probe of every backend before serving, so the first request sees true health."""
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.config.health_timeout_s))
+        await asyncio.gather(*(self.probe(i) for i in range(len(self._stubs))))
+        await asyncio.gather(*(self.scrape(i) for i in range(len(self._stubs))))
+        self._tasks = [asyncio.create_task(self._probe_loop(i)) for i in range(len(self._stubs))]
+        self._tasks += [
+            asyncio.create_task(self._scrape_loop(i))
+            for i, b in enumerate(self.config.backends)
+            if b.metrics_url is not None
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*(ch.close() for ch in self._channels))
+        if self._session is not None:
+            await self._session.close()
+
+    async def probe(self, index: int) -> bool:
+        """ServerReady on one backend; updates its health and returns it."""
+        backend = self.dispatcher.backends[index]
+        try:
+            reply = await self._stubs[index].ServerReady(
+                service_pb2.ServerReadyRequest(), timeout=self.config.health_timeout_s
+            )
+            ready = bool(reply.ready)
+        except grpc.aio.AioRpcError:
+            ready = False
+        if ready and not backend.healthy:
+            log.warning("backend %s is back in rotation", backend.name)
+            backend.mark_up()
+        elif not ready and backend.healthy:
+            log.warning("backend %s is out of rotation (not ready)", backend.name)
+            self.dispatcher.mark_down(index)
+        return ready
+
+    async def scrape(self, index: int) -> BackendReport | None:
+        """Read the backend's metrics into its state; None when it has no metrics port or fails."""
+        url = self.config.backends[index].metrics_url
+        if url is None or self._session is None:
+            return None
+        try:
+            async with self._session.get(url) as resp:
+                text = await resp.text()
+            report = parse_report(text)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            log.debug("metrics of %s unavailable: %s", url, exc)
+            return None
+        backend = self.dispatcher.backends[index]
+        backend.alpha = report.alpha
+        backend.queue_depth = report.pending_requests or 0.0
+        backend.kv.observe_backend(report.kv_cached_users, report.kv_evictions_total)
+        self.reports[index] = report
+        return report
+
+    async def _probe_loop(self, index: int) -> None:
+        while True:
+            await asyncio.sleep(self.config.health_interval_s)
+            await self.probe(index)
+
+    async def _scrape_loop(self, index: int) -> None:
+        while True:
+            await asyncio.sleep(self.config.metrics_interval_s)
+            await self.scrape(index)

@@ -1,0 +1,193 @@
+"""Routing policies: pure, synchronous choices of a backend for a request.
+
+A policy sees a `RouteRequest` and the list of `BackendState`s and returns the
+index of the backend to use. It never touches sockets or clocks, so the cluster
+simulator reuses these classes unchanged. The caller owns the backend state:
+after `choose` it calls `backend.admit(request)` and `policy.on_placed(...)`,
+after the answer `backend.release()` and `policy.on_done(...)`.
+
+Baselines: `round_robin`, `least_loaded`, `kv_aware` (go where the user's prefix
+is), `emb_aware` (go where the candidates are hot). `helm` scores all three
+signals jointly and guards against overrunning a hot node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from bisect import bisect_left
+from typing import Callable, Protocol, Sequence
+
+from router.state import BackendState, RouteRequest
+
+
+class RoutingError(Exception):
+    """No backend can take the request now."""
+
+
+class NoHealthyBackend(RoutingError):
+    """Every backend is down: the caller answers UNAVAILABLE."""
+
+
+class AllBackendsBusy(RoutingError):
+    """Every healthy backend is at its in-flight limit: the caller answers RESOURCE_EXHAUSTED."""
+
+
+class RoutingPolicy(Protocol):
+    name: str
+
+    def choose(self, request: RouteRequest, backends: Sequence[BackendState]) -> int: ...
+
+    def on_placed(self, request: RouteRequest, index: int, backends: Sequence[BackendState]) -> None: ...
+
+    def on_done(self, request: RouteRequest, index: int, ok: bool, backends: Sequence[BackendState]) -> None: ...
+
+
+def candidates_with_room(backends: Sequence[BackendState]) -> list[int]:
+    """Indices of healthy backends below their in-flight limit; raises if there are none."""
+    room = [i for i, b in enumerate(backends) if b.has_room]
+    if room:
+        return room
+    healthy = sum(b.healthy for b in backends)
+    if healthy == 0:
+        raise NoHealthyBackend(f"no healthy backend (all {len(backends)} are down)")
+    limit = max(b.max_in_flight for b in backends if b.healthy)
+    raise AllBackendsBusy(
+        f"router overloaded: all {healthy} healthy backends have {limit} requests in flight (the per-backend limit)"
+    )
+
+
+class _Policy:
+    """Shared tie-breaking: equal scores rotate, so a cold start spreads users evenly."""
+
+    name = ""
+
+    def __init__(self) -> None:
+        self._cursor = 0
+
+    def _rotated(self, indices: list[int], n: int) -> list[int]:
+        """`indices` (ascending) starting at this call's cursor, wrapping around."""
+        start = self._cursor % n
+        self._cursor += 1
+        k = bisect_left(indices, start)
+        return indices[k:] + indices[:k]
+
+    def _best(self, indices: list[int], n: int, score: Callable[[int], object]) -> int:
+        """Highest score; among equals, the first in this call's rotation."""
+        return max(self._rotated(indices, n), key=score)
+
+    def on_placed(self, request: RouteRequest, index: int, backends: Sequence[BackendState]) -> None:
+        """Policies here keep no per-placement state beyond the backends' own."""
+
+    def on_done(self, request: RouteRequest, index: int, ok: bool, backends: Sequence[BackendState]) -> None:
+        """Policies here keep no per-answer state beyond the backends' own."""
+
+
+class RoundRobin(_Policy):
+    """Each backend in turn, skipping ones that are down or full."""
+
+    name = "round_robin"
+
+    def choose(self, request: RouteRequest, backends: Sequence[BackendState]) -> int:
+        return self._rotated(candidates_with_room(backends), len(backends))[0]
+
+
+class LeastLoaded(_Policy):
+    """The backend with the fewest requests in flight (or queued, if it reports more)."""
+
+    name = "least_loaded"
+
+    def choose(self, request: RouteRequest, backends: Sequence[BackendState]) -> int:
+        return self._best(candidates_with_room(backends), len(backends), lambda i: -backends[i].load)
+
+
+class KVAware(_Policy):
+    """Where the longest prefix of the user's history is resident; least loaded otherwise.
+
+    No load guard: a popular user's node takes all of that user's traffic, which
+    is exactly the weakness `helm` fixes.
+    """
+
+    name = "kv_aware"
+
+    def choose(self, request: RouteRequest, backends: Sequence[BackendState]) -> int:
+        room = candidates_with_room(backends)
+        if request.user_id is None:
+            return self._best(room, len(backends), lambda i: -backends[i].load)
+        user, n = request.user_id, request.history_len
+        return self._best(room, len(backends), lambda i: (backends[i].kv.cached_len(user, n), -backends[i].load))
+
+
+class EMBAware(_Policy):
+    """Where the largest share of the request's candidates is hot; least loaded among equals."""
+
+    name = "emb_aware"
+
+    def choose(self, request: RouteRequest, backends: Sequence[BackendState]) -> int:
+        room = candidates_with_room(backends)
+        shares = {i: backends[i].emb.hot_share(request.candidates) for i in room}
+        return self._best(room, len(backends), lambda i: (shares[i], -backends[i].load))
+
+
+@dataclass(frozen=True)
+class HelmWeights:
+    """How `helm` trades the three signals.
+
+    Score = kv * (share of the history resident) + emb * (share of candidates hot)
+            - load * (requests above the least-loaded backend) / (guard_slack + 1).
+    With these defaults a resident prefix outweighs up to `guard_slack` extra
+    queued requests, and the guard then forbids the node outright, so a hot
+    user's node is never overrun; EMB locality decides among nodes without the
+    user's prefix (new users) and breaks near-ties.
+    """
+
+    kv: float = 1.0
+    emb: float = 0.4
+    load: float = 0.5
+    # A backend with more than this many requests above the least-loaded
+    # eligible backend is skipped, whatever its cache score.
+    guard_slack: int = 4
+
+    def __post_init__(self) -> None:
+        for name in ("kv", "emb", "load"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"HelmWeights.{name} must be >= 0, got {getattr(self, name)}")
+        if self.guard_slack < 0:
+            raise ValueError(f"HelmWeights.guard_slack must be >= 0, got {self.guard_slack}")
+
+
+class Helm(_Policy):
+    """Joint KV residency + EMB locality + load score with a load guard."""
+
+    name = "helm"
+
+    def __init__(self, weights: HelmWeights = HelmWeights()) -> None:
+        super().__init__()
+        self.weights = weights
+
+    def choose(self, request: RouteRequest, backends: Sequence[BackendState]) -> int:
+        w = self.weights
+        room = candidates_with_room(backends)
+        floor = min(backends[i].load for i in room)
+        guarded = [i for i in room if backends[i].load - floor <= w.guard_slack]
+        user, n = request.user_id, request.history_len
+
+        def score(i: int) -> float:
+            b = backends[i]
+            kv = b.kv.fraction(user, n) if user is not None else 0.0
+            emb = b.emb.hot_share(request.candidates) if w.emb else 0.0
+            return w.kv * kv + w.emb * emb - w.load * (b.load - floor) / (w.guard_slack + 1)
+
+        return self._best(guarded, len(backends), score)
+
+
+POLICY_CLASSES: dict[str, type[_Policy]] = {
+    cls.name: cls for cls in (RoundRobin, LeastLoaded, KVAware, EMBAware, Helm)
+}
+
+
+def make_policy(name: str) -> RoutingPolicy:
+    """A fresh policy object by its CLI name."""
+    try:
+        return POLICY_CLASSES[name]()
+    except KeyError:
+        raise ValueError(f"policy {name!r}: expected one of {', '.join(POLICY_CLASSES)}") from None

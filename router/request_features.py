@@ -1,0 +1,136 @@
+"""Pull the routing features out of an inference request without changing it.
+
+The router forwards the client's bytes untouched; it only reads USER_ID, the
+history length and the candidate ids (a zero-copy numpy view) from a parsed
+copy, plus the sequence parameters that make a request sticky. Anything it
+cannot read is routed without features: validating requests is `preprocess`'s
+job, and the backend's own error (naming the tensor) reaches the client.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+from tritonclient.grpc import service_pb2
+
+from router.state import RouteRequest
+
+USER_ID = "USER_ID"
+HISTORY_ITEM_IDS = "HISTORY_ITEM_IDS"
+CANDIDATE_ITEM_IDS = "CANDIDATE_ITEM_IDS"
+_INT_DTYPES = {"INT64": "<i8", "INT32": "<i4", "UINT64": "<u8", "UINT32": "<u4"}
+_NO_FEATURES = RouteRequest()
+
+
+@dataclass(frozen=True)
+class Features:
+    """What routing needs from one request."""
+
+    route: RouteRequest
+    # (model, sequence id) when the request is part of a Triton sequence; such
+    # requests must all reach the backend that holds the sequence's state.
+    sequence: tuple[str, int | str] | None = None
+    sequence_end: bool = False
+
+
+def _count(shape: object) -> int:
+    n = 1
+    for dim in shape:  # type: ignore[attr-defined]
+        n *= int(dim)
+    return n
+
+
+def _route(user: np.ndarray | None, history_len: int, candidates: np.ndarray | None) -> RouteRequest:
+    if user is None or len(user) != 1:
+        return _NO_FEATURES if candidates is None else RouteRequest(candidates=candidates)
+    return RouteRequest(
+        user_id=int(user[0]),
+        history_len=max(0, history_len),
+        candidates=candidates if candidates is not None else _NO_FEATURES.candidates,
+    )
+
+
+# -- gRPC --------------------------------------------------------------------------
+def _grpc_values(request: service_pb2.ModelInferRequest, index: int) -> np.ndarray | None:
+    tensor = request.inputs[index]
+    dtype = _INT_DTYPES.get(tensor.datatype)
+    if dtype is None:
+        return None
+    if request.raw_input_contents:
+        if index >= len(request.raw_input_contents):
+            return None
+        raw = request.raw_input_contents[index]
+        if len(raw) % np.dtype(dtype).itemsize:
+            return None
+        return np.frombuffer(raw, dtype=dtype)
+    contents = tensor.contents
+    values = {
+        "INT64": contents.int64_contents,
+        "INT32": contents.int_contents,
+        "UINT64": contents.uint64_contents,
+        "UINT32": contents.uint_contents,
+    }[tensor.datatype]
+    return np.asarray(values, dtype=np.int64)
+
+
+def _grpc_sequence(request: service_pb2.ModelInferRequest) -> tuple[tuple[str, int | str] | None, bool]:
+    params = request.parameters
+    if "sequence_id" not in params:
+        return None, False
+    p = params["sequence_id"]
+    seq: int | str = p.string_param if p.WhichOneof("parameter_choice") == "string_param" else p.int64_param
+    if seq in (0, ""):
+        return None, False
+    end = "sequence_end" in params and params["sequence_end"].bool_param
+    return (request.model_name, seq), end
+
+
+def from_grpc(request: service_pb2.ModelInferRequest) -> Features:
+    """Features of a parsed ModelInferRequest (the caller forwards the original bytes)."""
+    user = candidates = None
+    history_len = 0
+    for i, tensor in enumerate(request.inputs):
+        if tensor.name == USER_ID:
+            user = _grpc_values(request, i)
+        elif tensor.name == HISTORY_ITEM_IDS:
+            history_len = _count(tensor.shape)
+        elif tensor.name == CANDIDATE_ITEM_IDS:
+            values = _grpc_values(request, i)
+            candidates = None if values is None else values.astype(np.int64, copy=False)
+    sequence, end = _grpc_sequence(request)
+    return Features(_route(user, history_len, candidates), sequence, end)
+
+
+# -- HTTP/REST (KServe v2 JSON, with Triton's binary-tensor extension) ------------
+def from_http(model: str, body: bytes, header_length: int | None) -> Features:
+    """Features of a v2 infer body: JSON, or a JSON header of `header_length` bytes + binary tensors."""
+    try:
+        header = json.loads(body if header_length is None else body[:header_length])
+        inputs = header.get("inputs", [])
+        binary = memoryview(body)[header_length:] if header_length is not None else memoryview(b"")
+        user = candidates = None
+        history_len = 0
+        offset = 0
+        for tensor in inputs:
+            name, dtype = tensor.get("name"), _INT_DTYPES.get(tensor.get("datatype", ""))
+            size = (tensor.get("parameters") or {}).get("binary_data_size")
+            if size is not None:
+                chunk = binary[offset : offset + int(size)]
+                offset += int(size)
+                values = np.frombuffer(chunk, dtype=dtype) if dtype and len(chunk) % np.dtype(dtype).itemsize == 0 else None
+            else:
+                values = np.asarray(tensor.get("data", []), dtype=np.int64).ravel() if dtype else None
+            if name == USER_ID:
+                user = values
+            elif name == HISTORY_ITEM_IDS:
+                history_len = _count(tensor.get("shape", []))
+            elif name == CANDIDATE_ITEM_IDS and values is not None:
+                candidates = values.astype(np.int64, copy=False)
+        params = header.get("parameters") or {}
+        seq = params.get("sequence_id")
+        sequence = (model, seq) if seq not in (None, 0, "") else None
+        return Features(_route(user, history_len, candidates), sequence, bool(params.get("sequence_end", False)))
+    except (ValueError, TypeError, AttributeError, OverflowError):
+        return Features(_NO_FEATURES)

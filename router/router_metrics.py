@@ -1,0 +1,44 @@
+"""The router's own Prometheus metrics, read from its state at scrape time.
+
+A collector instead of counters bumped on the request path: the hot path pays
+nothing, and the figures are the dispatcher's own (no second bookkeeping).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from router.dispatch import Dispatcher
+
+
+class RouterCollector(Collector):
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.dispatcher = dispatcher
+
+    def collect(self) -> Iterator[Metric]:
+        d = self.dispatcher
+        stats = d.stats
+        counters = {
+            "requests": ("inference requests received", stats.requests),
+            "answered": ("inference requests answered by a backend", stats.answered),
+            "retries": ("requests sent again after a backend failed before answering", stats.retries),
+            "unavailable": ("requests refused with UNAVAILABLE", stats.unavailable),
+            "overloaded": ("requests refused with RESOURCE_EXHAUSTED", stats.overloaded),
+            "predicted_kv_hits": ("requests placed where the record says the user's prefix is", stats.predicted_kv_hits),
+        }
+        for name, (helptext, value) in counters.items():
+            yield CounterMetricFamily(f"helmrec_router_{name}", helptext, value=value)
+        gauges = {
+            "in_flight": ("requests in flight at the backend", lambda b: b.in_flight),
+            "healthy": ("1 while the backend is in rotation", lambda b: float(b.healthy)),
+            "recorded_users": ("users whose prefix the record places at the backend", lambda b: len(b.kv)),
+            "served": ("requests sent to the backend", lambda b: b.served),
+        }
+        for name, (helptext, read) in gauges.items():
+            family = GaugeMetricFamily(f"helmrec_router_backend_{name}", helptext, labels=["backend"])
+            for backend in d.backends:
+                family.add_metric([backend.name], float(read(backend)))
+            yield family

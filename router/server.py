@@ -1,0 +1,118 @@
+"""The router process: gRPC and HTTP front doors, health monitor, own metrics.
+
+`RouterServer` is the asyncio object (`helmrec route` runs it in the main
+loop); `RouterThread` runs one in a background thread with its own loop, for
+tests and benchmarks that drive it from synchronous client code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from types import TracebackType
+
+import grpc
+from aiohttp import web
+from prometheus_client import CollectorRegistry, start_http_server
+
+from router.config import RouterConfig
+from router.dispatch import Dispatcher
+from router.grpc_front import CHANNEL_OPTIONS, GrpcFront
+from router.health import HealthMonitor
+from router.http_front import HttpFront
+from router.router_metrics import RouterCollector
+
+
+class RouterServer:
+    """All parts of one router, started and stopped together."""
+
+    def __init__(self, config: RouterConfig) -> None:
+        self.config = config
+        self.dispatcher = Dispatcher(config)
+        # Built in start(): gRPC aio channels bind to the loop that creates them.
+        self.monitor: HealthMonitor | None = None
+        self.grpc_front: GrpcFront | None = None
+        self.grpc_port = 0
+        self.http_port: int | None = None
+        self.metrics_port: int | None = None
+        self._grpc: grpc.aio.Server | None = None
+        self._http: web.AppRunner | None = None
+        self._metrics_server: object | None = None
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.config.host}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.config.host}:{self.http_port}"
+
+    async def start(self) -> None:
+        self.monitor = HealthMonitor(self.config, self.dispatcher)
+        self.grpc_front = GrpcFront(self.config, self.dispatcher)
+        await self.monitor.start()
+        self._grpc = grpc.aio.server(options=CHANNEL_OPTIONS)
+        self._grpc.add_generic_rpc_handlers((self.grpc_front.handler(),))
+        self.grpc_port = self._grpc.add_insecure_port(f"{self.config.host}:{self.config.grpc_port}")
+        if self.grpc_port == 0:
+            raise OSError(f"--grpc-port {self.config.grpc_port}: cannot bind {self.config.host}")
+        await self._grpc.start()
+        if self.config.http_port is not None:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.config.host, self.config.http_port))
+            self.http_port = sock.getsockname()[1]
+            self._http = web.AppRunner(HttpFront(self.config, self.dispatcher).app(), access_log=None)
+            await self._http.setup()
+            await web.SockSite(self._http, sock).start()
+        if self.config.metrics_port is not None:
+            registry = CollectorRegistry()
+            registry.register(RouterCollector(self.dispatcher))
+            self._metrics_server, _ = start_http_server(self.config.metrics_port, self.config.host, registry)
+            self.metrics_port = self._metrics_server.server_port  # type: ignore[attr-defined]
+
+    async def stop(self, grace_s: float = 2.0) -> None:
+        if self._grpc is not None:
+            await self._grpc.stop(grace_s)
+        if self._http is not None:
+            await self._http.cleanup()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()  # type: ignore[attr-defined]
+        if self.monitor is not None:
+            await self.monitor.stop()
+        if self.grpc_front is not None:
+            await self.grpc_front.close()
+
+
+class RouterThread:
+    """A RouterServer on its own event loop in a daemon thread (context manager)."""
+
+    def __init__(self, config: RouterConfig) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.server = RouterServer(config)
+        self._thread = threading.Thread(target=self.loop.run_forever, name="helmrec-router", daemon=True)
+
+    def start(self) -> "RouterThread":
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(timeout=30)
+        return self
+
+    def call(self, coro: "asyncio.Future[object] | object", timeout: float = 30) -> object:
+        """Run a coroutine on the router's loop (e.g. a health probe) and return its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=timeout)  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(timeout=30)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=10)
+        self.loop.close()
+
+    def __enter__(self) -> "RouterThread":
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

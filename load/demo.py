@@ -87,7 +87,8 @@ def main() -> None:
         grpc = grpcclient.InferenceServerClient(server.grpc_url)
         http = httpclient.InferenceServerClient(server.http_url)
         # One warm-up request, so one-time start-up costs (lazy init, allocator growth) are not timed.
-        warm = users[0].cut(2, limits.max_seq_len)
+        # User 0 does not exist in MovieLens, so no demo user's cache entry is touched.
+        warm = UserHistory(0, users[0].items[:2], users[0].timestamps[:2], users[0].actions[:2])
         timed_infer(grpc, grpcclient, request_arrays(warm, warm.items[:1]))
         first_ms, return_ms, ranks = [], [], []
         for user in users:

@@ -191,3 +191,26 @@ def test_in_flight_admission_is_a_miss_not_a_wait():
     assert pool.emb_cache.publish(reservation, table[torch.from_numpy(ids)]) == 0
     assert pool.emb_cache.resident_items().size == 0
     pool.check_invariants()
+
+
+def test_sampled_victims_on_a_large_pool_keep_the_cache_exact(monkeypatch):
+    """Past the exact-ranking size, victims are sampled; rows served must still be the right rows."""
+    from python_backend.pool import emb_cache
+
+    monkeypatch.setattr(emb_cache, "_EXACT_VICTIM_SLOTS", 0)
+    table = torch.randn(NUM_ITEMS, D)
+    pool = Pool(PoolConfig(6 * 64, 64, 1.0, 1e9, 1), HostTable(table, torch.device("cpu")), LAYERS, W, torch.float32)
+    rng = np.random.default_rng(1)
+    empty = torch.empty(0, dtype=torch.int64)
+    tokens = HistoryTokens(empty, empty, empty)
+    for step in range(60):
+        cands = torch.from_numpy(rng.zipf(1.5, 8) % NUM_ITEMS)
+        found = pool.lookup(step, tokens, empty, cands)
+        assert torch.equal(found.cand_emb, table[cands])
+        pool.commit(step, tokens, found, torch.empty(LAYERS, 0, W))
+        pool.background_step(4 * ROW_BYTES)
+        pool.check_invariants()
+    stats = pool.stats()
+    assert stats.emb_evictions > 0 and stats.emb_hits > 0
+    items = pool.emb_cache.resident_items()
+    assert torch.equal(pool.emb_cache.gather(pool.emb_cache.slots_of(items)), table[torch.from_numpy(items)])

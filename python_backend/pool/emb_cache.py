@@ -31,6 +31,11 @@ FREE = -1  # slot_item: empty slot on a held page / item_slot: item not resident
 _RECENCY_WEIGHT = 1e-3
 
 
+# Victim choice is exact up to this many held slots, sampled beyond (see `_victims`).
+_EXACT_VICTIM_SLOTS = 65536
+_VICTIM_SAMPLE = 16
+
+
 @dataclass(frozen=True)
 class Reservation:
     """Slots set aside for items whose rows are being copied in the background."""
@@ -60,6 +65,11 @@ class EmbCache:
         self._tick = 0
         self._since_aging = 0
         self._aging_lookups = aging_lookups
+        # Free slots of held pages as (slot, page generation): taking k slots costs O(k), not a
+        # scan of the whole pool. Entries of a page released since are stale and skipped.
+        self._free_stack: list[tuple[int, int]] = []
+        self._free_in_held = 0
+        self._rng = np.random.default_rng(0)
 
     # -- request path -------------------------------------------------------------------------
     def lookup(self, ids: np.ndarray) -> np.ndarray:
@@ -139,10 +149,17 @@ class EmbCache:
         self._slot_item[slots[live]] = FREE
         self._reserved[slots[live]] = False
         self._item_slot[items[live]] = FREE
+        gens = reservation.generations[live]
+        self._free_stack.extend(zip(slots[live].tolist(), gens.tolist()))
+        self._free_in_held += int(live.sum())
 
     def refill_candidates(self, limit: int) -> np.ndarray:
-        """The hottest items that are neither resident nor in flight (at most `limit`)."""
-        limit = min(limit, self.free_slots())
+        """The hottest items that are neither resident nor in flight (at most `limit`).
+
+        Safe to call without the pool lock: it only reads, and a stale answer is
+        harmless because `reserve` re-checks residency under the lock. That keeps
+        this O(num_items) scan from ever blocking a request.
+        """
         if limit <= 0:
             return np.empty(0, dtype=np.int64)
         pool = np.flatnonzero((self._item_slot == FREE) & (self._freq > 0))
@@ -170,6 +187,7 @@ class EmbCache:
             page_items = self._slot_item[lo:hi]
             resident = page_items[page_items >= 0]
             evicted += int((~self._reserved[lo:hi][page_items >= 0]).sum())
+            self._free_in_held -= int((page_items == FREE).sum())
             self._item_slot[resident] = FREE  # in-flight items too: their publish will fail the generation check
             self._slot_item[lo:hi] = UNMAPPED
             self._reserved[lo:hi] = False
@@ -179,7 +197,8 @@ class EmbCache:
 
     # -- introspection ------------------------------------------------------------------------------
     def free_slots(self) -> int:
-        return int((self._slot_item == FREE).sum()) + self._alloc.free_count(Side.EMB) * self.rows_per_page
+        """Empty slots of held pages plus every slot of the side's free pages."""
+        return self._free_in_held + self._alloc.free_count(Side.EMB) * self.rows_per_page
 
     def resident_items(self) -> np.ndarray:
         return np.flatnonzero(self._item_slot >= 0)
@@ -205,29 +224,48 @@ class EmbCache:
         live = (self._slot_item >= 0) & ~self._reserved
         if int(live.sum()) != resident.size:
             raise AssertionError("a slot holds a row the index does not know")
+        if int((self._slot_item == FREE).sum()) != self._free_in_held:
+            raise AssertionError("free-slot count disagrees with the slot map")
         pending = np.flatnonzero(self._reserved)
         if (self._item_slot[self._slot_item[pending]] != RESERVED).any():
             raise AssertionError("a reserved slot's item is not marked in flight")
 
     # -- internals ------------------------------------------------------------------------------------
     def _take_free_slots(self, count: int) -> np.ndarray:
-        slots = np.flatnonzero(self._slot_item == FREE)[:count]
-        pieces = [slots]
-        have = slots.size
-        while have < count:
-            page = self._alloc.allocate(Side.EMB)
-            if page is None:
-                break
-            lo = page * self.rows_per_page
-            self._slot_item[lo : lo + self.rows_per_page] = FREE
-            fresh = np.arange(lo, lo + min(self.rows_per_page, count - have), dtype=np.int64)
-            pieces.append(fresh)
-            have += fresh.size
-        return np.concatenate(pieces)
+        """Up to `count` empty slots, mapping new EMB pages when the held ones are full."""
+        taken: list[int] = []
+        while len(taken) < count:
+            if not self._free_stack:
+                page = self._alloc.allocate(Side.EMB)
+                if page is None:
+                    break
+                lo = page * self.rows_per_page
+                self._slot_item[lo : lo + self.rows_per_page] = FREE
+                self._free_in_held += self.rows_per_page
+                gen = int(self._page_gen[page])
+                self._free_stack.extend((slot, gen) for slot in range(lo + self.rows_per_page - 1, lo - 1, -1))
+                continue
+            slot, gen = self._free_stack.pop()
+            if self._page_gen[slot // self.rows_per_page] == gen and self._slot_item[slot] == FREE:
+                taken.append(slot)
+        self._free_in_held -= len(taken)
+        return np.array(taken, dtype=np.int64)
 
     def _victims(self, count: int) -> np.ndarray:
-        """Up to `count` resident slots of lowest (frequency, recency), lowest first."""
-        used = np.flatnonzero((self._slot_item >= 0) & ~self._reserved)
+        """Up to `count` resident slots of lowest (frequency, recency), lowest first.
+
+        Exact over a small pool; past `_EXACT_VICTIM_SLOTS` slots it ranks a random
+        sample of `_VICTIM_SAMPLE` slots per victim (Redis-style sampled LFU), so the
+        lock is held for O(count) work instead of a scan of a million-slot pool.
+        """
+        held = self._alloc.pages_in_use(Side.EMB)
+        if held.size * self.rows_per_page <= _EXACT_VICTIM_SLOTS:
+            used = np.flatnonzero((self._slot_item >= 0) & ~self._reserved)
+        else:
+            pages = held[self._rng.integers(0, held.size, count * _VICTIM_SAMPLE)]
+            sample = pages * self.rows_per_page + self._rng.integers(0, self.rows_per_page, pages.size)
+            sample = np.unique(sample)
+            used = sample[(self._slot_item[sample] >= 0) & ~self._reserved[sample]]
         if used.size == 0:
             return used
         score = self._freq[self._slot_item[used]].astype(np.float64)

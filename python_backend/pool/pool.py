@@ -214,7 +214,10 @@ class Pool:
             self._admit_queue.clear()
             admitted, evicted = self.emb_cache.reserve(queued, rows_budget, evict=True)
             self._stats.emb_evictions += evicted
-            refill = self.emb_cache.refill_candidates(rows_budget - admitted.size)
+            room = min(rows_budget - admitted.size, self.emb_cache.free_slots())
+        # The refill scan reads the whole frequency table; it runs unlocked (see refill_candidates).
+        refill = self.emb_cache.refill_candidates(room)
+        with self.lock:
             refilled, _ = self.emb_cache.reserve(refill, rows_budget - admitted.size, evict=False)
             items = np.concatenate([admitted.items, refilled.items])
             self._stats.h2d_background_bytes += items.size * self.host_table.row_bytes

@@ -2,26 +2,94 @@
 
 One instance per GPU. It receives requests already validated and packed by
 `preprocess` and answers each with SCORES [num_candidates, num_tasks].
+
+`network: "inprocess"` (default) runs the PyTorch network in this process
+through the pool: KV prefix reuse, EMB cache, no cross-process copy of the KV.
+`network: "bls"` calls the `hstu` model by BLS instead — the deployment where
+`hstu` is a TensorRT engine served by Triton's TensorRT backend; that path is
+uncached, since the engine takes whole histories.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import triton_python_backend_utils as pb_utils
 
+from python_backend.pool.config import PoolConfig
+from python_backend.pool.metrics import PoolMetrics
+from python_backend.pool.ranker import PooledRanker, RankRequest
 from python_backend.serving import schema
-from python_backend.serving.triton_io import ModelArgs, error_response, output_tensor, to_torch
+from python_backend.serving.network import load_network, resolve_device
+from python_backend.serving.node_control import AlphaController, NodeControl, ServiceTimes
+from python_backend.serving.triton_io import ModelArgs, error_response, input_tensor, output_tensor, to_torch
 
 NETWORK_MODEL = "hstu"
+NETWORK_MODES = ("inprocess", "bls")
+CONTROLLERS = ("static", "adaptive")
+
+
+def _controller(kind: str) -> AlphaController | None:
+    """The alpha controller the config asks for; `static` keeps the configured alpha."""
+    if kind not in CONTROLLERS:
+        raise pb_utils.TritonModelException(f"hstu_pool: parameter 'controller' must be one of {CONTROLLERS}, got {kind!r}")
+    if kind == "static":
+        return None
+    from allocator.controller import Controller  # noqa: PLC0415 - only nodes that adapt load it
+
+    return Controller.load()
 
 
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
-        self.model = ModelArgs(args)
+        model = ModelArgs(args)
+        self.mode = model.parameter("network", "inprocess")
+        if self.mode not in NETWORK_MODES:
+            raise pb_utils.TritonModelException(f"hstu_pool: parameter 'network' must be one of {NETWORK_MODES}, got {self.mode!r}")
+        if self.mode == "bls":
+            return
+        device = resolve_device(model.parameter("device", "auto"), model.instance_kind, model.device_id)
+        network = load_network(model.path_parameter("weights"), device)
+        self.ranker = PooledRanker(network, PoolConfig.from_triton_parameters(model.parameters(), device=str(device)))
+        self.service_times = ServiceTimes()
+        metrics = PoolMetrics(pb_utils.MetricFamily)
+        self.control = NodeControl(
+            read_stats=self.ranker.stats,
+            set_alpha=self.ranker.set_alpha,
+            publish=metrics.update,
+            service_times=self.service_times,
+            controller=_controller(model.parameter("controller", "static")),
+            interval_s=float(model.parameter("control_interval_ms", "100")) / 1e3,
+        )
+        self.control.start()
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        return [self._bls(request) for request in requests]
+        if self.mode == "bls":
+            return [self._bls(request) for request in requests]
+        return [self._rank(request) for request in requests]
+
+    def _rank(self, request: Any) -> Any:
+        """One request through the pool; a failure of the node's own machinery fails loudly."""
+        for failed in (self.control.error, self.ranker.background_error):
+            if failed is not None:
+                return error_response(f"hstu_pool: node control stopped: {failed!r}", pb_utils.TritonError.INTERNAL)
+        t = {name: input_tensor(request, name) for name in schema.PACKED_INPUTS}
+        req = RankRequest(
+            user_id=int(t[schema.USER_ID][0]),
+            hist_ids=t[schema.HISTORY_ITEM_IDS].cpu(),
+            hist_ts=t[schema.HISTORY_TIMESTAMPS].cpu(),
+            hist_actions=t[schema.HISTORY_ACTIONS].cpu(),
+            cand_ids=t[schema.CANDIDATE_ITEM_IDS].cpu(),
+            query_ts=int(t[schema.QUERY_TIMESTAMP][0]),
+        )
+        t0 = time.perf_counter()
+        try:
+            scores = self.ranker.rank(req)
+        except ValueError as exc:  # a request preprocess let through but the pool refuses
+            return error_response(f"hstu_pool: {exc}")
+        self.service_times.record((time.perf_counter() - t0) * 1e3)
+        return pb_utils.InferenceResponse(output_tensors=[output_tensor(schema.SCORES, scores)])
 
     def _bls(self, request: Any) -> Any:
         """Forward the packed request to the `hstu` model and relay its answer or error."""
@@ -40,3 +108,7 @@ class TritonPythonModel:
         scores = pb_utils.get_output_tensor_by_name(response, schema.SCORES)
         return pb_utils.InferenceResponse(output_tensors=[output_tensor(schema.SCORES, to_torch(scores))])
 
+    def finalize(self) -> None:
+        if self.mode == "inprocess":
+            self.control.stop()
+            self.ranker.close()

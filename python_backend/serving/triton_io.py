@@ -57,6 +57,10 @@ class ModelArgs:
             raise pb_utils.TritonModelException(f"model {self.name}: config.pbtxt needs parameter '{key}'")
         return default
 
+    def parameters(self) -> dict[str, str]:
+        """Every `parameters` entry as key -> string value, as config.pbtxt states them."""
+        return {k: str(v["string_value"]) for k, v in self.config.get("parameters", {}).items()}
+
     def path_parameter(self, key: str) -> Path:
         """A path parameter, relative to this model's folder in the repository."""
         return (self.directory / self.parameter(key)).resolve()

@@ -113,18 +113,23 @@ class HSTULayer(nn.Module):
         v_hist: torch.Tensor,
         bias_hist: torch.Tensor | None,
         bias_self: torch.Tensor | None,
+        keep_hist: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Target-aware pass: each of c candidates sees all n history tokens and itself only.
+        """Target-aware pass: each of c candidates sees the history and itself, no other candidate.
 
-        Computing the history part [H, c, n] and the diagonal [c, H] separately
-        avoids the c x c block of a masked attention, which for 2048 candidates
-        would be most of the work and all of it masked out.
-        x [c, D]; k_hist [n, H, dqk]; bias_hist [c, n]; bias_self [c].
+        Computing the history part [..., H, c, n] and the diagonal [..., c, H]
+        separately avoids the c x c block of a masked attention, which for 2048
+        candidates would be most of the work and all of it masked out.
+        x [..., c, D]; k_hist [..., n, H, dqk]; v_hist [..., n, H, dv];
+        bias_hist broadcastable to [..., c, n]; bias_self broadcastable to [..., c];
+        keep_hist [..., c, n] bool limits candidate k to a history prefix (training
+        ranks many prefixes at once); None means the whole history.
         """
         u, q, k, v = self.project(x)
-        w_hist = self.attention_weights(
-            torch.einsum("chd,nhd->hcn", q, k_hist), None if bias_hist is None else bias_hist.unsqueeze(0)
-        )
+        qk = torch.einsum("...chd,...nhd->...hcn", q, k_hist)
+        w_hist = self.attention_weights(qk, None if bias_hist is None else bias_hist.unsqueeze(-3))
+        if keep_hist is not None:
+            w_hist = w_hist * keep_hist.unsqueeze(-3).to(w_hist.dtype)
         w_self = self.attention_weights((q * k).sum(-1), None if bias_self is None else bias_self.unsqueeze(-1))
-        a = torch.einsum("hcn,nhd->chd", w_hist, v_hist) + w_self.unsqueeze(-1) * v
+        a = torch.einsum("...hcn,...nhd->...chd", w_hist, v_hist) + w_self.unsqueeze(-1) * v
         return self.output(x, u, a.flatten(-2))

@@ -102,6 +102,13 @@ class HSTU(nn.Module):
             raise ValueError(f"history length {n} (cached {n0} + new {n1}) exceeds max_seq_len {cfg.max_seq_len}")
         self._check_ts("hist_ts", hist_ts, n)
         self._check_ids("new_actions", new_actions, cfg.num_actions, "action", length=n1)
+        return self.extend_suffix_unchecked(kv, new_emb, hist_ts, new_actions)
+
+    def extend_suffix_unchecked(
+        self, kv: torch.Tensor, new_emb: torch.Tensor, hist_ts: torch.Tensor, new_actions: torch.Tensor
+    ) -> torch.Tensor:
+        """`extend_suffix` without input checks: the traceable body the ONNX export uses."""
+        n0, n = kv.shape[1], hist_ts.shape[0]
         dev = new_emb.device
         x = self._history_input(new_emb, new_actions, hist_ts, n0)
         pos_q = torch.arange(n0, n, device=dev)
@@ -125,10 +132,19 @@ class HSTU(nn.Module):
         c = self._check_rows("cand_emb", cand_emb)
         if c > cfg.max_candidates:
             raise ValueError(f"cand_emb: {c} candidates exceed max_candidates {cfg.max_candidates}")
+        query = torch.tensor(int(query_ts), dtype=torch.int64, device=cand_emb.device)
+        return self.rank_unchecked(kv, hist_ts, cand_emb, query)
+
+    def rank_unchecked(
+        self, kv: torch.Tensor, hist_ts: torch.Tensor, cand_emb: torch.Tensor, query: torch.Tensor
+    ) -> torch.Tensor:
+        """`rank` without input checks, query time as a 0-d int64 tensor: the traceable body."""
+        cfg = self.config
+        n, c = kv.shape[1], cand_emb.shape[0]
         dev = cand_emb.device
-        query = torch.tensor(int(query_ts), dtype=torch.int64, device=dev)
-        last_ts = hist_ts[n - 1 :] if n > 0 else query.reshape(1)
-        x = self._candidate_input(cand_emb, torch.full((c,), n, device=dev), query.expand(c) - last_ts)
+        query = query.reshape(())
+        gap = query - hist_ts[-1] if n > 0 else torch.zeros_like(query)  # since the last event
+        x = self._candidate_input(cand_emb, torch.full((c,), n, device=dev), gap.expand(c))
         bias_hist_idx = None
         if self.research:
             pos_k = torch.arange(n, device=dev)
@@ -151,7 +167,12 @@ class HSTU(nn.Module):
         cand_emb: torch.Tensor,
         query_ts: int,
     ) -> torch.Tensor:
-        """Uncached reference: one pass over [history; candidates] with one mask -> [c, T] float32."""
+        """Uncached reference: one pass over [history; candidates] with one mask -> [c, T] float32.
+
+        Deliberately shares no attention code path with `prefill`/`rank` beyond
+        the block's projections, so the equivalence tests compare two
+        independent computations of the same function.
+        """
         cfg = self.config
         n = self._check_rows("hist_emb", hist_emb)
         if n > cfg.max_seq_len:
@@ -162,16 +183,27 @@ class HSTU(nn.Module):
         if c > cfg.max_candidates:
             raise ValueError(f"cand_emb: {c} candidates exceed max_candidates {cfg.max_candidates}")
         dev = cand_emb.device
-        out = self.forward_batch(
-            hist_emb.unsqueeze(0),
-            hist_ts.unsqueeze(0),
-            hist_actions.unsqueeze(0),
-            torch.tensor([n], device=dev),
-            cand_emb.unsqueeze(0),
-            torch.full((1, c), n, device=dev),
-            torch.full((1, c), int(query_ts), dtype=torch.int64, device=dev),
+        query = torch.full((c,), int(query_ts), dtype=torch.int64, device=dev)
+        last = hist_ts[-1].expand(c) if n > 0 else query
+        x = torch.cat(
+            [
+                self._history_input(hist_emb, hist_actions, hist_ts, 0),
+                self._candidate_input(cand_emb, torch.full((c,), n, device=dev), query - last),
+            ]
         )
-        return out[0]
+        m = n + c
+        idx = torch.arange(m, device=dev)
+        pos = torch.where(idx < n, idx, n)
+        times = torch.cat([hist_ts, query])
+        # history: causal; candidates: every history token and themselves
+        keep = (idx.unsqueeze(0) <= idx.unsqueeze(1)) & ((idx.unsqueeze(0) < n) | (idx.unsqueeze(0) == idx.unsqueeze(1)))
+        rel_pos, time_bucket = self._bias_indices(pos, times, pos, times)
+        no_k = x.new_zeros(0, cfg.num_heads, cfg.d_qk)
+        no_v = x.new_zeros(0, cfg.num_heads, cfg.d_v)
+        for layer in self.layers:
+            bias = None if rel_pos is None else layer.pair_bias(rel_pos, time_bucket)
+            x, _, _ = layer(x, no_k, no_v, keep, bias)
+        return self._head(x[n:], cand_emb)
 
     def score(
         self,
@@ -189,49 +221,54 @@ class HSTU(nn.Module):
         hist_emb: torch.Tensor,
         hist_ts: torch.Tensor,
         hist_actions: torch.Tensor,
-        hist_len: torch.Tensor,
         cand_emb: torch.Tensor,
         cand_cutoff: torch.Tensor,
         cand_ts: torch.Tensor,
     ) -> torch.Tensor:
-        """Uncached pass over a right-padded batch; the training path and `forward`'s body.
+        """Training path: batched prefill, then every candidate ranked after its own prefix.
 
-        hist_* [B, n(, D)], hist_len [B]; cand_emb [B, c, D]; candidate k ranks
-        after the prefix hist[:cand_cutoff[b, k]] at time cand_ts[b, k]. One
-        pass thus trains many next-item predictions of one user, each exactly
-        what `rank` computes on that prefix (prefix K/V do not depend on what
-        follows). Requires cand_cutoff <= hist_len. Returns [B, c, T] float32.
+        hist_* [B, n(, D)], right-padded (pad timestamps non-decreasing);
+        cand_emb [B, c, D]; candidate k of user b is ranked after the prefix
+        hist[b, :cand_cutoff[b, k]] at time cand_ts[b, k], which is exactly
+        `rank(prefill(prefix), ...)` because prefix K/V never depend on later
+        tokens. One pass thus trains many next-item predictions per user.
+        Padding is never seen: history tokens only look back and candidates only
+        look below their cutoff (cand_cutoff must not exceed the user's length).
+        Returns [B, c, T] float32.
         """
         cfg = self.config
         bsz, n = hist_ts.shape
-        c = cand_emb.shape[1]
         dev = cand_emb.device
-        # Gap to the previous event; the first token's gap is 0.
         hist_gaps = torch.cat([torch.zeros_like(hist_ts[:, :1]), hist_ts[:, 1:] - hist_ts[:, :-1]], dim=1)
-        x_hist = self._history_features(hist_emb, hist_actions, torch.arange(n, device=dev), hist_gaps)
-        prev_ts = hist_ts.gather(1, (cand_cutoff - 1).clamp(min=0)) if n > 0 else cand_ts
-        cand_gaps = torch.where(cand_cutoff > 0, cand_ts - prev_ts, torch.zeros_like(cand_ts))
-        x = torch.cat([x_hist, self._candidate_input(cand_emb, cand_cutoff, cand_gaps)], dim=1)
-
-        pos = torch.cat([torch.arange(n, device=dev).expand(bsz, n), cand_cutoff], dim=1)  # [B, m]
-        times = torch.cat([hist_ts, cand_ts], dim=1)
-        m = n + c
-        idx = torch.arange(m, device=dev)
-        is_hist_key = idx < n
-        causal = idx.unsqueeze(0) <= idx.unsqueeze(1)  # history: j <= i
-        # candidates: history keys before their cutoff, and themselves
-        cand_keep = (is_hist_key.unsqueeze(0) & (idx.unsqueeze(0) < pos.unsqueeze(-1))) | (idx.unsqueeze(0) == idx.unsqueeze(1))
-        keep = torch.where(is_hist_key.view(1, m, 1), (causal & is_hist_key.unsqueeze(0)).unsqueeze(0), cand_keep)
-        rel_pos = time_bucket = None
+        positions = torch.arange(n, device=dev)
+        x = self._history_features(hist_emb, hist_actions, positions, hist_gaps)
+        causal = positions.unsqueeze(0) <= positions.unsqueeze(1)
+        rel_pos, time_bucket = None, None
         if self.research:
-            rel_pos = (pos.unsqueeze(-1) - pos.unsqueeze(-2)).clamp(0, cfg.max_seq_len)
-            time_bucket = log_time_bucket(times.unsqueeze(-1) - times.unsqueeze(-2), cfg.num_time_buckets)
-        empty_k = x.new_zeros(bsz, 0, cfg.num_heads, cfg.d_qk)
-        empty_v = x.new_zeros(bsz, 0, cfg.num_heads, cfg.d_v)
+            rel_pos = (positions.unsqueeze(1) - positions.unsqueeze(0)).clamp(0, cfg.max_seq_len)
+            time_bucket = log_time_bucket(hist_ts.unsqueeze(2) - hist_ts.unsqueeze(1), cfg.num_time_buckets)
+        no_k = x.new_zeros(bsz, 0, cfg.num_heads, cfg.d_qk)
+        no_v = x.new_zeros(bsz, 0, cfg.num_heads, cfg.d_v)
+        hist_kv = []
         for layer in self.layers:
             bias = None if rel_pos is None else layer.pair_bias(rel_pos, time_bucket)
-            x, _, _ = layer(x, empty_k, empty_v, keep, bias)
-        return self._head(x[:, n:], cand_emb)
+            x, k, v = layer(x, no_k, no_v, causal, bias)
+            hist_kv.append((k, v))
+
+        prev_ts = hist_ts.gather(1, (cand_cutoff - 1).clamp(min=0)) if n > 0 else cand_ts
+        cand_gaps = torch.where(cand_cutoff > 0, cand_ts - prev_ts, torch.zeros_like(cand_ts))
+        xc = self._candidate_input(cand_emb, cand_cutoff, cand_gaps)
+        keep = positions.view(1, 1, n) < cand_cutoff.unsqueeze(-1)  # [B, c, n]
+        if self.research:
+            rel_c = (cand_cutoff.unsqueeze(-1) - positions).clamp(0, cfg.max_seq_len)
+            time_c = log_time_bucket(cand_ts.unsqueeze(-1) - hist_ts.unsqueeze(1), cfg.num_time_buckets)
+            zero = torch.zeros(1, dtype=torch.int64, device=dev)
+        for layer, (k, v) in zip(self.layers, hist_kv):
+            bias_hist = bias_self = None
+            if self.research:
+                bias_hist, bias_self = layer.pair_bias(rel_c, time_c), layer.pair_bias(zero, zero)
+            xc = layer.forward_candidates(xc, k, v, bias_hist, bias_self, keep)
+        return self._head(xc, cand_emb)
 
     def empty_kv(self) -> torch.Tensor:
         """The kv of an empty history, on the module's device and dtype."""

@@ -7,7 +7,9 @@ touching the checkout's model_repository/ or its trained weights.
 
 from __future__ import annotations
 
+import re
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -20,9 +22,32 @@ SOURCE = Path(__file__).resolve().parents[2] / "model_repository"
 WEIGHTS = Path("hstu") / "1" / "weights.pt"
 
 
-def stage_repository(target: Path, preset_name: str = "tiny", seed: int = 0, source: Path = SOURCE) -> Path:
-    """Copy `source` to `target` and write a seeded, untrained `preset_name` network into it."""
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns("weights.pt", "__pycache__"))
-    torch.manual_seed(seed)
-    save(HSTU(preset(preset_name)).eval(), target / WEIGHTS)
+def stage_repository(
+    target: Path,
+    preset_name: str | None = "tiny",
+    seed: int = 0,
+    source: Path = SOURCE,
+    pool_parameters: Mapping[str, str] | None = None,
+) -> Path:
+    """Copy `source` to `target`; write a seeded, untrained `preset_name` network into it
+    (None keeps the source's trained weights) and override `hstu_pool` parameters
+    (e.g. {"alpha": "0.3", "controller": "adaptive"})."""
+    ignore = shutil.ignore_patterns("__pycache__", *(("weights.pt",) if preset_name else ()))
+    shutil.copytree(source, target, ignore=ignore)
+    if preset_name:
+        torch.manual_seed(seed)
+        save(HSTU(preset(preset_name)).eval(), target / WEIGHTS)
+    if pool_parameters:
+        set_parameters(target / "hstu_pool" / "config.pbtxt", pool_parameters)
     return target
+
+
+def set_parameters(config: Path, values: Mapping[str, str]) -> None:
+    """Set existing `parameters` entries of a config.pbtxt; an unknown key is an error, not an addition."""
+    text = config.read_text()
+    for key, value in values.items():
+        pattern = re.compile(r'(key: "' + re.escape(key) + r'" value: \{ string_value: ")[^"]*(")')
+        text, count = pattern.subn(lambda m: m.group(1) + str(value) + m.group(2), text)
+        if count != 1:
+            raise KeyError(f"{config}: no parameter {key!r} to set")
+    config.write_text(text)

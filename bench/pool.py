@@ -64,7 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--users", type=int, default=2000)
     p.add_argument("--hot-users", type=int, default=40)
     p.add_argument("--mean-history", type=float, default=40.0)
-    p.add_argument("--growth", type=int, default=4, help="items a returning user added since the last visit")
+    p.add_argument("--growth-per-s", type=float, default=1.0, help="items a user adds to their history per second")
+    p.add_argument("--item-zipf", type=float, default=0.9, help="Zipf exponent of item popularity")
+    p.add_argument("--growth", type=int, default=4, help="new tokens of the partial-hit latency case")
     p.add_argument("--candidates", type=int, default=64)
     p.add_argument("--rate", type=float, default=400.0, help="trace arrival rate, req/s")
     p.add_argument("--latency-reps", type=int, default=30)
@@ -83,7 +85,8 @@ class Workload:
             num_items=num_items,
             hot_users=min(args.hot_users, args.users),
             mean_history_len=args.mean_history,
-            history_growth=args.growth,
+            history_growth_per_s=args.growth_per_s,
+            item_zipf=args.item_zipf,
             max_history_len=max_len,
             arrival_rate=args.rate,
             candidates=args.candidates,

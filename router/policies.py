@@ -42,7 +42,7 @@ class RoutingPolicy(Protocol):
     def on_done(self, request: RouteRequest, index: int, ok: bool, backends: Sequence[BackendState]) -> None: ...
 
 
-def candidates_with_room(backends: Sequence[BackendState]) -> list[int]:
+def backends_with_room(backends: Sequence[BackendState]) -> list[int]:
     """Indices of healthy backends below their in-flight limit; raises if there are none."""
     room = [i for i, b in enumerate(backends) if b.has_room]
     if room:
@@ -88,7 +88,7 @@ class RoundRobin(_Policy):
     name = "round_robin"
 
     def choose(self, request: RouteRequest, backends: Sequence[BackendState]) -> int:
-        return self._rotated(candidates_with_room(backends), len(backends))[0]
+        return self._rotated(backends_with_room(backends), len(backends))[0]
 
 
 class LeastLoaded(_Policy):
@@ -97,7 +97,7 @@ class LeastLoaded(_Policy):
     name = "least_loaded"
 
     def choose(self, request: RouteRequest, backends: Sequence[BackendState]) -> int:
-        return self._best(candidates_with_room(backends), len(backends), lambda i: -backends[i].load)
+        return self._best(backends_with_room(backends), len(backends), lambda i: -backends[i].load)
 
 
 class KVAware(_Policy):
@@ -110,7 +110,7 @@ class KVAware(_Policy):
     name = "kv_aware"
 
     def choose(self, request: RouteRequest, backends: Sequence[BackendState]) -> int:
-        room = candidates_with_room(backends)
+        room = backends_with_room(backends)
         if request.user_id is None:
             return self._best(room, len(backends), lambda i: -backends[i].load)
         user, n = request.user_id, request.history_len
@@ -123,8 +123,8 @@ class EMBAware(_Policy):
     name = "emb_aware"
 
     def choose(self, request: RouteRequest, backends: Sequence[BackendState]) -> int:
-        room = candidates_with_room(backends)
-        shares = {i: backends[i].emb.hot_share(request.candidates) for i in room}
+        room = backends_with_room(backends)
+        shares = {i: backends[i].emb.hot_share(request.item_slots) for i in room}
         return self._best(room, len(backends), lambda i: (shares[i], -backends[i].load))
 
 
@@ -166,7 +166,7 @@ class Helm(_Policy):
 
     def choose(self, request: RouteRequest, backends: Sequence[BackendState]) -> int:
         w = self.weights
-        room = candidates_with_room(backends)
+        room = backends_with_room(backends)
         floor = min(backends[i].load for i in room)
         guarded = [i for i in room if backends[i].load - floor <= w.guard_slack]
         user, n = request.user_id, request.history_len
@@ -174,7 +174,7 @@ class Helm(_Policy):
         def score(i: int) -> float:
             b = backends[i]
             kv = b.kv.fraction(user, n) if user is not None else 0.0
-            emb = b.emb.hot_share(request.candidates) if w.emb else 0.0
+            emb = b.emb.hot_share(request.item_slots) if w.emb else 0.0
             return w.kv * kv + w.emb * emb - w.load * (b.load - floor) / (w.guard_slack + 1)
 
         return self._best(guarded, len(backends), score)

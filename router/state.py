@@ -9,10 +9,11 @@ exactly where the router does.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
-from router.emb_locality import HotItemSketch
+from router.emb_locality import HotItemSketch, item_slots
 from router.kv_residency import KVResidency
 
 _NO_ITEMS = np.zeros(0, dtype=np.int64)
@@ -34,6 +35,11 @@ class RouteRequest:
     def __post_init__(self) -> None:
         if self.history_len < 0:
             raise ValueError(f"RouteRequest.history_len must be >= 0, got {self.history_len}")
+
+    @cached_property
+    def item_slots(self) -> np.ndarray:
+        """The candidates' EMB-sketch slots, hashed once for all backends."""
+        return item_slots(self.candidates)
 
 
 @dataclass(eq=False)
@@ -74,7 +80,7 @@ class BackendState:
         self.served += 1
         if request.user_id is not None:
             self.kv.record(request.user_id, request.history_len)
-        self.emb.observe(request.candidates)
+        self.emb.observe(request.item_slots)
 
     def release(self) -> None:
         """The backend answered (or failed) the request."""

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from router.config import POLICIES
+from router.emb_locality import item_slots
 from router.kv_residency import KVResidency
 from router.policies import AllBackendsBusy, Helm, HelmWeights, NoHealthyBackend, make_policy
 from router.state import BackendState, RouteRequest
@@ -65,7 +66,7 @@ def test_kv_aware_follows_the_longest_resident_prefix() -> None:
 def test_emb_aware_goes_where_the_candidates_are_hot() -> None:
     backends, policy = cluster(), make_policy("emb_aware")
     hot = np.arange(1000, 1100, dtype=np.int64)
-    backends[1].emb.observe(hot)
+    backends[1].emb.observe(item_slots(hot))
     assert policy.choose(RouteRequest(candidates=hot[:40]), backends) == 1
     cold = np.arange(5000, 5040, dtype=np.int64)
     backends[1].in_flight = 2
@@ -88,7 +89,7 @@ def test_helm_keeps_a_repeat_user_home_until_the_load_guard_trips() -> None:
 def test_helm_places_new_users_by_embedding_locality_and_spreads_cold_starts() -> None:
     backends, policy = cluster(), make_policy("helm")
     hot = np.arange(200, 264, dtype=np.int64)
-    backends[2].emb.observe(hot)
+    backends[2].emb.observe(item_slots(hot))
     assert policy.choose(RouteRequest(user_id=50, history_len=4, candidates=hot), backends) == 2
     fresh = cluster()
     spread = [served(policy, RouteRequest(user_id=u, history_len=3), fresh) for u in range(300, 306)]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from router.backend_metrics import parse_report
-from router.emb_locality import MAX_SAMPLED_ITEMS, HotItemSketch, sample
+from router.emb_locality import MAX_SAMPLED_ITEMS, HotItemSketch, item_slots, sample
 from router.kv_residency import KVResidency
 from router.state import BackendState, RouteRequest
 
@@ -47,22 +47,22 @@ def test_backend_report_trims_record_and_learns_capacity_from_evictions() -> Non
 def test_bad_capacity_is_refused() -> None:
     with pytest.raises(ValueError, match="KVResidency.capacity must be >= 1"):
         KVResidency(capacity=0)
-    with pytest.raises(ValueError, match="slots_log2"):
-        HotItemSketch(slots_log2=4)
+    with pytest.raises(ValueError, match="HotItemSketch.decay_every"):
+        HotItemSketch(decay_every=0)
 
 
 def test_sketch_knows_seen_items_and_forgets_items_seen_once() -> None:
-    sketch = HotItemSketch(slots_log2=12, decay_every=1 << 30)
-    hot = np.arange(10, 74, dtype=np.int64)
+    sketch = HotItemSketch(decay_every=1 << 29)
+    hot = item_slots(np.arange(10, 74, dtype=np.int64))
     sketch.observe(hot)
     assert sketch.hot_share(hot) == 1.0
-    unseen = np.arange(100_000, 100_064, dtype=np.int64)
-    assert sketch.hot_share(unseen) <= 0.1  # only hash collisions (64 of 4096 slots used)
-    assert sketch.hot_share(np.zeros(0, np.int64)) == 0.0
-    decaying = HotItemSketch(slots_log2=12, decay_every=64)
+    unseen = item_slots(np.arange(100_000, 100_064, dtype=np.int64))
+    assert sketch.hot_share(unseen) <= 0.05  # only hash collisions (64 of 65536 slots used)
+    assert sketch.hot_share(item_slots(np.zeros(0, np.int64))) == 0.0
+    decaying = HotItemSketch(decay_every=64)
     decaying.observe(hot)  # 64 observations: one halving, counts 1 -> 0
     assert decaying.hot_share(hot) == 0.0
-    twice = HotItemSketch(slots_log2=12, decay_every=128)
+    twice = HotItemSketch(decay_every=128)
     twice.observe(hot[:32])
     twice.observe(hot[:32])
     twice.observe(hot[32:])
@@ -80,12 +80,12 @@ def test_backend_state_counts_in_flight_and_records_placements() -> None:
     b = BackendState(name="b0", max_in_flight=1)
     request = RouteRequest(user_id=3, history_len=7, candidates=np.array([1, 2, 3], np.int64))
     b.admit(request)
-    assert not b.has_room and b.kv.cached_len(3, 7) == 7 and b.emb.hot_share(request.candidates) == 1.0
+    assert not b.has_room and b.kv.cached_len(3, 7) == 7 and b.emb.hot_share(request.item_slots) == 1.0
     b.release()
     with pytest.raises(RuntimeError, match="release\\(\\) without a matching admit"):
         b.release()
     b.mark_down()
-    assert not b.has_room and len(b.kv) == 0 and b.emb.hot_share(request.candidates) == 0.0
+    assert not b.has_room and len(b.kv) == 0 and b.emb.hot_share(request.item_slots) == 0.0
     with pytest.raises(ValueError, match="RouteRequest.history_len must be >= 0"):
         RouteRequest(user_id=1, history_len=-1)
 

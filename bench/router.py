@@ -1,0 +1,203 @@
+"""What the router costs: added latency (P50/P99 with vs without it) and its throughput ceiling.
+
+    python -m bench.router [--requests 300] [--seconds 10] [--concurrency 16] [--policy helm]
+
+Three tritonservers (tiny preset, CPU) and one `helmrec route` process, all on
+this machine, measured in the same run:
+1. latency: one client, requests alternating between a backend directly and
+   the router (same requests), so both sides see the same machine state;
+2. throughput: an asyncio client with N requests in flight for a fixed time,
+   straight to the backends (client-side round robin) and through the router,
+   plus the router process's CPU seconds per request (its single-core ceiling);
+3. the routing decision alone: `policy.choose` per request, in-process.
+The last line is the headline: added P50/P99 and the router's ceiling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as grpcaio
+from rich.console import Console
+from rich.table import Table
+
+from python_backend.launcher import TritonServer, free_port
+from python_backend.launcher.repository import stage_repository
+from router.config import POLICIES
+from router.policies import make_policy
+from router.state import BackendState, RouteRequest
+
+MODEL = "hstu_ensemble"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_requests(n: int, users: int, history: int, candidates: int, num_items: int, seed: int) -> list[list]:
+    """Repeat users (Zipf) with prefix-growing histories, as tritonclient inputs."""
+    rng = np.random.default_rng(seed)
+    p = 1.0 / np.arange(1, users + 1) ** 0.8
+    who = rng.choice(users, size=n, p=p / p.sum())
+    out = []
+    for i, user in enumerate(who.tolist()):
+        pos = np.arange(history, dtype=np.int64)
+        arrays = {
+            "USER_ID": np.array([user], np.int64),
+            "HISTORY_ITEM_IDS": 1 + (user * 7919 + pos * 104729) % (num_items - 1),
+            "HISTORY_TIMESTAMPS": 1_700_000_000 + pos * 60,
+            "HISTORY_ACTIONS": ((user + pos) % 2).astype(np.int32),
+            "CANDIDATE_ITEM_IDS": rng.integers(1, num_items, candidates).astype(np.int64),
+        }
+        tensors = []
+        for name, value in arrays.items():
+            t = grpcclient.InferInput(name, list(value.shape), "INT32" if value.dtype == np.int32 else "INT64")
+            t.set_data_from_numpy(value)
+            tensors.append(t)
+        out.append(tensors)
+    return out
+
+
+def start_router(servers: list[TritonServer], policy: str) -> tuple[subprocess.Popen[str], str]:
+    port = free_port()
+    specs = [f"--backend=127.0.0.1:{s.grpc_port},metrics={s.metrics_port}" for s in servers]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "python_backend.cli", "route", *specs, f"--grpc-port={port}", "--http-port=-1",
+         f"--policy={policy}", "--max-in-flight=256"],
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    assert proc.stdout is not None
+    banner = proc.stdout.readline()
+    if "router ready" not in banner:
+        proc.kill()
+        raise RuntimeError(f"router did not start: {banner}{proc.stdout.read()}")
+    return proc, f"127.0.0.1:{port}"
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def latency(direct: list[str], routed: str, requests: list[list], warmup: int) -> tuple[np.ndarray, np.ndarray]:
+    clients = [grpcclient.InferenceServerClient(u) for u in direct]
+    via = grpcclient.InferenceServerClient(routed)
+    lat_direct, lat_router = [], []
+    for i, tensors in enumerate(requests):
+        for client, sink in ((clients[i % len(clients)], lat_direct), (via, lat_router)):
+            t0 = time.perf_counter()
+            client.infer(MODEL, tensors)
+            if i >= warmup:
+                sink.append(time.perf_counter() - t0)
+    return np.array(lat_direct) * 1e3, np.array(lat_router) * 1e3
+
+
+async def throughput(urls: list[str], requests: list[list], seconds: float, concurrency: int) -> int:
+    """Requests answered in `seconds` with `concurrency` in flight, spread over `urls` in turn."""
+    clients = [grpcaio.InferenceServerClient(u) for u in urls]
+    done = 0
+    stop_at = time.monotonic() + seconds
+
+    async def worker(w: int) -> None:
+        nonlocal done
+        i = w
+        while time.monotonic() < stop_at:
+            await clients[i % len(clients)].infer(MODEL, requests[i % len(requests)])
+            done += 1
+            i += concurrency
+    try:
+        await asyncio.gather(*(worker(w) for w in range(concurrency)))
+    finally:
+        await asyncio.gather(*(c.close() for c in clients))
+    return done
+
+
+def decision_cost_us(policy: str, nodes: int, candidates: int, n: int = 20_000) -> float:
+    """Per request: build the RouteRequest, choose, record the placement (what the router does)."""
+    rng = np.random.default_rng(0)
+    backends = [BackendState(name=f"b{i}", max_in_flight=1 << 30) for i in range(nodes)]
+    chooser = make_policy(policy)
+    users = rng.integers(0, 5_000, n).tolist()
+    items = [rng.integers(0, 100_000, candidates) for _ in range(1000)]
+    for i in range(1000):  # warm the records and sketches
+        r = RouteRequest(user_id=users[i], history_len=64, candidates=items[i])
+        backends[chooser.choose(r, backends)].note(r)
+    t0 = time.perf_counter()
+    for i in range(n):
+        r = RouteRequest(user_id=users[i], history_len=64, candidates=items[i % 1000])
+        backends[chooser.choose(r, backends)].note(r)
+    return (time.perf_counter() - t0) / n * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--policy", choices=POLICIES, default="helm")
+    parser.add_argument("--history", type=int, default=32)
+    parser.add_argument("--candidates", type=int, default=32)
+    args = parser.parse_args()
+    console = Console()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = stage_repository(Path(tmp) / "model_repository", "tiny", 0)
+        servers = [TritonServer(model_repository=repo, device="cpu", extra_env={"OMP_NUM_THREADS": "1"}) for _ in range(3)]
+        try:
+            with ThreadPoolExecutor(3) as pool:
+                list(pool.map(lambda s: s.start(), servers))
+            proc, routed = start_router(servers, args.policy)
+            try:
+                requests = make_requests(args.requests + args.warmup, 200, args.history, args.candidates, 300, 0)
+                direct_urls = [s.grpc_url for s in servers]
+                lat_direct, lat_router = latency(direct_urls, routed, requests, args.warmup)
+                rps_direct = asyncio.run(throughput(direct_urls, requests, args.seconds, args.concurrency)) / args.seconds
+                cpu0 = cpu_seconds(proc.pid)
+                answered = asyncio.run(throughput([routed], requests, args.seconds, args.concurrency))
+                router_cpu_per_req = (cpu_seconds(proc.pid) - cpu0) / max(answered, 1)
+                rps_router = answered / args.seconds
+            finally:
+                proc.send_signal(signal.SIGINT)
+                proc.wait(30)
+        finally:
+            for s in servers:
+                s.stop()
+
+    table = Table(title=f"router on this machine ({os.cpu_count()} cores): 3 tritonservers (tiny, CPU), "
+                  f"history {args.history}, {args.candidates} candidates, policy {args.policy}")
+    for col in ("measure", "direct", "via router", "added"):
+        table.add_column(col)
+    p50d, p99d = np.percentile(lat_direct, 50), np.percentile(lat_direct, 99)
+    p50r, p99r = np.percentile(lat_router, 50), np.percentile(lat_router, 99)
+    table.add_row(f"P50 latency ms ({args.requests} req)", f"{p50d:.3f}", f"{p50r:.3f}", f"{p50r - p50d:+.3f}")
+    table.add_row("P99 latency ms", f"{p99d:.3f}", f"{p99r:.3f}", f"{p99r - p99d:+.3f}")
+    table.add_row(f"throughput req/s ({args.concurrency} in flight, {args.seconds:.0f} s)", f"{rps_direct:.0f}",
+                  f"{rps_router:.0f}", f"{rps_router / rps_direct:.2f}x")
+    table.add_row("router CPU per request us", "", f"{router_cpu_per_req * 1e6:.0f}", "")
+    console.print(table)
+
+    cost = Table(title="routing decision alone (RouteRequest + policy.choose + record), in-process")
+    for col in ("policy", "3 nodes us", "32 nodes us"):
+        cost.add_column(col)
+    for name in POLICIES:
+        cost.add_row(name, *(f"{decision_cost_us(name, n, args.candidates):.1f}" for n in (3, 32)))
+    console.print(cost)
+    ceiling = 1.0 / router_cpu_per_req if router_cpu_per_req > 0 else float("inf")
+    console.print(
+        f"router adds {p50r - p50d:+.3f} ms at P50 and {p99r - p99d:+.3f} ms at P99; "
+        f"its ceiling is ~{ceiling:.0f} req/s per core ({router_cpu_per_req * 1e6:.0f} us CPU per request)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -42,12 +42,13 @@ from python_backend.pool.ranker import PooledRanker, RankRequest
 
 ALPHAS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 SWEEP = (0.1, 0.3, 0.5, 0.7, 0.9, 0.7, 0.5, 0.3, 0.1)
-# device -> (preset, item-table rows, pool_bytes, page_bytes). On CPU the ml100k
-# network gets a 50k-row item table (12.8 MB, 6x the pool) so that, as in
-# production, the EMB side cannot hold every row and alpha is a real trade-off.
+# device -> (preset, item-table rows, pool_bytes, page_bytes, refill bytes/s, pages per move step).
+# On CPU the ml100k network gets a 50k-row item table (12.8 MB, 6x the pool) so
+# that, as in production, the EMB side cannot hold every row and alpha is a real
+# trade-off. On CUDA the refill may use 4 GB/s, a small share of a PCIe 5 x16 link.
 DEFAULTS = {
-    "cpu": ("ml100k", 50_000, 2 << 20, 16 << 10),
-    "cuda": ("large", None, 2 << 30, 2 << 20),
+    "cpu": ("ml100k", 50_000, 2 << 20, 16 << 10, 64e6, 4),
+    "cuda": ("large", None, 2 << 30, 2 << 20, 4e9, 16),
 }
 
 
@@ -58,8 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-items", type=int, help="item-table rows (default: 50000 on cpu, the preset's on cuda)")
     p.add_argument("--pool-bytes", type=int, help="pool size (default: 2 MiB on cpu, 2 GiB on cuda)")
     p.add_argument("--page-bytes", type=int, help="page size (default: 16 KiB on cpu, 2 MiB on cuda)")
-    p.add_argument("--refill-bytes-per-s", type=float, default=64e6, help="background H2D throttle")
-    p.add_argument("--max-move-pages", type=int, default=4, help="pages moved per background step")
+    p.add_argument("--refill-bytes-per-s", type=float, help="background H2D throttle (default: 64e6 cpu, 4e9 cuda)")
+    p.add_argument("--max-move-pages", type=int, help="pages moved per background step (default: 4 cpu, 16 cuda)")
     p.add_argument("--requests", type=int, default=800, help="requests per alpha point")
     p.add_argument("--users", type=int, default=2000)
     p.add_argument("--hot-users", type=int, default=40)
@@ -225,7 +226,9 @@ def alpha_sweep(model: HSTU, work: Workload, args: argparse.Namespace) -> dict[s
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     kind = "cuda" if args.device.startswith("cuda") else "cpu"
-    name, num_items, pool_bytes, page_bytes = DEFAULTS[kind]
+    name, num_items, pool_bytes, page_bytes, refill, max_move = DEFAULTS[kind]
+    args.refill_bytes_per_s = args.refill_bytes_per_s or refill
+    args.max_move_pages = args.max_move_pages or max_move
     args.preset = args.preset or name
     args.num_items = args.num_items or num_items or preset(args.preset).num_items
     args.pool_bytes = args.pool_bytes or pool_bytes

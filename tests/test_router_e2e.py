@@ -99,7 +99,7 @@ def test_stock_clients_work_unchanged_through_the_router(backends) -> None:
     arrays = user_request(user=1, length=12)
     direct = grpcclient.InferenceServerClient(backends[0].grpc_url).infer(MODEL, inputs(grpcclient, arrays))
     expected = direct.as_numpy("SCORES")
-    with router(backends) as r:
+    with router(backends, "round_robin", metrics_port=0) as r:
         url, http_url = r.server.grpc_url, r.server.http_url
         client = grpcclient.InferenceServerClient(url)
         assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(MODEL)
@@ -126,6 +126,7 @@ def test_stock_clients_work_unchanged_through_the_router(backends) -> None:
             if len(answers) == 3:
                 done.set()
 
+        served = [b.served for b in r.server.dispatcher.backends]
         client.start_stream(callback=on_answer)
         for n in range(3):
             client.async_stream_infer(MODEL, inputs(grpcclient, arrays), request_id=str(n))
@@ -133,6 +134,14 @@ def test_stock_clients_work_unchanged_through_the_router(backends) -> None:
         client.stop_stream()
         for answer in answers:
             np.testing.assert_array_equal(answer, expected)
+        # A stream is sticky: all its requests reached one backend, even under round_robin.
+        grown = sorted(b.served - s for b, s in zip(r.server.dispatcher.backends, served))
+        assert grown == [0, 0, 3]
+        # So is a Triton sequence sent as unary calls.
+        served = [b.served for b in r.server.dispatcher.backends]
+        for n in range(3):
+            client.infer(MODEL, inputs(grpcclient, user_request(10 + n, 6)), sequence_id=77, sequence_end=n == 2)
+        assert sorted(b.served - s for b, s in zip(r.server.dispatcher.backends, served)) == [0, 0, 3]
 
         http = httpclient.InferenceServerClient(http_url)
         assert http.is_server_live() and http.is_server_ready() and http.is_model_ready(MODEL)
@@ -141,6 +150,9 @@ def test_stock_clients_work_unchanged_through_the_router(backends) -> None:
         for binary in (True, False):
             scores = http.infer(MODEL, inputs(httpclient, arrays, binary)).as_numpy("SCORES")
             np.testing.assert_array_equal(scores, expected)
+
+        own = urllib.request.urlopen(f"http://127.0.0.1:{r.server.metrics_port}/metrics", timeout=5).read().decode()
+        assert "helmrec_router_requests_total" in own and "helmrec_router_backend_healthy" in own
 
 
 def test_backend_errors_reach_the_client_unchanged(backends) -> None:
@@ -264,10 +276,17 @@ def test_backend_killed_mid_load_loses_no_request_and_returns_when_healthy(backe
         sent = threading.Event()
         count = {"n": 0}
 
+        http = httpclient.InferenceServerClient(r.server.http_url, concurrency=2)
+
         def worker(w: int) -> int:
+            """Workers 0-1 speak gRPC, 2-3 HTTP: both front doors must lose nothing."""
             done = 0
             for i in range(30):
-                scores = client.infer(MODEL, inputs(grpcclient, user_request(4000 + w * 100 + i, 10)))
+                arrays = user_request(4000 + w * 100 + i, 10)
+                if w < 2:
+                    scores = client.infer(MODEL, inputs(grpcclient, arrays))
+                else:
+                    scores = http.infer(MODEL, inputs(httpclient, arrays))
                 assert scores.as_numpy("SCORES").shape == (16, 2)
                 done += 1
                 count["n"] += 1

@@ -33,6 +33,5 @@ def previous_event_gaps(ts: torch.Tensor, start: int) -> torch.Tensor:
     `t_query - t`: it depends only on the token and its predecessor, so the KV
     of a history prefix never changes when the query time or later events do.
     """
-    own = ts[start:]
-    prev = ts[max(start - 1, 0) : ts.shape[0] - 1] if start > 0 else torch.cat([ts[:1], ts[:-1]])
-    return own - prev
+    prev = torch.cat([ts[:1], ts[:-1]])  # branch-free, so graphs with a dynamic start export
+    return ts[start:] - prev[start:]

@@ -182,8 +182,22 @@ class HSTU(nn.Module):
         c = self._check_rows("cand_emb", cand_emb)
         if c > cfg.max_candidates:
             raise ValueError(f"cand_emb: {c} candidates exceed max_candidates {cfg.max_candidates}")
+        query = torch.tensor(int(query_ts), dtype=torch.int64, device=cand_emb.device)
+        return self.forward_unchecked(hist_emb, hist_ts, hist_actions, cand_emb, query)
+
+    def forward_unchecked(
+        self,
+        hist_emb: torch.Tensor,
+        hist_ts: torch.Tensor,
+        hist_actions: torch.Tensor,
+        cand_emb: torch.Tensor,
+        query: torch.Tensor,
+    ) -> torch.Tensor:
+        """`forward` without input checks, query time as an int64 tensor: the traceable body."""
+        cfg = self.config
+        n, c = hist_emb.shape[0], cand_emb.shape[0]
         dev = cand_emb.device
-        query = torch.full((c,), int(query_ts), dtype=torch.int64, device=dev)
+        query = query.reshape(()).expand(c)
         last = hist_ts[-1].expand(c) if n > 0 else query
         x = torch.cat(
             [

@@ -1,0 +1,113 @@
+"""The public face of the fused HSTU attention: input checks and the backend choice.
+
+`HSTULayer` (and `FusedHSTU` until the layer dispatches itself) call
+`causal_attention` for prefill/extend and `candidate_attention` for ranking.
+Both run the Triton kernels where they can (`supported`: a CUDA tensor and an
+importable `triton`, or Triton's CPU interpreter under TRITON_INTERPRET=1) and
+the fp32 reference otherwise, so callers never branch on the device. Only the
+production variant's bias-free attention is fused: the research variant's
+relative bias is an [m, n] gather per layer and stays in the layer's einsum.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+
+import torch
+
+from python_backend.kernels.reference import candidate_attention_reference, causal_attention_reference
+
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@functools.lru_cache(maxsize=None)
+def triton_importable() -> bool:
+    """Whether the `triton` package is installed (GPU images; not the CPU CI venv)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def supported(t: torch.Tensor) -> bool:
+    """Whether the Triton kernels can run on tensors like `t`."""
+    if not triton_importable() or t.dtype not in _DTYPES:
+        return False
+    if t.device.type == "cuda":
+        return True
+    return t.device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _check(name: str, t: torch.Tensor, rows: int | None, heads: int, dim: int, like: torch.Tensor) -> None:
+    if t.dim() != 3:
+        raise ValueError(f"{name}: must be 3-d [tokens, heads, dim], got shape {list(t.shape)}")
+    if (rows is not None and t.shape[0] != rows) or t.shape[1] != heads or t.shape[2] != dim:
+        want = f"[{'n' if rows is None else rows}, {heads}, {dim}]"
+        raise ValueError(f"{name}: must have shape {want}, got {list(t.shape)}")
+    if t.dtype != like.dtype or t.device != like.device:
+        raise ValueError(f"{name}: must be {like.dtype} on {like.device} like q, got {t.dtype} on {t.device}")
+    if t.dtype not in _DTYPES:
+        raise ValueError(f"{name}: dtype must be one of {_DTYPES}, got {t.dtype}")
+    if t.shape[0] and t.stride(2) != 1:
+        raise ValueError(f"{name}: the last (feature) dim must be contiguous, got strides {t.stride()}")
+
+
+def _check_all(q, k_a, v_a, k_b, v_b, names: tuple[str, str, str, str]) -> None:
+    if q.dim() != 3:
+        raise ValueError(f"q: must be 3-d [tokens, heads, d_qk], got shape {list(q.shape)}")
+    m, h, dqk = q.shape
+    _check("q", q, m, h, dqk, q)
+    _check(names[0], k_a, None, h, dqk, q)
+    _check(names[1], v_a, k_a.shape[0], h, v_a.shape[2] if v_a.dim() == 3 else -1, q)
+    _check(names[2], k_b, m, h, dqk, q)
+    _check(names[3], v_b, m, h, v_a.shape[2], q)
+
+
+def causal_attention(
+    q: torch.Tensor,
+    k_ctx: torch.Tensor,
+    v_ctx: torch.Tensor,
+    k_new: torch.Tensor,
+    v_new: torch.Tensor,
+    qk_scale: float,
+    norm_scale: float,
+    splits: int | None = None,
+) -> torch.Tensor:
+    """Prefill/extend attention of m new tokens over [n0 cached; m new] keys, causal over the new ones.
+
+    q, k_new [m, H, dqk]; v_new [m, H, dv]; k_ctx [n0, H, dqk]; v_ctx [n0, H, dv]
+    (n0 = 0 for a full prefill). Returns [m, H, dv] in q's dtype.
+    `splits` forces the number of key chunks (tests); None picks one from the SM count.
+    """
+    _check_all(q, k_ctx, v_ctx, k_new, v_new, ("k_ctx", "v_ctx", "k_new", "v_new"))
+    if q.shape[0] == 0:
+        return q.new_zeros(0, q.shape[1], v_ctx.shape[2])
+    if supported(q):
+        from python_backend.kernels.triton_attention import causal_attention_triton
+
+        return causal_attention_triton(q, k_ctx, v_ctx, k_new, v_new, qk_scale, norm_scale, splits)
+    return causal_attention_reference(q, k_ctx, v_ctx, k_new, v_new, qk_scale, norm_scale).to(q.dtype)
+
+
+def candidate_attention(
+    q: torch.Tensor,
+    k_hist: torch.Tensor,
+    v_hist: torch.Tensor,
+    k_self: torch.Tensor,
+    v_self: torch.Tensor,
+    qk_scale: float,
+    norm_scale: float,
+    splits: int | None = None,
+) -> torch.Tensor:
+    """Target-aware attention of c candidates over n history keys plus each candidate's own key.
+
+    q, k_self [c, H, dqk]; v_self [c, H, dv]; k_hist [n, H, dqk]; v_hist [n, H, dv].
+    Returns [c, H, dv] in q's dtype.
+    """
+    _check_all(q, k_hist, v_hist, k_self, v_self, ("k_hist", "v_hist", "k_self", "v_self"))
+    if q.shape[0] == 0:
+        return q.new_zeros(0, q.shape[1], v_hist.shape[2])
+    if supported(q):
+        from python_backend.kernels.triton_attention import candidate_attention_triton
+
+        return candidate_attention_triton(q, k_hist, v_hist, k_self, v_self, qk_scale, norm_scale, splits)
+    return candidate_attention_reference(q, k_hist, v_hist, k_self, v_self, qk_scale, norm_scale).to(q.dtype)

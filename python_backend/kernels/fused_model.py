@@ -1,0 +1,72 @@
+"""HSTU's cached inference path (extend/prefill and rank) with the fused attention.
+
+`HSTULayer` does not dispatch to the kernels yet (its owner wires that; see
+docs/gpu.md), so the GPU benchmark runs the same network through this class:
+the layer's own projections, gating and head, with only the attention core
+replaced by `causal_attention` / `candidate_attention`. A CPU test pins it to
+`HSTU.extend` / `HSTU.rank`, so it cannot drift from the model unnoticed.
+Production variant only: the research variant's relative bias is not fused.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from python_backend.hstu.layer import HSTULayer
+from python_backend.hstu.model import HSTU
+from python_backend.kernels.attention import candidate_attention, causal_attention
+
+
+def layer_extend(
+    layer: HSTULayer, x: torch.Tensor, k_ctx: torch.Tensor, v_ctx: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`layer(x, k_ctx, v_ctx, causal keep, None)` for one request: x [m, D] -> (y [m, D], k, v)."""
+    u, q, k, v = layer.project(x)
+    a = causal_attention(q, k_ctx, v_ctx, k, v, layer.qk_scale, layer.norm_scale)
+    return layer.output(x, u, a.flatten(-2)), k, v
+
+
+def layer_rank(layer: HSTULayer, x: torch.Tensor, k_hist: torch.Tensor, v_hist: torch.Tensor) -> torch.Tensor:
+    """`layer.forward_candidates(x, k_hist, v_hist, None, None)` for one request: x [c, D] -> y [c, D]."""
+    u, q, k, v = layer.project(x)
+    a = candidate_attention(q, k_hist, v_hist, k, v, layer.qk_scale, layer.norm_scale)
+    return layer.output(x, u, a.flatten(-2))
+
+
+class FusedHSTU:
+    """`HSTU.prefill` / `extend_suffix` / `rank` (unchecked bodies) with fused attention."""
+
+    def __init__(self, model: HSTU) -> None:
+        if model.config.variant != "production":
+            raise ValueError(f"FusedHSTU: model.config.variant must be 'production' (no attention bias), got {model.config.variant!r}")
+        self.model = model
+
+    def prefill(self, hist_emb: torch.Tensor, hist_ts: torch.Tensor, hist_actions: torch.Tensor) -> torch.Tensor:
+        """kv [L, n, W] of a whole history."""
+        return self.extend_suffix(self.model.empty_kv(), hist_emb, hist_ts, hist_actions)
+
+    def extend_suffix(
+        self, kv: torch.Tensor, new_emb: torch.Tensor, hist_ts: torch.Tensor, new_actions: torch.Tensor
+    ) -> torch.Tensor:
+        """kv [L, n1, W] of n1 new tokens after the cached kv [L, n0, W]; hist_ts holds all n0 + n1 times."""
+        model = self.model
+        x = model._history_input(new_emb, new_actions, hist_ts, kv.shape[1])
+        new_kv = []
+        for i, layer in enumerate(model.layers):
+            k_ctx, v_ctx = model._unpack(kv[i])
+            x, k, v = layer_extend(layer, x, k_ctx, v_ctx)
+            new_kv.append(torch.cat([k.flatten(-2), v.flatten(-2)], dim=-1))
+        return torch.stack(new_kv)
+
+    def rank(self, kv: torch.Tensor, hist_ts: torch.Tensor, cand_emb: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        """Scores [c, T] float32 of c candidates after the cached history; query time as an int64 tensor."""
+        model = self.model
+        n, c = kv.shape[1], cand_emb.shape[0]
+        dev = cand_emb.device
+        query = query.reshape(())
+        gap = query - hist_ts[-1] if n > 0 else torch.zeros_like(query)
+        x = model._candidate_input(cand_emb, torch.full((c,), n, device=dev), gap.expand(c))
+        for i, layer in enumerate(model.layers):
+            k_hist, v_hist = model._unpack(kv[i])
+            x = layer_rank(layer, x, k_hist, v_hist)
+        return model._head(x, cand_emb)

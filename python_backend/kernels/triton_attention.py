@@ -1,0 +1,206 @@
+"""Fused HSTU pointwise attention in the Triton language (one request, no bias).
+
+HSTU attention has no softmax: `a_i = sum_j SiLU(q_i.k_j * scale) / N * v_j`.
+Without a row-wise max/normaliser, the key range splits into chunks whose
+partial sums simply add (no rescaling as in flash-decoding). The kernels use
+that to fill the GPU: a prefill of a few thousand tokens or a 256-candidate
+rank gives only cdiv(m, BLOCK_M) * H query tiles (16 for 256 candidates,
+4 heads), far fewer than an H100's 132 SMs, so each tile's key range is split
+over several programs and the fp32 partials are summed once at the end.
+
+Two kernels share one inner loop:
+- `_causal_kernel` (prefill / extend): m new tokens over [n0 cached; m new] keys;
+  cached keys are all visible, new key j is visible to new query i iff j <= i.
+  Cached and new K/V are read in place (no concatenation of the cache).
+- `_candidate_kernel` (target-aware ranking): c candidates over n history keys,
+  all visible, plus each candidate's own key (the diagonal), never another candidate's.
+
+K/V may be strided views of the cache's `[n, kv_width]` rows; only the last
+(feature) dim must be contiguous. Importing this module needs `triton`; use
+`python_backend.kernels.attention`, which checks for it.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+# Key tile; chunks of the split key range are multiples of it so tiles never straddle chunks.
+BLOCK_N = 64
+# Programs per SM the split aims for: enough to hide load latency, few enough
+# that the fp32 partials (split x m x H x dv) stay small.
+_PROGRAMS_PER_SM = 2
+
+
+@triton.jit
+def _accumulate(
+    acc,
+    q,
+    k_base,
+    v_base,
+    stride_kn,
+    stride_vn,
+    offs_dk,
+    offs_dv,
+    dk_ok,
+    dv_ok,
+    start,
+    end,
+    offs_q,
+    qk_scale,
+    CAUSAL: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """acc += SiLU(q k^T * scale) v over keys [start, end) of one segment (optionally k <= query index)."""
+    for j0 in range(start, end, BLOCK_N):
+        offs_n = j0 + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < end
+        k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_dk[None, :], mask=n_ok[:, None] & dk_ok[None, :], other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+        p = s * tl.sigmoid(s)
+        # Padded keys load as zeros and SiLU(0) = 0, so only causality needs a mask.
+        if CAUSAL:
+            p = tl.where(offs_n[None, :] <= offs_q[:, None], p, 0.0)
+        v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_dv[None, :], mask=n_ok[:, None] & dv_ok[None, :], other=0.0)
+        acc += tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
+def _causal_kernel(
+    q_ptr, kc_ptr, vc_ptr, kn_ptr, vn_ptr, out_ptr,
+    m, n0, chunk, qk_scale, norm_scale,
+    stride_qm, stride_qh, stride_kcn, stride_kch, stride_vcn, stride_vch,
+    stride_knn, stride_knh, stride_vnn, stride_vnh,
+    stride_os, stride_om, stride_oh,
+    DQK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+):
+    pid_m, h, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs_q = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_dk = tl.arange(0, BLOCK_DK)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    q_ok, dk_ok, dv_ok = offs_q < m, offs_dk < DQK, offs_dv < DV
+    q = tl.load(q_ptr + offs_q[:, None] * stride_qm + h * stride_qh + offs_dk[None, :], mask=q_ok[:, None] & dk_ok[None, :], other=0.0)
+    acc = tl.zeros((BLOCK_M, BLOCK_DV), dtype=tl.float32)
+    # This program's chunk [g0, g1) of the global key order: n0 cached keys, then the m new ones.
+    g0 = split * chunk
+    g1 = g0 + chunk
+    last_q = tl.minimum(pid_m * BLOCK_M + BLOCK_M, m)  # new keys at or past this index are never visible
+    acc = _accumulate(acc, q, kc_ptr + h * stride_kch, vc_ptr + h * stride_vch, stride_kcn, stride_vcn,
+                      offs_dk, offs_dv, dk_ok, dv_ok, g0, tl.minimum(g1, n0), offs_q, qk_scale,
+                      CAUSAL=False, BLOCK_N=BLOCK_N, PRECISION=PRECISION)
+    acc = _accumulate(acc, q, kn_ptr + h * stride_knh, vn_ptr + h * stride_vnh, stride_knn, stride_vnn,
+                      offs_dk, offs_dv, dk_ok, dv_ok, tl.maximum(g0 - n0, 0), tl.minimum(g1 - n0, last_q), offs_q,
+                      qk_scale, CAUSAL=True, BLOCK_N=BLOCK_N, PRECISION=PRECISION)
+    out = out_ptr + split * stride_os + offs_q[:, None] * stride_om + h * stride_oh + offs_dv[None, :]
+    tl.store(out, (acc * norm_scale).to(out_ptr.dtype.element_ty), mask=q_ok[:, None] & dv_ok[None, :])
+
+
+@triton.jit
+def _candidate_kernel(
+    q_ptr, kh_ptr, vh_ptr, ks_ptr, vs_ptr, out_ptr,
+    c, n, chunk, qk_scale, norm_scale,
+    stride_qm, stride_qh, stride_khn, stride_khh, stride_vhn, stride_vhh,
+    stride_ksn, stride_ksh, stride_vsn, stride_vsh,
+    stride_os, stride_om, stride_oh,
+    DQK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+):
+    pid_m, h, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs_q = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_dk = tl.arange(0, BLOCK_DK)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    q_ok, dk_ok, dv_ok = offs_q < c, offs_dk < DQK, offs_dv < DV
+    qmask = q_ok[:, None] & dk_ok[None, :]
+    q = tl.load(q_ptr + offs_q[:, None] * stride_qm + h * stride_qh + offs_dk[None, :], mask=qmask, other=0.0)
+    acc = tl.zeros((BLOCK_M, BLOCK_DV), dtype=tl.float32)
+    g0 = split * chunk
+    acc = _accumulate(acc, q, kh_ptr + h * stride_khh, vh_ptr + h * stride_vhh, stride_khn, stride_vhn,
+                      offs_dk, offs_dv, dk_ok, dv_ok, g0, tl.minimum(g0 + chunk, n), offs_q, qk_scale,
+                      CAUSAL=False, BLOCK_N=BLOCK_N, PRECISION=PRECISION)
+    if split == 0:  # the diagonal (candidate attends to itself) is added once
+        k_self = tl.load(ks_ptr + offs_q[:, None] * stride_ksn + h * stride_ksh + offs_dk[None, :], mask=qmask, other=0.0)
+        s = tl.sum(q.to(tl.float32) * k_self.to(tl.float32), axis=1) * qk_scale
+        v_self = tl.load(vs_ptr + offs_q[:, None] * stride_vsn + h * stride_vsh + offs_dv[None, :],
+                         mask=q_ok[:, None] & dv_ok[None, :], other=0.0)
+        acc += (s * tl.sigmoid(s))[:, None] * v_self.to(tl.float32)
+    out = out_ptr + split * stride_os + offs_q[:, None] * stride_om + h * stride_oh + offs_dv[None, :]
+    tl.store(out, (acc * norm_scale).to(out_ptr.dtype.element_ty), mask=q_ok[:, None] & dv_ok[None, :])
+
+
+@functools.lru_cache(maxsize=None)
+def _num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1  # the Triton interpreter (TRITON_INTERPRET=1) runs programs one by one on the CPU
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _tiles(m: int, d: int, device: torch.device) -> tuple[int, int, int]:
+    """(BLOCK_M, num_warps, num_stages) for m queries of head dim d.
+
+    Short query sets (extend by a few tokens) use small tiles so no work is
+    masked out; 128-row tiles with 8 warps are the usual H100 choice at d = 128.
+    """
+    if m <= 16:
+        block_m = 16
+    elif m <= 32:
+        block_m = 32
+    elif m <= 64 or d > 128:
+        block_m = 64
+    else:
+        block_m = 128
+    return block_m, (8 if block_m >= 128 else 4), (3 if device.type == "cuda" else 1)
+
+
+def _split(num_keys: int, query_tiles: int, device: torch.device, splits: int | None) -> tuple[int, int]:
+    """(number of key chunks, chunk length): enough programs to cover the SMs, no empty chunk."""
+    blocks = max(1, triton.cdiv(num_keys, BLOCK_N))
+    want = splits if splits is not None else triton.cdiv(_PROGRAMS_PER_SM * _num_sms(device), query_tiles)
+    want = max(1, min(want, blocks))
+    chunk = triton.cdiv(blocks, want) * BLOCK_N
+    return max(1, triton.cdiv(num_keys, chunk)), chunk
+
+
+def _precision(dtype: torch.dtype) -> str:
+    """fp32 inputs keep full precision (no TF32), so they can match the fp32 reference tightly."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _launch(kernel, q, k_a, v_a, k_b, v_b, m: int, n_a: int, num_keys: int, qk_scale: float, norm_scale: float,
+            splits: int | None) -> torch.Tensor:
+    h, dqk, dv = q.shape[1], q.shape[2], v_a.shape[2]
+    block_m, num_warps, num_stages = _tiles(m, max(dqk, dv), q.device)
+    tiles = triton.cdiv(m, block_m)
+    nsplit, chunk = _split(num_keys, tiles * h, q.device, splits)
+    out = torch.empty((nsplit, m, h, dv), dtype=q.dtype if nsplit == 1 else torch.float32, device=q.device)
+    kernel[(tiles, h, nsplit)](
+        q, k_a, v_a, k_b, v_b, out,
+        m, n_a, chunk, float(qk_scale), float(norm_scale),
+        q.stride(0), q.stride(1), k_a.stride(0), k_a.stride(1), v_a.stride(0), v_a.stride(1),
+        k_b.stride(0), k_b.stride(1), v_b.stride(0), v_b.stride(1),
+        out.stride(0), out.stride(1), out.stride(2),
+        DQK=dqk, DV=dv, BLOCK_DK=max(16, triton.next_power_of_2(dqk)), BLOCK_DV=max(16, triton.next_power_of_2(dv)),
+        BLOCK_M=block_m, BLOCK_N=BLOCK_N, PRECISION=_precision(q.dtype),
+        num_warps=num_warps, num_stages=num_stages,
+    )
+    return out[0] if nsplit == 1 else out.sum(0).to(q.dtype)
+
+
+def causal_attention_triton(q, k_ctx, v_ctx, k_new, v_new, qk_scale: float, norm_scale: float,
+                            splits: int | None = None) -> torch.Tensor:
+    """See `attention.causal_attention`; inputs already checked."""
+    m, n0 = q.shape[0], k_ctx.shape[0]
+    return _launch(_causal_kernel, q, k_ctx, v_ctx, k_new, v_new, m, n0, n0 + m, qk_scale, norm_scale, splits)
+
+
+def candidate_attention_triton(q, k_hist, v_hist, k_self, v_self, qk_scale: float, norm_scale: float,
+                               splits: int | None = None) -> torch.Tensor:
+    """See `attention.candidate_attention`; inputs already checked."""
+    c, n = q.shape[0], k_hist.shape[0]
+    return _launch(_candidate_kernel, q, k_hist, v_hist, k_self, v_self, c, n, n, qk_scale, norm_scale, splits)
+

@@ -1,0 +1,114 @@
+"""The Triton kernels equal the fp32 reference on fresh random inputs.
+
+Runs on a CUDA device with `triton` installed (fp32, bf16, fp16), or on the CPU
+under Triton's interpreter (TRITON_INTERPRET=1, fp32 only); skipped elsewhere,
+e.g. in the CPU CI venv, which has no `triton`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from python_backend.hstu.config import preset
+from python_backend.hstu.model import HSTU
+from python_backend.kernels.attention import candidate_attention, causal_attention, supported
+from python_backend.kernels.fused_model import FusedHSTU
+from python_backend.kernels.reference import candidate_attention_reference, causal_attention_reference
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = pytest.mark.skipif(
+    not supported(torch.empty(0, device=DEVICE)), reason="needs CUDA + triton, or triton with TRITON_INTERPRET=1"
+)
+DTYPES = [torch.float32] + ([torch.bfloat16, torch.float16] if DEVICE == "cuda" else [])
+# Largest error relative to the reference's largest magnitude: fp32 is exact up to
+# summation order; bf16/fp16 round the inputs and the SiLU weights before each matmul.
+REL_TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 4e-3}
+torch.set_num_threads(1)
+
+
+def _kv_views(n: int, h: int, dqk: int, dv: int, dtype: torch.dtype, gen: torch.Generator):
+    """K and V as the KV cache stores them: strided views of one [n, H*(dqk+dv)] row block."""
+    rows = torch.randn(n, h * (dqk + dv), generator=gen).to(DEVICE, dtype)
+    return rows[:, : h * dqk].view(n, h, dqk), rows[:, h * dqk :].view(n, h, dv)
+
+
+def _rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got.float() - want).abs().max() / want.abs().max().clamp(min=1e-30))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "n0,m,h,dqk,dv,splits",
+    [(0, 1, 2, 16, 16, None), (0, 100, 2, 32, 32, None), (37, 5, 3, 16, 32, None), (130, 70, 2, 24, 40, 3),
+     (64, 64, 1, 16, 16, 2), (5, 200, 2, 32, 16, 4)],
+)
+def test_causal_kernel_matches_reference(dtype, n0, m, h, dqk, dv, splits) -> None:
+    gen = torch.Generator().manual_seed(n0 * 1000 + m)
+    q = torch.randn(m, h, dqk, generator=gen).to(DEVICE, dtype)
+    k_ctx, v_ctx = _kv_views(n0, h, dqk, dv, dtype, gen)
+    k_new, v_new = _kv_views(m, h, dqk, dv, dtype, gen)
+    scale, norm = dqk**-0.5, 1.0 / 256
+    got = causal_attention(q, k_ctx, v_ctx, k_new, v_new, scale, norm, splits=splits)
+    want = causal_attention_reference(q, k_ctx, v_ctx, k_new, v_new, scale, norm)
+    assert got.dtype == dtype and got.shape == (m, h, dv)
+    assert _rel_err(got, want) < REL_TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "n,c,h,dqk,dv,splits",
+    [(0, 4, 2, 16, 16, None), (1, 1, 1, 16, 16, None), (300, 40, 2, 32, 32, None), (129, 17, 3, 24, 16, 5),
+     (64, 130, 2, 16, 32, 1)],
+)
+def test_candidate_kernel_matches_reference(dtype, n, c, h, dqk, dv, splits) -> None:
+    gen = torch.Generator().manual_seed(n * 1000 + c)
+    q = torch.randn(c, h, dqk, generator=gen).to(DEVICE, dtype)
+    k_hist, v_hist = _kv_views(n, h, dqk, dv, dtype, gen)
+    k_self, v_self = _kv_views(c, h, dqk, dv, dtype, gen)
+    scale, norm = dqk**-0.5, 1.0 / 256
+    got = candidate_attention(q, k_hist, v_hist, k_self, v_self, scale, norm, splits=splits)
+    want = candidate_attention_reference(q, k_hist, v_hist, k_self, v_self, scale, norm)
+    assert got.dtype == dtype and got.shape == (c, h, dv)
+    assert _rel_err(got, want) < REL_TOL[dtype]
+
+
+def test_split_count_does_not_change_the_result() -> None:
+    """Key chunks sum in fp32; any split gives the same answer up to summation order."""
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randn(50, 2, 16, generator=gen).to(DEVICE)
+    k, v = _kv_views(500, 2, 16, 16, torch.float32, gen)
+    ks, vs = _kv_views(50, 2, 16, 16, torch.float32, gen)
+    one = candidate_attention(q, k, v, ks, vs, 0.25, 0.01, splits=1)
+    for splits in (2, 3, 8):
+        torch.testing.assert_close(candidate_attention(q, k, v, ks, vs, 0.25, 0.01, splits=splits), one, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_model_scores_match_fp32_model(dtype) -> None:
+    """Partial KV hit + rank through the kernels in `dtype` vs the fp32 HSTU on the CPU."""
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(preset("tiny"), variant="production", max_seq_len=256, max_candidates=128)
+    ref = HSTU(cfg).eval()
+    model = HSTU(cfg).eval()
+    model.load_state_dict(ref.state_dict())
+    model = model.to(DEVICE, dtype)
+    gen = torch.Generator().manual_seed(1)
+    n0, n1, c = 150, 40, 100
+    ids = torch.randint(0, cfg.num_items, (n0 + n1,), generator=gen)
+    ts = 1_700_000_000 + torch.cumsum(torch.randint(0, 10**5, (n0 + n1,), generator=gen), 0)
+    actions = torch.randint(0, cfg.num_actions, (n0 + n1,), generator=gen)
+    cand = torch.randint(0, cfg.num_items, (c,), generator=gen)
+    query = int(ts[-1]) + 600
+    with torch.no_grad():
+        want = ref.forward(ref.embed_items(ids), ts, actions, ref.embed_items(cand), query)
+        fused = FusedHSTU(model)
+        d_ids, d_ts, d_act = ids.to(DEVICE), ts.to(DEVICE), actions.to(DEVICE)
+        emb = model.embed_items(d_ids)
+        kv0 = fused.prefill(emb[:n0], d_ts[:n0], d_act[:n0])
+        kv = torch.cat([kv0, fused.extend_suffix(kv0, emb[n0:], d_ts, d_act[n0:])], dim=1)
+        got = fused.rank(kv, d_ts, model.embed_items(cand.to(DEVICE)), torch.tensor(query, device=DEVICE))
+    assert got.dtype == torch.float32 and got.shape == (c, cfg.num_tasks)
+    assert _rel_err(got.cpu(), want) < {torch.float32: 1e-4, torch.bfloat16: 5e-2, torch.float16: 1e-2}[dtype]

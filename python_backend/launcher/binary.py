@@ -10,6 +10,7 @@ copied once into a cache folder with the right stub beside it.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import shutil
 import sys
@@ -48,14 +49,14 @@ class TritonDistribution:
 
 
 def _pytriton_root() -> Path:
-    try:
-        import pytriton  # noqa: PLC0415 - only needed to locate the wheel
-    except ImportError as exc:  # pragma: no cover - dependency of the package
+    """The installed pytriton package folder, found without importing it (its client needs gevent)."""
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
         raise LauncherError(
             "nvidia-pytriton is not installed: it ships the tritonserver binary "
             "(pip install nvidia-pytriton), or pass --tritonserver PATH"
-        ) from exc
-    return Path(pytriton.__file__).resolve().parent
+        )
+    return Path(list(spec.submodule_search_locations)[0]).resolve()
 
 
 def _cache_root() -> Path:

@@ -14,7 +14,6 @@ import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from python_backend.pool.pages import PageAllocator, Side

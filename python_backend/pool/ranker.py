@@ -75,7 +75,7 @@ class PooledRanker:
         self.pool = Pool(config, HostTable(weight, device), model.config.num_layers, model.kv_width, weight.dtype)
         self._throttle = RefillThrottle(config.refill_bandwidth_bytes_per_s, self.pool.host_table.row_bytes)
         self._worker = (
-            BackgroundWorker(self.step_background, background_interval_s) if background_interval_s is not None else None
+            BackgroundWorker(self._background_round, background_interval_s) if background_interval_s is not None else None
         )
 
     # -- the controller's side ---------------------------------------------------------------------
@@ -118,7 +118,15 @@ class PooledRanker:
     # -- background -----------------------------------------------------------------------------------
     def step_background(self, elapsed_s: float) -> None:
         """One round of background work as if `elapsed_s` passed: a bounded move step, then
-        admission and refill within the bandwidth the throttle grants for that time."""
+        admission and refill within the bandwidth the throttle grants for that time.
+
+        Only for a ranker built with `background_interval_s=None`; with a thread, the
+        thread is the one caller (the throttle is not shared between threads)."""
+        if self._worker is not None:
+            raise RuntimeError("step_background: this ranker's background thread already does this work")
+        self._background_round(elapsed_s)
+
+    def _background_round(self, elapsed_s: float) -> None:
         self.pool.step_moves()
         budget = self._throttle.grant(elapsed_s)
         self._throttle.spend(self.pool.background_step(budget))

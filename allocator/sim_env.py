@@ -4,13 +4,12 @@ One node owns a pool of `pool_bytes`; alpha of it holds EMB rows, the rest
 per-user KV prefixes. For every control window of a trace and every alpha on
 a 0.01 grid, `build_table` computes once (vectorised over the grid):
 
-- KV (LRU over users, characteristic-time view): an LRU cache of capacity C
-  holds exactly the users whose last request is more recent than a cutoff
-  T_c(C) — the characteristic time of Che's approximation, here read off the
-  trace's own recency order at the window start instead of fitted to rates.
-  A request is a KV hit (prefix reuse, full or partial) iff its user's
-  previous request is newer than that cutoff; it then prefills only the new
-  suffix and looks up only the suffix's embeddings.
+- KV (LRU over users, Che's characteristic-time approximation): per-user
+  request rates over the last `lookback_s` and users' KV sizes give the
+  characteristic time T_c(C) at which the expected resident bytes fill the
+  KV capacity C; a request is a KV hit (prefix reuse, full or partial) iff its
+  user's previous request is less than T_c ago. A hit prefills only the new
+  suffix and looks up only the suffix's embeddings; a miss does all of it.
 - EMB (frequency-with-recency eviction, treated as ideal LFU under the
   stationary Zipf item law): the cache holds the C most popular rows, so a row
   lookup hits with probability CDF_zipf(C). Exact for LFU with known
@@ -41,8 +40,8 @@ ALPHA_GRID = np.round(np.arange(0.0, 1.0001, 0.01), 2)
 # Utilisation above which the M/G/1 formula is replaced by the backlog model: the stationary
 # wait diverges at 1, and a window-long overload is better described by the work left over.
 _RHO_CAP = 0.97
-# Largest request sample per window that the per-alpha latency is computed over.
-_SAMPLE = 4000
+# Grid on which Che's occupancy equation is tabulated and inverted (seconds).
+_T_GRID = np.geomspace(1e-3, 1e4, 400)
 
 
 @dataclass(frozen=True)
@@ -51,16 +50,22 @@ class NodeConfig:
 
     pool_bytes: int = 4_000_000_000
     interval_s: float = 1.0  # control window of the simulator (trace seconds)
-    warmup_s: float = 60.0  # trace time that only warms the caches before the first window
+    warmup_s: float = 120.0  # trace time that only warms the caches before the first window
     # Hit rates and latency of a window are expectations over the requests of the last `lookback_s`
     # (a rate-weighted sample of users, as in Che's approximation), not over the window's own few
     # hundred requests: otherwise alpha* would mostly track which users happened to arrive.
     lookback_s: float = 10.0
+    # Requests per lookback (at the trace's mean rate) that per-alpha latency is computed over. The
+    # sample is every k-th request of the whole trace, so consecutive windows share almost all of it:
+    # a fresh sample per window would make alpha* jitter with the sampling, not with the workload.
+    sample_requests: int = 6000
     alpha_min: float = 0.02  # alpha the pool never goes below/above (each side keeps some pages)
     alpha_max: float = 0.98
     cost: CostModel = dataclasses.field(default_factory=CostModel)
 
     def __post_init__(self) -> None:
+        if self.sample_requests < 100:
+            raise ValueError(f"NodeConfig.sample_requests must be >= 100, got {self.sample_requests}")
         if self.pool_bytes <= 0:
             raise ValueError(f"NodeConfig.pool_bytes must be > 0, got {self.pool_bytes}")
         if self.interval_s <= 0 or self.warmup_s < 0 or self.lookback_s < self.interval_s:
@@ -109,6 +114,26 @@ def _p99_wait_ms(rate: float, mean_s_us: np.ndarray, mean_s2_us2: np.ndarray, in
     return (x99 + overload_us) / 1e3
 
 
+def _characteristic_time(trace: Trace, lookback: slice, span_s: float, capacity_tokens: np.ndarray) -> np.ndarray:
+    """Che's characteristic time T_c per capacity: sum_u size_u (1 - exp(-rate_u T_c)) = capacity.
+
+    Rates are request counts over the lookback / its span; a user's size is its latest history
+    length. Users with equal counts share a rate, so the sum runs over distinct counts (tens), not
+    users (thousands). Capacity beyond everything the lookback saw gives T_c = inf (all reuse hits).
+    """
+    users = trace.user_id[lookback]
+    if users.size == 0:
+        return np.full(capacity_tokens.shape, np.inf)
+    uniq, last_rev, counts = np.unique(users[::-1], return_index=True, return_counts=True)
+    sizes = trace.history_len[lookback][::-1][last_rev].astype(np.float64)
+    distinct, group = np.unique(counts, return_inverse=True)
+    size_by_count = np.bincount(group, weights=sizes)
+    rates = distinct / span_s
+    occupancy = (1.0 - np.exp(-np.outer(_T_GRID, rates))) @ size_by_count  # [T], increasing in T
+    t_char = np.interp(capacity_tokens, occupancy, _T_GRID)
+    return np.where(capacity_tokens >= occupancy[-1], np.inf, t_char)
+
+
 def build_table(trace: Trace, node: NodeConfig = NodeConfig()) -> WindowTable:
     """Simulate every window of `trace` at every alpha of ALPHA_GRID (see the module docstring)."""
     cfg = trace.config
@@ -117,12 +142,7 @@ def build_table(trace: Trace, node: NodeConfig = NodeConfig()) -> WindowTable:
     emb_rows = np.floor(ALPHA_GRID * node.pool_bytes / cost.emb_row_bytes).astype(np.int64)
     emb_hit_row = np.where(emb_rows > 0, trace.item_cdf[np.clip(emb_rows - 1, 0, trace.item_cdf.shape[0] - 1)], 0.0)
 
-    last_t = np.full(cfg.num_users, -np.inf)
-    last_len = np.zeros(cfg.num_users, dtype=np.float64)
-    warm = trace.window(0.0, node.warmup_s)
-    last_t[trace.user_id[warm]] = trace.t_s[warm]
-    last_len[trace.user_id[warm]] = trace.history_len[warm]
-
+    stride = max(1, round(len(trace) / cfg.duration_s * node.lookback_s / node.sample_requests))
     starts = np.arange(node.warmup_s, cfg.duration_s - node.interval_s + 1e-9, node.interval_s)
     shape = (starts.shape[0], ALPHA_GRID.shape[0])
     out = {k: np.zeros(shape) for k in ("emb_hit", "kv_hit", "mean_service_us", "p99_ms")}
@@ -131,25 +151,15 @@ def build_table(trace: Trace, node: NodeConfig = NodeConfig()) -> WindowTable:
     mean_len = np.zeros(starts.shape[0])
     for w, t0 in enumerate(starts):
         rows = trace.window(t0, t0 + node.interval_s)
-        users = trace.user_id[rows]
-        n = users.shape[0]
+        n = rows.stop - rows.start
         requests[w] = n
-        # LRU cutoff per alpha: users by recency at t0, cumulative KV tokens, capacity -> oldest time kept.
-        seen = np.flatnonzero(np.isfinite(last_t))
-        by_recency = seen[np.argsort(-last_t[seen], kind="stable")]
-        cum_tokens = np.cumsum(last_len[by_recency])
-        kept = np.searchsorted(cum_tokens, kv_capacity_tokens, side="right")  # users that fit, per alpha
-        oldest_kept_t = np.where(
-            kept > 0, last_t[by_recency][np.maximum(kept - 1, 0)] if by_recency.size else np.inf, np.inf
-        )
         t1 = t0 + node.interval_s
         lb = trace.window(t1 - node.lookback_s, t1)
-        sample = np.arange(lb.start, lb.stop, max(1, -(-(lb.stop - lb.start) // _SAMPLE)))
+        t_char = _characteristic_time(trace, lb, min(node.lookback_s, t1), kv_capacity_tokens)
+        sample = np.arange(-(-lb.start // stride) * stride, lb.stop, stride)
         out["emb_hit"][w] = emb_hit_row
         if sample.size:
-            # The characteristic time of the LRU per alpha: a request hits iff its user came back
-            # within it (window start minus the recency of the oldest user still kept).
-            t_char = t0 - oldest_kept_t  # [A]
+            # Che: a request hits iff its user came back within the characteristic time.
             hit = trace.since_prev_s[sample][None, :] <= t_char[:, None]  # [A, s]
             hist = trace.history_len[sample].astype(np.float64)
             computed = np.where(hit, hist - trace.prev_len[sample], hist)
@@ -164,12 +174,8 @@ def build_table(trace: Trace, node: NodeConfig = NodeConfig()) -> WindowTable:
             out["p99_ms"][w] = p99_service_ms + _p99_wait_ms(rate, mean_s, (service**2).mean(axis=1), node.interval_s)
         if n == 0:
             continue
-        t_req = trace.t_s[rows]
-        hist_w = trace.history_len[rows].astype(np.float64)
-        hot[w] = float((trace.since_prev_s[rows] <= t_req - t0).mean())
-        mean_len[w] = float(hist_w.mean())
-        last_t[users] = t_req
-        last_len[users] = hist_w
+        hot[w] = float((trace.since_prev_s[rows] <= trace.t_s[rows] - t0).mean())
+        mean_len[w] = float(trace.history_len[rows].mean())
     return WindowTable(
         regime=cfg.regime,
         t0_s=starts,

@@ -46,18 +46,20 @@ class TraceConfig:
     num_users: int = 100_000
     num_items: int = 5_000_000
     user_zipf: float = 0.8  # exponent of the background user popularity
-    item_zipf: float = 0.9  # exponent of item popularity (history and candidates)
-    hot_users: int = 150  # size of the hot set
+    item_zipf: float = 0.7  # exponent of item popularity (history and candidates)
+    hot_users: int = 600  # size of the hot set
     hot_user_share: float = 0.3  # share of requests sent by the hot set
     mean_history_len: float = 1000.0  # mean length of a user's first history
-    history_growth: int = 8  # items a returning user has added since the last request
+    history_growth_per_s: float = 0.2  # items a user adds to their history per second after the first visit
     max_history_len: int = 4096
     arrival_rate: float = 1700.0  # requests per second (base rate)
     candidates: int = 512  # candidate items per request
     duration_s: float = 600.0
     seed: int = 0
     regime: str = "steady"
-    # Trend: linear drift from the base values to these by the end of the trace.
+    # Trend: linear drift from the base values to these over the first `trend_period_s` (then held),
+    # so a short trace of the regime sees the same dynamics as a long one, just less of them.
+    trend_period_s: float = 600.0
     trend_hot_share_end: float = 0.7
     trend_history_scale_end: float = 2.0
     # Burst: every `burst_every_s` (first at half that) a burst of `burst_len_s`.
@@ -79,19 +81,19 @@ class TraceConfig:
         for name in ("hot_user_share", "trend_hot_share_end", "burst_hot_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"TraceConfig.{name} must be in [0, 1], got {getattr(self, name)}")
-        for name in ("arrival_rate", "duration_s", "mean_history_len", "burst_every_s", "burst_len_s"):
+        for name in ("arrival_rate", "duration_s", "mean_history_len", "burst_every_s", "burst_len_s", "trend_period_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"TraceConfig.{name} must be > 0, got {getattr(self, name)}")
         if self.trend_history_scale_end < 1.0:
             raise ValueError("TraceConfig.trend_history_scale_end must be >= 1 so histories never shrink")
-        if self.history_growth < 0 or self.burst_rate_mult <= 0 or self.user_zipf < 0 or self.item_zipf < 0:
-            raise ValueError("TraceConfig: history_growth, user_zipf, item_zipf must be >= 0, burst_rate_mult > 0")
+        if self.history_growth_per_s < 0 or self.burst_rate_mult <= 0 or self.user_zipf < 0 or self.item_zipf < 0:
+            raise ValueError("TraceConfig: history_growth_per_s, user_zipf, item_zipf must be >= 0, burst_rate_mult > 0")
 
     def hot_share_at(self, t_s: np.ndarray) -> np.ndarray:
         """Share of requests from the hot set at times `t_s` (the regime's schedule)."""
         t_s = np.asarray(t_s, dtype=np.float64)
         if self.regime == "trend":
-            frac = np.clip(t_s / self.duration_s, 0.0, 1.0)
+            frac = np.clip(t_s / self.trend_period_s, 0.0, 1.0)
             return self.hot_user_share + frac * (self.trend_hot_share_end - self.hot_user_share)
         if self.regime == "burst":
             return np.where(self.in_burst(t_s), self.burst_hot_share, self.hot_user_share)
@@ -108,7 +110,7 @@ class TraceConfig:
         """Multiplier on users' base history length; non-decreasing in time so histories only grow."""
         t_s = np.asarray(t_s, dtype=np.float64)
         if self.regime == "trend":
-            frac = np.clip(t_s / self.duration_s, 0.0, 1.0)
+            frac = np.clip(t_s / self.trend_period_s, 0.0, 1.0)
             return 1.0 + frac * (self.trend_history_scale_end - 1.0)
         return np.ones_like(t_s)
 
@@ -232,18 +234,19 @@ def generate(config: TraceConfig) -> Trace:
     is_hot = rng.random(n) < config.hot_share_at(t_s)
     user_id = np.where(is_hot, hot_set[rng.integers(0, config.hot_users, n)], background)
 
-    # Visit index and previous visit of each request, per user (stable sort keeps time order).
+    # First and previous visit of each request's user (a stable sort keeps time order per user).
     order = np.argsort(user_id, kind="stable")
     u_sorted = user_id[order]
     first = np.ones(n, dtype=bool)
     first[1:] = u_sorted[1:] != u_sorted[:-1]
     group_start = np.maximum.accumulate(np.where(first, np.arange(n), 0))
-    visit = np.empty(n, dtype=np.int64)
-    visit[order] = np.arange(n) - group_start
+    t_first = np.empty(n)
+    t_first[order] = t_s[order][group_start]
 
-    # History length: the user's base length scaled by the (non-decreasing) regime scale, plus growth.
+    # History length: the user's base length scaled by the (non-decreasing) regime scale, plus the
+    # items added since the first visit (engagement accrues with time, not with requests).
     base_len = np.maximum(1.0, rng.geometric(1.0 / config.mean_history_len, config.num_users))
-    hist = np.floor(base_len[user_id] * config.history_scale_at(t_s)) + config.history_growth * visit
+    hist = np.floor(base_len[user_id] * config.history_scale_at(t_s) + config.history_growth_per_s * (t_s - t_first))
     history_len = np.minimum(hist, config.max_history_len).astype(np.int32)
 
     prev_sorted = np.empty(n, dtype=np.int64)

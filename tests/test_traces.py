@@ -42,8 +42,8 @@ def test_ids_in_range_and_items_are_zipf_skewed() -> None:
     assert cands.min() >= FIRST_ITEM_ID and cands.max() < tr.config.num_items
     assert cands.shape == (200 * tr.config.candidates,)
     ranks = tr.item_rank(cands)
-    # Under Zipf(0.9) over 200k items, the top 1% of items draw far more than 1% of lookups.
-    assert (ranks < tr.config.num_items // 100).mean() > 0.2
+    # Under Zipf(0.7) over 5M items, the top 1% of items draw far more than 1% of lookups.
+    assert (ranks < tr.config.num_items // 100).mean() > 0.1
 
 
 def test_burst_raises_rate_and_hot_share_trend_drifts() -> None:
@@ -54,7 +54,7 @@ def test_burst_raises_rate_and_hot_share_trend_drifts() -> None:
     rate_in = inside.sum() / cfg.burst_len_s
     rate_out = (~inside).sum() / (cfg.duration_s - cfg.burst_len_s)
     assert rate_in > 1.15 * rate_out
-    tr2 = make_trace("trend", seed=2, duration_s=100.0)
+    tr2 = make_trace("trend", seed=2, duration_s=100.0, trend_period_s=100.0)
     assert tr2.config.hot_share_at(np.array([99.0]))[0] > tr2.config.hot_share_at(np.array([1.0]))[0] + 0.3
 
 

@@ -1,0 +1,66 @@
+"""Residual adapter stays bounded and learns the slope's sign; the burst detector fires on bursts only."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from allocator.burst import BurstConfig, BurstDetector
+from allocator.residual import ResidualAdapter, ResidualConfig
+from allocator.sim_env import NodeConfig, build_table
+from load.traces import make_trace
+
+
+def test_residual_bounded_under_adversarial_latency() -> None:
+    cfg = ResidualConfig(bound=0.05, step=0.01)
+    adapter = ResidualAdapter(cfg)
+    rng = np.random.default_rng(0)
+    for _ in range(5000):
+        out = adapter.update(float(rng.choice([0.1, 1000.0])))
+        assert abs(out) <= cfg.bound + cfg.probe + 1e-12
+        assert abs(adapter.offset) <= cfg.bound + 1e-12
+
+
+def test_residual_follows_the_latency_slope_and_ignores_flat_noise() -> None:
+    """On P99 = (alpha - 0.3)^2 + 5 it walks toward 0.3; on pure noise below the deadband it stays at 0."""
+    adapter = ResidualAdapter(ResidualConfig(bound=0.1, step=0.01, deadband=0.0005))
+    base = 0.4
+    p99 = 5.0
+    for _ in range(400):
+        alpha = base + adapter.update(p99)
+        p99 = 5.0 + 100.0 * (alpha - 0.3) ** 2
+    assert adapter.offset == pytest.approx(-0.1, abs=0.02)
+    quiet = ResidualAdapter(ResidualConfig(deadband=0.05))
+    rng = np.random.default_rng(1)
+    for _ in range(1000):
+        quiet.update(5.0 * (1.0 + 0.01 * rng.standard_normal()))
+    assert quiet.offset == 0.0
+
+
+def _signals(regime: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Observation signals of the last 160 s of a standard 600 s trace (realistic drift speed)."""
+    trace = make_trace(regime, seed=11, duration_s=600.0, burst_every_s=70.0, burst_len_s=15.0)
+    table = build_table(trace, NodeConfig(warmup_s=440.0, sample_requests=1000))
+    in_burst = trace.config.in_burst(table.t0_s + 0.5)
+    return table.hot_user_share, table.requests / table.interval_s, in_burst
+
+
+def test_burst_detector_fires_on_bursts_and_hands_back() -> None:
+    hot, rate, truth = _signals("burst")
+    det = BurstDetector(BurstConfig())
+    flags = np.array([det.update(float(h), float(r)) for h, r in zip(hot, rate)])
+    starts = np.flatnonzero(np.diff(truth.astype(int)) == 1) + 1
+    assert len(starts) >= 2 and det.bursts == len(starts)
+    for s in starts:
+        assert flags[s : s + 2].any(), "burst must be seen within two intervals of its start"
+    ends = np.flatnonzero(np.diff(truth.astype(int)) == -1) + 1
+    for e in ends[ends + 20 <= len(truth)]:
+        assert not flags[e + 8 : e + 20].any(), "control must be handed back after the burst"
+
+
+def test_burst_detector_quiet_on_steady_and_trend() -> None:
+    for regime in ("steady", "trend"):
+        hot, rate, _ = _signals(regime)
+        det = BurstDetector(BurstConfig())
+        flags = [det.update(float(h), float(r)) for h, r in zip(hot, rate)]
+        assert not any(flags), f"false alarm on {regime}"

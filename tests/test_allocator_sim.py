@@ -1,0 +1,71 @@
+"""Node simulator and oracle: a valid gymnasium env, and alpha* is the true minimum of the sweep."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+from allocator.observation import Observation, features
+from allocator.oracle import alpha_star, smoothed_p99
+from allocator.sim_env import ALPHA_GRID, NodeConfig, NodeEnv, NodeState, build_table, step_node
+from load.traces import make_trace
+
+NODE = NodeConfig(warmup_s=20.0, sample_requests=1000)
+
+
+@pytest.fixture(scope="module")
+def tables():
+    return [build_table(make_trace(r, seed=7, duration_s=60.0, burst_every_s=40.0, burst_len_s=8.0), NODE)
+            for r in ("steady", "burst")]
+
+
+def test_env_passes_gymnasium_checker(tables) -> None:
+    env = NodeEnv(tables, NODE, episode_windows=16)
+    check_env(env, skip_render_check=True)
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (8,) and obs.dtype == np.float32
+    _, reward, terminated, truncated, info = env.step(np.array([0.0], dtype=np.float32))
+    assert reward <= 0.0 and not terminated and 0.0 <= info["alpha_star"] <= 1.0
+
+
+def test_oracle_is_the_sweep_minimum(tables) -> None:
+    for table in tables:
+        star = alpha_star(table, NODE)
+        smooth = smoothed_p99(table)
+        allowed = (ALPHA_GRID >= NODE.alpha_min) & (ALPHA_GRID <= NODE.alpha_max)
+        for w in range(table.num_windows):
+            i = int(round(star[w] * 100))
+            assert NODE.alpha_min <= star[w] <= NODE.alpha_max
+            assert smooth[w, i] == pytest.approx(smooth[w, allowed].min())
+            # The smoothed optimum is also near-optimal on the raw curve.
+            assert table.p99_ms[w, i] <= table.p99_ms[w, allowed].min() * 1.02
+        # Sweeping alpha through step_node (interpolation included) never beats alpha* by > 1%.
+        w = table.num_windows // 2
+        sweep = [step_node(table, w, NodeState(alpha=float(a))).p99_ms for a in np.linspace(0.02, 0.98, 97)]
+        assert min(sweep) >= table.p99_ms[w, int(round(star[w] * 100))] * 0.99
+
+
+def test_caches_trade_off_in_the_expected_direction(tables) -> None:
+    table = tables[0]
+    emb = table.emb_hit.mean(axis=0)
+    kv = table.kv_hit.mean(axis=0)
+    assert np.all(np.diff(emb) >= -1e-12) and emb[90] > emb[10]  # more EMB pages, more EMB hits
+    assert np.all(np.diff(kv) <= 1e-12) and kv[10] > kv[90]  # fewer KV pages, fewer KV hits
+    # Both extremes are worse than the optimum: a real trade-off, alpha* strictly inside.
+    star = alpha_star(table, NODE)
+    assert 0.05 < float(np.median(star)) < 0.95
+
+
+def test_step_node_observation_follows_the_contract(tables) -> None:
+    obs = step_node(tables[1], 3, NodeState(alpha=0.4))
+    assert isinstance(obs, Observation) and obs.alpha == pytest.approx(0.4)
+    assert obs.request_rate > 0 and obs.p99_ms > 0 and obs.mean_history_len > 0
+    assert features(obs.to_array()).shape == (8,)
+
+
+def test_bad_node_config_names_the_field() -> None:
+    with pytest.raises(ValueError, match="pool_bytes"):
+        NodeConfig(pool_bytes=0)
+    with pytest.raises(ValueError, match="Observation.kv_hit_rate"):
+        Observation(0.5, 1.5, 0.1, 100.0, 10.0, 0.0, 0.5, 1.0)

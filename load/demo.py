@@ -1,19 +1,24 @@
-"""`make demo`: real MovieLens-100K users ranked by a real tritonserver.
+"""`make demo`: real MovieLens-100K users ranked by real tritonservers behind the router.
 
-    python -m load.demo --model-repository model_repository [--users 5] [--device cpu]
+    python -m load.demo --model-repository model_repository [--nodes 2] [--users 5] [--device cpu]
 
-Starts the bundled tritonserver on the repository, then for a few users sends
+Starts `--nodes` bundled tritonservers on the repository (each its own pool)
+and the router (`helm` policy) in front of them, then for a few users sends
 their history (all but the last movie) with 20 candidates — the movie they
-really watched next plus 19 they never rated — over gRPC and HTTP with stock
-tritonclient, prints the ranking with titles, then sends each user's next
-request (history grown by the movie just watched, as a returning user's
-would) and prints the latencies of first and returning requests.
+really watched next plus 19 they never rated — through the router over gRPC
+and HTTP with stock tritonclient, prints the ranking with titles, then sends
+each user's next request (history grown by the movie just watched, as a
+returning user's would), and prints latencies and each node's KV hits, read
+from its metrics port.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import time
+import urllib.request
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +30,8 @@ from rich.table import Table
 from python_backend.hstu.data import UserHistory, load_ml100k, ml100k_path
 from python_backend.launcher import TritonServer
 from python_backend.serving.network import read_limits
+from router.config import BackendAddress, RouterConfig
+from router.server import RouterThread
 
 MODEL = "hstu_ensemble"
 
@@ -65,10 +72,18 @@ def timed_infer(client, module, arrays: dict[str, np.ndarray]) -> tuple[np.ndarr
     return scores, (time.perf_counter() - t0) * 1e3
 
 
+def kv_counts(metrics_url: str) -> tuple[int, int]:
+    """(KV hits, KV requests) a node reports on its metrics port."""
+    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()  # noqa: S310 - loopback
+    found = dict(re.findall(r"^(helmrec_kv_(?:hits|requests)_total) ([0-9.e+]+)$", text, re.M))
+    return int(float(found.get("helmrec_kv_hits_total", 0))), int(float(found.get("helmrec_kv_requests_total", 0)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-repository", type=Path, default=Path("model_repository"))
     parser.add_argument("--device", default="auto", choices=("cpu", "cuda", "auto"))
+    parser.add_argument("--nodes", type=int, default=2, help="tritonservers behind the router")
     parser.add_argument("--users", type=int, default=5)
     parser.add_argument("--candidates", type=int, default=20)
     parser.add_argument("--seed", type=int, default=7)
@@ -81,11 +96,21 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     users = [data.users[i] for i in rng.choice(len(data.users), args.users, replace=False)]
 
-    console.print(f"[bold]starting tritonserver on {args.model_repository} ...")
-    with TritonServer(model_repository=args.model_repository, device=args.device) as server:
-        console.print(f"ready: gRPC {server.grpc_url}, HTTP {server.http_url}, metrics {server.metrics_url}")
-        grpc = grpcclient.InferenceServerClient(server.grpc_url)
-        http = httpclient.InferenceServerClient(server.http_url)
+    console.print(f"[bold]starting {args.nodes} tritonserver(s) on {args.model_repository} and the router ...")
+    with ExitStack() as stack:
+        servers = [
+            stack.enter_context(TritonServer(model_repository=args.model_repository, device=args.device))
+            for _ in range(args.nodes)
+        ]
+        for i, server in enumerate(servers):
+            console.print(f"node {i}: gRPC {server.grpc_url}, HTTP {server.http_url}, metrics {server.metrics_url}")
+        backends = tuple(
+            BackendAddress("127.0.0.1", s.grpc_port, s.http_port, s.metrics_port) for s in servers
+        )
+        router = stack.enter_context(RouterThread(RouterConfig(backends=backends, policy="helm"))).server
+        console.print(f"router (helm): gRPC {router.grpc_url}, HTTP {router.http_url}")
+        grpc = grpcclient.InferenceServerClient(router.grpc_url)
+        http = httpclient.InferenceServerClient(router.http_url)
         # One warm-up request, so one-time start-up costs (lazy init, allocator growth) are not timed.
         # User 0 does not exist in MovieLens, so no demo user's cache entry is touched.
         warm = UserHistory(0, users[0].items[:2], users[0].timestamps[:2], users[0].actions[:2])
@@ -120,6 +145,8 @@ def main() -> None:
             grown = user.cut(n, limits.max_seq_len)
             _, ms = timed_infer(grpc, grpcclient, request_arrays(grown, candidates))
             return_ms.append(ms)
+        time.sleep(0.3)  # nodes publish their pool metrics once per control interval
+        nodes = [kv_counts(server.metrics_url) for server in servers]
 
     summary = Table(title="latency over gRPC (ms)")
     for col in ("request", "median", "max"):
@@ -127,6 +154,8 @@ def main() -> None:
     summary.add_row("first request of a user", f"{np.median(first_ms):.2f}", f"{np.max(first_ms):.2f}")
     summary.add_row("returning user (history + 1)", f"{np.median(return_ms):.2f}", f"{np.max(return_ms):.2f}")
     console.print(summary)
+    for i, (hits, lookups) in enumerate(nodes):
+        console.print(f"node {i}: {hits} of {lookups} requests reused a cached KV prefix")
     console.print(
         f"mean rank of the movie watched next: {np.mean(ranks):.1f} of {args.candidates} "
         f"(a random order would give {(args.candidates + 1) / 2:.1f})"

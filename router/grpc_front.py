@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import AsyncIterator, Awaitable, Callable
+from typing import AsyncIterator, Awaitable, Callable, NoReturn
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -19,6 +19,7 @@ from tritonclient.grpc import service_pb2
 from router.config import RouterConfig
 from router.dispatch import BackendFailure, Dispatcher, RouteFailure
 from router.request_features import Features, from_grpc
+from router.state import RouteRequest
 
 SERVICE = "inference.GRPCInferenceService"
 # Forwarded to one healthy backend: every backend serves the same repository.
@@ -122,7 +123,7 @@ class GrpcFront:
         return answer  # type: ignore[return-value]
 
     @staticmethod
-    async def _refuse(failure: RouteFailure, context: grpc.aio.ServicerContext) -> None:
+    async def _refuse(failure: RouteFailure, context: grpc.aio.ServicerContext) -> NoReturn:
         await context.abort(getattr(grpc.StatusCode, failure.code), failure.message)
 
     @staticmethod
@@ -130,7 +131,7 @@ class GrpcFront:
         try:
             return from_grpc(service_pb2.ModelInferRequest.FromString(raw))
         except DecodeError:
-            return Features(from_grpc(service_pb2.ModelInferRequest()).route)
+            return Features(RouteRequest())
 
     # -- ModelInfer ----------------------------------------------------------------
     async def model_infer(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:

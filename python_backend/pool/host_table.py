@@ -96,4 +96,7 @@ class HostTable:
             return self.table.index_select(0, ids)
         rows, done = self._background.copy(ids)
         done.synchronize()
+        # Allocated on the refill stream, consumed on the caller's: keep the allocator
+        # from handing the block back to the refill stream while a write still reads it.
+        rows.record_stream(torch.cuda.current_stream(self.device))
         return rows

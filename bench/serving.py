@@ -20,6 +20,7 @@ import tritonclient.grpc as grpcclient
 from rich.console import Console
 from rich.table import Table
 
+from load.client import infer_inputs
 from python_backend.hstu.model import HSTU
 from python_backend.hstu.weights import load
 from python_backend.launcher import TritonServer
@@ -43,20 +44,11 @@ def make_requests(num_items: int, n: int, history: int, candidates: int, seed: i
     return out
 
 
-def _grpc_inputs(request: dict[str, np.ndarray]) -> list[grpcclient.InferInput]:
-    inputs = []
-    for name, value in request.items():
-        t = grpcclient.InferInput(name, list(value.shape), "INT64" if value.dtype == np.int64 else "INT32")
-        t.set_data_from_numpy(value)
-        inputs.append(t)
-    return inputs
-
-
 def time_triton(server: TritonServer, requests: list[dict[str, np.ndarray]], warmup: int) -> np.ndarray:
     client = grpcclient.InferenceServerClient(server.grpc_url)
     lat = []
     for i, request in enumerate(requests):
-        inputs = _grpc_inputs(request)
+        inputs = infer_inputs(grpcclient, request)
         t0 = time.perf_counter()
         client.infer("hstu_ensemble", inputs)
         if i >= warmup:

@@ -27,6 +27,7 @@ import tritonclient.http as httpclient
 from rich.console import Console
 from rich.table import Table
 
+from load.client import infer_inputs
 from python_backend.hstu.data import UserHistory, load_ml100k, ml100k_path
 from python_backend.launcher import TritonServer
 from python_backend.serving.network import read_limits
@@ -57,18 +58,9 @@ def request_arrays(user: UserHistory, candidates: np.ndarray) -> dict[str, np.nd
     }
 
 
-def _inputs(module, arrays: dict[str, np.ndarray]) -> list:
-    out = []
-    for name, value in arrays.items():
-        t = module.InferInput(name, list(value.shape), "INT32" if value.dtype == np.int32 else "INT64")
-        t.set_data_from_numpy(value)
-        out.append(t)
-    return out
-
-
 def timed_infer(client, module, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, float]:
     t0 = time.perf_counter()
-    scores = client.infer(MODEL, _inputs(module, arrays)).as_numpy("SCORES")
+    scores = client.infer(MODEL, infer_inputs(module, arrays)).as_numpy("SCORES")
     return scores, (time.perf_counter() - t0) * 1e3
 
 

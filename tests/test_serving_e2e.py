@@ -14,6 +14,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from load.client import infer_inputs
 from python_backend.hstu.weights import load
 from python_backend.launcher import TritonServer
 
@@ -42,24 +43,14 @@ class Request:
         return {k: v for k, v in named.items() if v is not None}
 
 
-def _inputs(module, request: Request) -> list:
-    inputs = []
-    for name, value in request.arrays().items():
-        dtype = {np.dtype(np.int64): "INT64", np.dtype(np.int32): "INT32", np.dtype(np.float32): "FP32"}[value.dtype]
-        tensor = module.InferInput(name, list(value.shape), dtype)
-        tensor.set_data_from_numpy(value)
-        inputs.append(tensor)
-    return inputs
-
-
 def infer_grpc(server: TritonServer, request: Request) -> np.ndarray:
     client = grpcclient.InferenceServerClient(server.grpc_url)
-    return client.infer(MODEL, _inputs(grpcclient, request)).as_numpy("SCORES")
+    return client.infer(MODEL, infer_inputs(grpcclient, request.arrays())).as_numpy("SCORES")
 
 
 def infer_http(server: TritonServer, request: Request) -> np.ndarray:
     client = httpclient.InferenceServerClient(server.http_url)
-    return client.infer(MODEL, _inputs(httpclient, request)).as_numpy("SCORES")
+    return client.infer(MODEL, infer_inputs(httpclient, request.arrays())).as_numpy("SCORES")
 
 
 def expected_scores(repository: Path, request: Request) -> np.ndarray:

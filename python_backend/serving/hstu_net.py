@@ -16,14 +16,6 @@ from python_backend.serving import schema
 from python_backend.serving.network import load_network, resolve_device
 from python_backend.serving.triton_io import ModelArgs, error_response, input_tensor, output_tensor
 
-NETWORK_INPUTS = (
-    schema.HISTORY_ITEM_IDS,
-    schema.HISTORY_TIMESTAMPS,
-    schema.HISTORY_ACTIONS,
-    schema.CANDIDATE_ITEM_IDS,
-)
-
-
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         model = ModelArgs(args)
@@ -38,7 +30,7 @@ class TritonPythonModel:
 
     def _one(self, request: Any) -> Any:
         try:
-            req = schema.validate({n: input_tensor(request, n) for n in NETWORK_INPUTS}, self.limits, with_user=False)
+            req = schema.validate({n: input_tensor(request, n) for n in schema.NETWORK_INPUTS}, self.limits, with_user=False)
         except schema.RequestError as exc:
             return error_response(str(exc))
         query = input_tensor(request, schema.QUERY_TIMESTAMP)

@@ -16,15 +16,6 @@ from python_backend.serving import schema
 from python_backend.serving.network import read_limits
 from python_backend.serving.triton_io import ModelArgs, error_response, input_tensor, output_tensor
 
-PUBLIC_INPUTS = (
-    schema.USER_ID,
-    schema.HISTORY_ITEM_IDS,
-    schema.HISTORY_TIMESTAMPS,
-    schema.HISTORY_ACTIONS,
-    schema.CANDIDATE_ITEM_IDS,
-)
-
-
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         model = ModelArgs(args)
@@ -35,7 +26,7 @@ class TritonPythonModel:
 
     def _one(self, request: Any) -> Any:
         try:
-            req = schema.validate({n: input_tensor(request, n) for n in PUBLIC_INPUTS}, self.limits)
+            req = schema.validate({n: input_tensor(request, n) for n in schema.PUBLIC_INPUTS}, self.limits)
         except schema.RequestError as exc:
             return error_response(str(exc))
         return pb_utils.InferenceResponse(

@@ -20,8 +20,12 @@ CANDIDATE_ITEM_IDS = "CANDIDATE_ITEM_IDS"
 QUERY_TIMESTAMP = "QUERY_TIMESTAMP"
 SCORES = "SCORES"
 
-# What preprocess hands to hstu_pool, and what hstu (the bare network) takes.
-PACKED_INPUTS = (USER_ID, HISTORY_ITEM_IDS, HISTORY_TIMESTAMPS, HISTORY_ACTIONS, CANDIDATE_ITEM_IDS, QUERY_TIMESTAMP)
+# What a client sends to hstu_ensemble (HISTORY_ACTIONS may be left out).
+PUBLIC_INPUTS = (USER_ID, HISTORY_ITEM_IDS, HISTORY_TIMESTAMPS, HISTORY_ACTIONS, CANDIDATE_ITEM_IDS)
+# What the bare network `hstu` takes besides an optional QUERY_TIMESTAMP.
+NETWORK_INPUTS = PUBLIC_INPUTS[1:]
+# What preprocess hands to hstu_pool.
+PACKED_INPUTS = PUBLIC_INPUTS + (QUERY_TIMESTAMP,)
 
 
 class RequestError(ValueError):

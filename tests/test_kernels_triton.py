@@ -112,3 +112,25 @@ def test_fused_model_scores_match_fp32_model(dtype) -> None:
         got = fused.rank(kv, d_ts, model.embed_items(cand.to(DEVICE)), torch.tensor(query, device=DEVICE))
     assert got.dtype == torch.float32 and got.shape == (c, cfg.num_tasks)
     assert _rel_err(got.cpu(), want) < {torch.float32: 1e-4, torch.bfloat16: 5e-2, torch.float16: 1e-2}[dtype]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_graphed_rank_equals_fused_rank_across_lengths_of_one_bucket() -> None:
+    """Longer, then shorter histories in one bucket: stale rows must never leak into a later request."""
+    from python_backend.kernels.graphed_rank import GraphedRank, RankBuckets
+
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(preset("tiny"), variant="production", max_seq_len=256, max_candidates=128)
+    model = HSTU(cfg).eval().to("cuda")
+    fused = FusedHSTU(model)
+    graphed = GraphedRank(fused, RankBuckets(history_step=128, candidate_step=32))
+    gen = torch.Generator().manual_seed(2)
+    for n, c in [(120, 30), (37, 5), (128, 32), (0, 7), (200, 60)]:
+        ts = (1_700_000_000 + torch.cumsum(torch.randint(0, 10**5, (n,), generator=gen), 0)).cuda()
+        with torch.no_grad():
+            emb = model.embed_items(torch.randint(0, cfg.num_items, (n,), generator=gen).cuda())
+            kv = fused.prefill(emb, ts, torch.randint(0, cfg.num_actions, (n,), generator=gen).cuda())
+            cand = model.embed_items(torch.randint(0, cfg.num_items, (c,), generator=gen).cuda())
+            query = torch.tensor(1_800_000_000, device="cuda")
+            want = fused.rank(kv, ts, cand, query)
+        torch.testing.assert_close(graphed.rank(kv, ts, cand, query), want, atol=1e-5, rtol=1e-4)

@@ -60,12 +60,21 @@ class FusedHSTU:
 
     def rank(self, kv: torch.Tensor, hist_ts: torch.Tensor, cand_emb: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         """Scores [c, T] float32 of c candidates after the cached history; query time as an int64 tensor."""
-        model = self.model
-        n, c = kv.shape[1], cand_emb.shape[0]
-        dev = cand_emb.device
+        n = kv.shape[1]
         query = query.reshape(())
         gap = query - hist_ts[-1] if n > 0 else torch.zeros_like(query)
-        x = model._candidate_input(cand_emb, torch.full((c,), n, device=dev), gap.expand(c))
+        return self.rank_core(kv, torch.full((), n, dtype=torch.int64, device=kv.device), gap, cand_emb)
+
+    def rank_core(self, kv: torch.Tensor, length: torch.Tensor, gap: torch.Tensor, cand_emb: torch.Tensor) -> torch.Tensor:
+        """`rank` with the history length and the query's time gap as 0-d int64 tensors.
+
+        Nothing here reads a tensor's value on the host, so the step can be
+        captured in a CUDA graph (`GraphedRank`). `kv` may carry zero rows past
+        `length`: a zero key scores SiLU(0) = 0, so padding adds nothing.
+        """
+        model = self.model
+        c = cand_emb.shape[0]
+        x = model._candidate_input(cand_emb, length.expand(c), gap.expand(c))
         for i, layer in enumerate(model.layers):
             k_hist, v_hist = model._unpack(kv[i])
             x = layer_rank(layer, x, k_hist, v_hist)

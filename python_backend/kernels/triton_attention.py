@@ -23,13 +23,12 @@ K/V may be strided views of the cache's `[n, kv_width]` rows; only the last
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
-# Key tile; chunks of the split key range are multiples of it so tiles never straddle chunks.
-BLOCK_N = 64
 # Programs per SM the split aims for: enough to hide load latency, few enough
 # that the fp32 partials (split x m x H x dv) stay small.
 _PROGRAMS_PER_SM = 2
@@ -140,10 +139,23 @@ def _num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _tiles(m: int, d: int, device: torch.device) -> tuple[int, int, int]:
-    """(BLOCK_M, num_warps, num_stages) for m queries of head dim d.
+@dataclass(frozen=True)
+class Tiles:
+    """Launch shape of one kernel call: query rows and keys per tile, warps, pipeline stages.
 
-    Short query sets (extend by a few tokens) use small tiles so no work is
+    Chunks of a split key range are multiples of `block_n`, so a key tile never straddles two chunks.
+    """
+
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+
+def default_tiles(m: int, d: int, device: torch.device) -> Tiles:
+    """Tiles for m queries of head dim d.
+
+    Short query sets (extend by a few tokens) use small tiles so little work is
     masked out; 128-row tiles with 8 warps are the usual H100 choice at d = 128.
     """
     if m <= 16:
@@ -154,15 +166,15 @@ def _tiles(m: int, d: int, device: torch.device) -> tuple[int, int, int]:
         block_m = 64
     else:
         block_m = 128
-    return block_m, (8 if block_m >= 128 else 4), (3 if device.type == "cuda" else 1)
+    return Tiles(block_m, 64, 8 if block_m >= 128 else 4, 3 if device.type == "cuda" else 1)
 
 
-def _split(num_keys: int, query_tiles: int, device: torch.device, splits: int | None) -> tuple[int, int]:
+def _split(num_keys: int, query_tiles: int, block_n: int, device: torch.device, splits: int | None) -> tuple[int, int]:
     """(number of key chunks, chunk length): enough programs to cover the SMs, no empty chunk."""
-    blocks = max(1, triton.cdiv(num_keys, BLOCK_N))
+    blocks = max(1, triton.cdiv(num_keys, block_n))
     want = splits if splits is not None else triton.cdiv(_PROGRAMS_PER_SM * _num_sms(device), query_tiles)
     want = max(1, min(want, blocks))
-    chunk = triton.cdiv(blocks, want) * BLOCK_N
+    chunk = triton.cdiv(blocks, want) * block_n
     return max(1, triton.cdiv(num_keys, chunk)), chunk
 
 
@@ -172,35 +184,35 @@ def _precision(dtype: torch.dtype) -> str:
 
 
 def _launch(kernel, q, k_a, v_a, k_b, v_b, m: int, n_a: int, num_keys: int, qk_scale: float, norm_scale: float,
-            splits: int | None) -> torch.Tensor:
+            splits: int | None, tiles: Tiles | None) -> torch.Tensor:
     h, dqk, dv = q.shape[1], q.shape[2], v_a.shape[2]
-    block_m, num_warps, num_stages = _tiles(m, max(dqk, dv), q.device)
-    tiles = triton.cdiv(m, block_m)
-    nsplit, chunk = _split(num_keys, tiles * h, q.device, splits)
+    t = tiles or default_tiles(m, max(dqk, dv), q.device)
+    query_tiles = triton.cdiv(m, t.block_m)
+    nsplit, chunk = _split(num_keys, query_tiles * h, t.block_n, q.device, splits)
     out = torch.empty((nsplit, m, h, dv), dtype=q.dtype if nsplit == 1 else torch.float32, device=q.device)
-    kernel[(tiles, h, nsplit)](
+    kernel[(query_tiles, h, nsplit)](
         q, k_a, v_a, k_b, v_b, out,
         m, n_a, chunk, float(qk_scale), float(norm_scale),
         q.stride(0), q.stride(1), k_a.stride(0), k_a.stride(1), v_a.stride(0), v_a.stride(1),
         k_b.stride(0), k_b.stride(1), v_b.stride(0), v_b.stride(1),
         out.stride(0), out.stride(1), out.stride(2),
         DQK=dqk, DV=dv, BLOCK_DK=max(16, triton.next_power_of_2(dqk)), BLOCK_DV=max(16, triton.next_power_of_2(dv)),
-        BLOCK_M=block_m, BLOCK_N=BLOCK_N, PRECISION=_precision(q.dtype),
-        num_warps=num_warps, num_stages=num_stages,
+        BLOCK_M=t.block_m, BLOCK_N=t.block_n, PRECISION=_precision(q.dtype),
+        num_warps=t.num_warps, num_stages=t.num_stages,
     )
     return out[0] if nsplit == 1 else out.sum(0).to(q.dtype)
 
 
 def causal_attention_triton(q, k_ctx, v_ctx, k_new, v_new, qk_scale: float, norm_scale: float,
-                            splits: int | None = None) -> torch.Tensor:
-    """See `attention.causal_attention`; inputs already checked."""
+                            splits: int | None = None, tiles: Tiles | None = None) -> torch.Tensor:
+    """See `attention.causal_attention`; inputs already checked. `tiles` overrides `default_tiles` (tile sweeps)."""
     m, n0 = q.shape[0], k_ctx.shape[0]
-    return _launch(_causal_kernel, q, k_ctx, v_ctx, k_new, v_new, m, n0, n0 + m, qk_scale, norm_scale, splits)
+    return _launch(_causal_kernel, q, k_ctx, v_ctx, k_new, v_new, m, n0, n0 + m, qk_scale, norm_scale, splits, tiles)
 
 
 def candidate_attention_triton(q, k_hist, v_hist, k_self, v_self, qk_scale: float, norm_scale: float,
-                               splits: int | None = None) -> torch.Tensor:
-    """See `attention.candidate_attention`; inputs already checked."""
+                               splits: int | None = None, tiles: Tiles | None = None) -> torch.Tensor:
+    """See `attention.candidate_attention`; inputs already checked. `tiles` overrides `default_tiles` (tile sweeps)."""
     c, n = q.shape[0], k_hist.shape[0]
-    return _launch(_candidate_kernel, q, k_hist, v_hist, k_self, v_self, c, n, n, qk_scale, norm_scale, splits)
+    return _launch(_candidate_kernel, q, k_hist, v_hist, k_self, v_self, c, n, n, qk_scale, norm_scale, splits, tiles)
 

@@ -79,6 +79,8 @@ class HttpFront:
 
     # -- inference -----------------------------------------------------------------
     async def infer(self, request: web.Request) -> web.Response:
+        if not self.http_backends:
+            return _error(400, "the router has no backend with an HTTP port (--backend HOST:PORT,http=PORT)")
         body = await request.read()
         length = request.headers.get(HEADER_LENGTH)
         header_length = int(length) if length is not None and length.isdigit() else None

@@ -224,6 +224,48 @@ def test_helm_gets_far_higher_kv_hit_rate_than_round_robin(backends) -> None:
     assert helm >= 0.6 and helm > 1.5 * rr
 
 
+# -- a backend that fails before answering --------------------------------------------------
+def test_request_on_a_dead_backend_is_retried_once_elsewhere(backends) -> None:
+    """The router believes a dead port is healthy; every door's request lands there first."""
+    dead = BackendAddress("127.0.0.1", free_port(), free_port())
+    live = BackendAddress("127.0.0.1", backends[0].grpc_port, backends[0].http_port)
+    config = RouterConfig(backends=(dead, live), policy="least_loaded", health_interval_s=60.0)
+    with RouterThread(config) as r:
+        d = r.server.dispatcher
+        arrays = user_request(user=6, length=8)
+
+        def lure() -> None:
+            """Dead backend 'up' and idle, the live one looking busier: least_loaded picks the dead one."""
+            d.backends[0].mark_up()
+            d.backends[1].queue_depth = 5.0
+
+        lure()
+        scores = grpcclient.InferenceServerClient(r.server.grpc_url).infer(MODEL, inputs(grpcclient, arrays))
+        assert scores.as_numpy("SCORES").shape == (16, 2) and d.stats.retries == 1
+
+        lure()
+        http = httpclient.InferenceServerClient(r.server.http_url)
+        assert http.infer(MODEL, inputs(httpclient, arrays)).as_numpy("SCORES").shape == (16, 2)
+        assert d.stats.retries == 2
+
+        lure()
+        client = grpcclient.InferenceServerClient(r.server.grpc_url)
+        answers: list[object] = []
+        done = threading.Event()
+        client.start_stream(callback=lambda result, error: (answers.append(error or result), done.set()))
+        client.async_stream_infer(MODEL, inputs(grpcclient, arrays))
+        assert done.wait(60)
+        client.stop_stream()
+        assert not isinstance(answers[0], InferenceServerException), answers[0]
+        assert d.stats.retries == 3 and not d.backends[0].healthy
+
+        # With the only healthy backend gone too, the answer is an explicit UNAVAILABLE.
+        d.backends[1].healthy = False
+        with pytest.raises(InferenceServerException) as info:
+            client.infer(MODEL, inputs(grpcclient, arrays))
+        assert info.value.status() == "StatusCode.UNAVAILABLE" and "no healthy backend" in info.value.message()
+
+
 # -- overload ------------------------------------------------------------------------------
 def test_overload_is_refused_explicitly(backends) -> None:
     with router(backends, "least_loaded", max_in_flight_per_backend=1) as r:

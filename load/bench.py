@@ -1,0 +1,163 @@
+"""`helmrec bench`: N real tritonservers, the router and a headless Locust run; P50/P99, SLO, hit rates, alpha.
+
+    helmrec bench --nodes 2 --policy helm --alpha adaptive --shape burst --duration 60 --out bench-out
+    helmrec bench --compare --quick --out bench-out      # best static alpha vs adaptive+helm, all shapes
+
+A single run measures one system on one or more shapes. `--compare` measures,
+per shape and on the same seed (the same requests), every alpha of
+`--static-alphas` with `--baseline-policy`, keeps the one with the lowest P99
+(the best static alpha in hindsight: a stronger baseline than any one fixed
+choice), then the adaptive controller with the `helm` router, and prints the
+P99 reduction and SLO satisfaction side by side. Every system gets freshly
+started nodes, so no run inherits another's caches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from load.bench_cluster import ADAPTIVE, ClusterConfig
+from load.bench_report import Comparison, best_static, write_run, write_summary
+from load.bench_run import BenchError, RunResult, RunSpec, run_once
+from load.bench_workload import WorkloadConfig
+from load.traces import REGIMES
+from python_backend.launcher import LauncherError
+from router.config import POLICIES
+
+# --quick: sized so a single run takes about a minute on a shared 2-core CPU (most of it server start).
+QUICK = {"duration": 20.0, "rate": 30.0, "static_alphas": "0.2,0.8"}
+FULL = {"duration": 60.0, "rate": 40.0, "static_alphas": "0.2,0.5,0.8"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = WorkloadConfig()
+    c = ClusterConfig()
+    add = parser.add_argument
+    add("--nodes", type=int, default=c.nodes, help="tritonserver instances behind the router")
+    add("--policy", choices=POLICIES, default=c.policy, help="router policy of a single run")
+    add("--alpha", default=ADAPTIVE, help="'adaptive' or a static EMB share in [0, 1] (single run)")
+    add("--shape", action="append", choices=REGIMES, help="workload (repeat; default: burst, all three with --compare)")
+    add("--duration", type=float, help=f"seconds per run (default {FULL['duration']:g}, --quick {QUICK['duration']:g})")
+    add("--rate", type=float, help=f"base requests/s (default {FULL['rate']:g}, --quick {QUICK['rate']:g})")
+    add("--out", type=Path, default=Path("bench-out"), help="folder for reports, CSVs and plots")
+    add("--seed", type=int, default=0, help="trace and weights seed (the same for every compared system)")
+    add("--slo-ms", type=float, default=25.0, help="latency SLO; satisfaction = share of requests within it")
+    add("--quick", action="store_true", help="short runs sized for a shared 2-core machine")
+    add("--compare", action="store_true", help="best static alpha vs adaptive+helm on every shape")
+    add("--static-alphas", help=f"alphas swept for the best static (default {FULL['static_alphas']}, "
+        f"--quick {QUICK['static_alphas']})")  # fmt: skip
+    add("--baseline-policy", choices=POLICIES, default="round_robin", help="router policy of the static runs")
+    add("--per-user-rps", type=float, default=2.0, help="requests/s per Locust user; users = rate / this")
+    add("--pool-bytes", type=int, default=c.pool_bytes, help="each node's pool budget (EMB + KV)")
+    add("--device", choices=("cpu", "cuda", "auto"), default=c.device, help="auto: CUDA where present")
+    add("--preset", default=c.preset, help="HSTU preset of the seeded network the nodes serve")
+    add("--threads-per-node", type=int, default=c.threads_per_node, help="torch threads per node")
+    add("--burst-rate-mult", type=float, default=d.burst_rate_mult, help="rate multiplier inside a burst")
+    add("--trace-users", type=int, default=d.num_users, help="distinct users in the trace")
+    add("--hot-users", type=int, default=d.hot_users, help="size of the hot user set")
+    add("--mean-history", type=float, default=d.mean_history_len, help="mean first-visit history length")
+    add("--candidates", type=int, default=d.candidates, help="candidate items per request")
+
+
+def _sized(args: argparse.Namespace, name: str) -> object:
+    given = getattr(args, name)
+    return given if given is not None else (QUICK if args.quick else FULL)[name]
+
+
+def parse_alphas(text: str) -> tuple[str, ...]:
+    """'0.2,0.8' -> ('0.2', '0.8'), each checked to be in [0, 1]."""
+    alphas = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not alphas:
+        raise ValueError(f"--static-alphas {text!r}: give at least one alpha")
+    for a in alphas:
+        ClusterConfig(alpha=a)  # raises naming the field and the rule
+    return alphas
+
+
+def _measure(console: Console, spec: RunSpec, out: Path) -> RunResult:
+    label = spec.cluster.label
+    console.print(f"[bold]{spec.workload.regime}[/]: {label} ({spec.cluster.nodes} nodes, {spec.workload.duration_s:g} s) ...")
+    run_dir = out / spec.workload.regime / label.replace(" ", "_").replace("+", "__")
+    result = run_once(spec, run_dir)
+    write_run(result)
+    s = result.summary
+    console.print(
+        f"  {s.requests} requests, {s.failures} failures, P50 {s.p50_ms:.2f} ms, P99 {s.p99_ms:.2f} ms, "
+        f"SLO {s.slo_satisfaction:.3f}, {s.throughput_rps:.1f} req/s, KV hit {result.caches.kv_hit_rate:.3f}, "
+        f"EMB hit {result.caches.emb_hit_rate:.3f}, mean alpha {result.caches.mean_alpha:.3f}"
+    )
+    return result
+
+
+def run(args: argparse.Namespace) -> int:
+    console = Console()
+    try:
+        base_cluster = ClusterConfig(
+            nodes=args.nodes,
+            policy=args.policy,
+            alpha=args.alpha,
+            pool_bytes=args.pool_bytes,
+            device=args.device,
+            preset=args.preset,
+            seed=args.seed,
+            threads_per_node=args.threads_per_node,
+        )
+        workload = WorkloadConfig(
+            seed=args.seed,
+            duration_s=float(_sized(args, "duration")),  # type: ignore[arg-type]
+            base_rate=float(_sized(args, "rate")),  # type: ignore[arg-type]
+            num_users=args.trace_users,
+            hot_users=args.hot_users,
+            mean_history_len=args.mean_history,
+            candidates=args.candidates,
+            burst_rate_mult=args.burst_rate_mult,
+        )
+        alphas = parse_alphas(str(_sized(args, "static_alphas"))) if args.compare else ()
+        if args.slo_ms <= 0:
+            raise ValueError(f"--slo-ms must be > 0, got {args.slo_ms}")
+    except ValueError as exc:
+        console.print(f"helmrec bench: {exc}", style="red")
+        return 2
+    shapes = args.shape or (list(REGIMES) if args.compare else ["burst"])
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+
+    def spec(regime: str, cluster: ClusterConfig) -> RunSpec:
+        return RunSpec(cluster=cluster, workload=workload.with_regime(regime), per_user_rps=args.per_user_rps, slo_ms=args.slo_ms)
+
+    runs: list[RunResult] = []
+    comparisons: list[Comparison] = []
+    try:
+        for regime in shapes:
+            if not args.compare:
+                runs.append(_measure(console, spec(regime, base_cluster), out))
+                continue
+            statics = [
+                _measure(console, spec(regime, dataclasses.replace(base_cluster, alpha=a, policy=args.baseline_policy)), out)
+                for a in alphas
+            ]
+            adaptive = _measure(console, spec(regime, dataclasses.replace(base_cluster, alpha=ADAPTIVE, policy="helm")), out)
+            runs += [*statics, adaptive]
+            comparisons.append(Comparison(regime, best_static(statics), adaptive))
+    except (BenchError, LauncherError) as exc:
+        console.print(f"helmrec bench: {exc}", style="red")
+        if runs:
+            write_summary(out, runs, comparisons, _command())
+        return 1
+
+    table = write_summary(out, runs, comparisons, _command())
+    if table:
+        print(table)
+    failures = sum(r.summary.failures for r in runs)
+    console.print(f"reports: {out / 'report.md'}; {failures} failed requests over {len(runs)} runs")
+    return 0 if failures == 0 else 1
+
+
+def _command() -> str:
+    return "helmrec " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else shlex.join(sys.argv)

@@ -1,0 +1,197 @@
+"""The processes a benchmark run measures: N tritonservers and `helmrec route` in front of them.
+
+Everything is a real process on loopback ports: the nodes are the bundled
+tritonserver on a staged copy of model_repository/ (seeded weights, the run's
+pool budget and alpha controller), the router is `helmrec route` as a
+subprocess, so the load generator, the router and the nodes never share a
+Python interpreter (or its GIL) with each other or with the benchmark.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from python_backend.launcher import LauncherError, TritonServer, free_port
+from python_backend.launcher.repository import WEIGHTS, stage_repository
+from python_backend.serving.network import read_limits
+from python_backend.serving.schema import Limits
+from router.config import POLICIES
+
+ROOT = Path(__file__).resolve().parents[1]
+ADAPTIVE = "adaptive"
+MODEL = "hstu_ensemble"
+# Far above any benchmark trace's user ids, so warm-up never touches a measured user's KV entry.
+WARM_UP_USER = 1 << 40
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """One benchmarked system: nodes, their pool and alpha controller, the router policy.
+
+    `alpha` is "adaptive" (the three-layer controller retunes it online) or a
+    static EMB share in [0, 1]. `pool_bytes` is each node's own budget.
+    """
+
+    nodes: int = 2
+    policy: str = "helm"
+    alpha: str = ADAPTIVE
+    pool_bytes: int = 1 << 20
+    device: str = "auto"
+    preset: str = "tiny"
+    seed: int = 0
+    threads_per_node: int = 1  # torch/OpenMP threads of each node's network
+    startup_timeout_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.nodes < 1:
+            raise ValueError(f"ClusterConfig.nodes must be >= 1, got {self.nodes}")
+        if self.policy not in POLICIES:
+            raise ValueError(f"ClusterConfig.policy must be one of {POLICIES}, got {self.policy!r}")
+        if self.alpha != ADAPTIVE:
+            try:
+                value = float(self.alpha)
+            except ValueError:
+                raise ValueError(f"ClusterConfig.alpha must be 'adaptive' or a number in [0, 1], got {self.alpha!r}") from None
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"ClusterConfig.alpha must be in [0, 1], got {value}")
+        if self.pool_bytes < 1:
+            raise ValueError(f"ClusterConfig.pool_bytes must be >= 1, got {self.pool_bytes}")
+        if self.threads_per_node < 1:
+            raise ValueError(f"ClusterConfig.threads_per_node must be >= 1, got {self.threads_per_node}")
+
+    @property
+    def adaptive(self) -> bool:
+        return self.alpha == ADAPTIVE
+
+    @property
+    def label(self) -> str:
+        """Short name of the system in tables: `adaptive+helm`, `static 0.25+round_robin`."""
+        return f"{'adaptive' if self.adaptive else f'static {float(self.alpha):g}'}+{self.policy}"
+
+    def pool_parameters(self) -> dict[str, str]:
+        """hstu_pool parameters of every node; an adaptive node starts from the repository's alpha."""
+        params = {"controller": ADAPTIVE if self.adaptive else "static", "pool_bytes": str(self.pool_bytes)}
+        if not self.adaptive:
+            params["alpha"] = str(float(self.alpha))
+        return params
+
+
+@dataclass
+class Cluster:
+    """Context manager: stage the repository, start the nodes and the router; always stop them all."""
+
+    config: ClusterConfig
+    work_dir: Path
+    servers: list[TritonServer] = field(default_factory=list, init=False)
+    router_grpc_url: str = field(default="", init=False)
+    limits: Limits | None = field(default=None, init=False)
+    _router: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def metrics_urls(self) -> list[str]:
+        return [s.metrics_url for s in self.servers]
+
+    def start(self) -> "Cluster":
+        repo = stage_repository(
+            self.work_dir / "model_repository",
+            self.config.preset,
+            self.config.seed,
+            pool_parameters=self.config.pool_parameters(),
+        )
+        self.limits = read_limits(repo / WEIGHTS)
+        threads = str(self.config.threads_per_node)
+        self.servers = [
+            TritonServer(
+                model_repository=repo,
+                device=self.config.device,
+                startup_timeout_s=self.config.startup_timeout_s,
+                extra_env={"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads},
+            )
+            for _ in range(self.config.nodes)
+        ]
+        try:
+            with ThreadPoolExecutor(self.config.nodes) as pool:
+                list(pool.map(lambda s: s.start(), self.servers))
+            self._start_router()
+            self._warm_up()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_router(self) -> None:
+        port = free_port()
+        command = [sys.executable, "-m", "python_backend.cli", "route", "--policy", self.config.policy,
+                   "--grpc-port", str(port), "--http-port", "-1"]  # fmt: skip
+        for s in self.servers:
+            command += ["--backend", f"127.0.0.1:{s.grpc_port},metrics={s.metrics_port}"]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        log = (self.work_dir / "router.log").open("wb")
+        self._router = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)  # noqa: S603
+        log.close()
+        self.router_grpc_url = f"127.0.0.1:{port}"
+        client = grpcclient.InferenceServerClient(self.router_grpc_url)
+        deadline = time.monotonic() + 60.0
+        while time.monotonic() < deadline:
+            if self._router.poll() is not None:
+                raise LauncherError(f"helmrec route exited with code {self._router.returncode}:\n{self.router_log()}")
+            try:
+                if client.is_server_ready():
+                    return
+            except InferenceServerException:
+                pass
+            time.sleep(0.2)
+        raise LauncherError(f"helmrec route not ready after 60 s:\n{self.router_log()}")
+
+    def router_log(self) -> str:
+        path = self.work_dir / "router.log"
+        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+
+    def _warm_up(self) -> None:
+        """One request per node, straight to it, so one-time start-up costs are not timed."""
+        for node, server in enumerate(self.servers):
+            client = grpcclient.InferenceServerClient(server.grpc_url)
+            arrays = {
+                "USER_ID": np.array([WARM_UP_USER + node], np.int64),
+                "HISTORY_ITEM_IDS": np.array([1], np.int64),
+                "HISTORY_TIMESTAMPS": np.array([0], np.int64),
+                "CANDIDATE_ITEM_IDS": np.array([1], np.int64),
+            }
+            inputs = []
+            for name, value in arrays.items():
+                tensor = grpcclient.InferInput(name, list(value.shape), "INT64")
+                tensor.set_data_from_numpy(value)
+                inputs.append(tensor)
+            client.infer(MODEL, inputs)
+
+    def stop(self) -> None:
+        if self._router is not None:
+            proc, self._router = self._router, None
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        for server in self.servers:
+            server.stop()
+
+    def __enter__(self) -> "Cluster":
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

@@ -169,9 +169,10 @@ class HSTU(nn.Module):
     ) -> torch.Tensor:
         """Uncached reference: one pass over [history; candidates] with one mask -> [c, T] float32.
 
-        Deliberately shares no attention code path with `prefill`/`rank` beyond
-        the block's projections, so the equivalence tests compare two
-        independent computations of the same function.
+        Candidates go through the masked attention (`HSTULayer.forward`) here
+        and through the split history/diagonal attention (`forward_candidates`)
+        in `rank`, so the rank-after-prefill test compares two independent
+        computations of the same function.
         """
         cfg = self.config
         n = self._check_rows("hist_emb", hist_emb)

@@ -114,10 +114,23 @@ def test_fused_model_scores_match_fp32_model(dtype) -> None:
     assert _rel_err(got.cpu(), want) < {torch.float32: 1e-4, torch.bfloat16: 5e-2, torch.float16: 1e-2}[dtype]
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batched_kernels_match_reference(dtype) -> None:
+    gen = torch.Generator().manual_seed(11)
+    b, n, m, h, d = 3, 150, 40, 2, 32
+    q = torch.randn(b, m, h, d, generator=gen).to(DEVICE, dtype)
+    k, v = (torch.randn(b, n, h, d, generator=gen).to(DEVICE, dtype) for _ in range(2))
+    k2, v2 = (torch.randn(b, m, h, d, generator=gen).to(DEVICE, dtype) for _ in range(2))
+    for op, ref in ((candidate_attention, candidate_attention_reference), (causal_attention, causal_attention_reference)):
+        got = op(q, k, v, k2, v2, d**-0.5, 1 / 256, splits=2)
+        assert got.shape == (b, m, h, d)
+        assert _rel_err(got, ref(q, k, v, k2, v2, d**-0.5, 1 / 256)) < REL_TOL[dtype]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
-def test_graphed_rank_equals_fused_rank_across_lengths_of_one_bucket() -> None:
-    """Longer, then shorter histories in one bucket: stale rows must never leak into a later request."""
-    from python_backend.kernels.graphed_rank import GraphedRank, RankBuckets
+def test_graphed_rank_equals_fused_rank_across_lengths_and_batches() -> None:
+    """Longer, then shorter histories in one bucket, alone and batched: stale rows never leak into a later request."""
+    from python_backend.kernels.graphed_rank import GraphedRank, RankBuckets, RankInput
 
     torch.manual_seed(0)
     cfg = dataclasses.replace(preset("tiny"), variant="production", max_seq_len=256, max_candidates=128)
@@ -125,12 +138,17 @@ def test_graphed_rank_equals_fused_rank_across_lengths_of_one_bucket() -> None:
     fused = FusedHSTU(model)
     graphed = GraphedRank(fused, RankBuckets(history_step=128, candidate_step=32))
     gen = torch.Generator().manual_seed(2)
+    query = 1_800_000_000
+    made = []
     for n, c in [(120, 30), (37, 5), (128, 32), (0, 7), (200, 60)]:
-        ts = (1_700_000_000 + torch.cumsum(torch.randint(0, 10**5, (n,), generator=gen), 0)).cuda()
+        ts = 1_700_000_000 + torch.cumsum(torch.randint(0, 10**5, (n,), generator=gen), 0)
         with torch.no_grad():
             emb = model.embed_items(torch.randint(0, cfg.num_items, (n,), generator=gen).cuda())
-            kv = fused.prefill(emb, ts, torch.randint(0, cfg.num_actions, (n,), generator=gen).cuda())
+            kv = fused.prefill(emb, ts.cuda(), torch.randint(0, cfg.num_actions, (n,), generator=gen).cuda())
             cand = model.embed_items(torch.randint(0, cfg.num_items, (c,), generator=gen).cuda())
-            query = torch.tensor(1_800_000_000, device="cuda")
-            want = fused.rank(kv, ts, cand, query)
+            want = fused.rank(kv, ts.cuda(), cand, torch.tensor(query, device="cuda"))
         torch.testing.assert_close(graphed.rank(kv, ts, cand, query), want, atol=1e-5, rtol=1e-4)
+        made.append((RankInput(kv, cand, query - int(ts[-1]) if n else 0), want))
+    for batch in (made[:3], made[2:], made):
+        for got, (_, want) in zip(graphed.rank_many([r for r, _ in batch]), batch):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)

@@ -38,28 +38,30 @@ def supported(t: torch.Tensor) -> bool:
 
 
 def _check(name: str, t: torch.Tensor, rows: int | None, heads: int, dim: int, like: torch.Tensor) -> None:
-    if t.dim() != 3:
-        raise ValueError(f"{name}: must be 3-d [tokens, heads, dim], got shape {list(t.shape)}")
-    if (rows is not None and t.shape[0] != rows) or t.shape[1] != heads or t.shape[2] != dim:
-        want = f"[{'n' if rows is None else rows}, {heads}, {dim}]"
-        raise ValueError(f"{name}: must have shape {want}, got {list(t.shape)}")
+    lead = tuple(like.shape[:-3])
+    if t.dim() != like.dim():
+        raise ValueError(f"{name}: must be {like.dim()}-d like q ([batch,] tokens, heads, dim), got shape {list(t.shape)}")
+    if tuple(t.shape[:-3]) != lead or (rows is not None and t.shape[-3] != rows) or tuple(t.shape[-2:]) != (heads, dim):
+        want = ", ".join(str(x) for x in (*lead, "n" if rows is None else rows, heads, dim))
+        raise ValueError(f"{name}: must have shape [{want}], got {list(t.shape)}")
     if t.dtype != like.dtype or t.device != like.device:
         raise ValueError(f"{name}: must be {like.dtype} on {like.device} like q, got {t.dtype} on {t.device}")
     if t.dtype not in _DTYPES:
         raise ValueError(f"{name}: dtype must be one of {_DTYPES}, got {t.dtype}")
-    if t.shape[0] and t.stride(2) != 1:
+    if t.numel() and t.stride(-1) != 1:
         raise ValueError(f"{name}: the last (feature) dim must be contiguous, got strides {t.stride()}")
 
 
 def _check_all(q, k_a, v_a, k_b, v_b, names: tuple[str, str, str, str]) -> None:
-    if q.dim() != 3:
-        raise ValueError(f"q: must be 3-d [tokens, heads, d_qk], got shape {list(q.shape)}")
-    m, h, dqk = q.shape
+    if q.dim() not in (3, 4):
+        raise ValueError(f"q: must be 3-d [tokens, heads, d_qk] or 4-d [batch, tokens, heads, d_qk], got shape {list(q.shape)}")
+    m, h, dqk = q.shape[-3:]
     _check("q", q, m, h, dqk, q)
     _check(names[0], k_a, None, h, dqk, q)
-    _check(names[1], v_a, k_a.shape[0], h, v_a.shape[2] if v_a.dim() == 3 else -1, q)
+    dv = v_a.shape[-1] if v_a.dim() == q.dim() else -1
+    _check(names[1], v_a, k_a.shape[-3], h, dv, q)
     _check(names[2], k_b, m, h, dqk, q)
-    _check(names[3], v_b, m, h, v_a.shape[2], q)
+    _check(names[3], v_b, m, h, dv, q)
 
 
 def causal_attention(
@@ -75,12 +77,13 @@ def causal_attention(
     """Prefill/extend attention of m new tokens over [n0 cached; m new] keys, causal over the new ones.
 
     q, k_new [m, H, dqk]; v_new [m, H, dv]; k_ctx [n0, H, dqk]; v_ctx [n0, H, dv]
-    (n0 = 0 for a full prefill). Returns [m, H, dv] in q's dtype.
+    (n0 = 0 for a full prefill). Returns [m, H, dv] in q's dtype. All may carry one leading
+    batch dim of the same size (requests padded to one length).
     `splits` forces the number of key chunks (tests); None picks one from the SM count.
     """
     _check_all(q, k_ctx, v_ctx, k_new, v_new, ("k_ctx", "v_ctx", "k_new", "v_new"))
-    if q.shape[0] == 0:
-        return q.new_zeros(0, q.shape[1], v_ctx.shape[2])
+    if q.numel() == 0:
+        return q.new_zeros(*q.shape[:-1], v_ctx.shape[-1])
     if supported(q):
         from python_backend.kernels.triton_attention import causal_attention_triton
 
@@ -101,11 +104,12 @@ def candidate_attention(
     """Target-aware attention of c candidates over n history keys plus each candidate's own key.
 
     q, k_self [c, H, dqk]; v_self [c, H, dv]; k_hist [n, H, dqk]; v_hist [n, H, dv].
-    Returns [c, H, dv] in q's dtype.
+    Returns [c, H, dv] in q's dtype. All may carry one leading batch dim of the same size:
+    histories padded with zero K/V rows to one length n rank exactly (SiLU(0) = 0).
     """
     _check_all(q, k_hist, v_hist, k_self, v_self, ("k_hist", "v_hist", "k_self", "v_self"))
-    if q.shape[0] == 0:
-        return q.new_zeros(0, q.shape[1], v_hist.shape[2])
+    if q.numel() == 0:
+        return q.new_zeros(*q.shape[:-1], v_hist.shape[-1])
     if supported(q):
         from python_backend.kernels.triton_attention import candidate_attention_triton
 

@@ -53,7 +53,7 @@ class FusedHSTU:
         x = model._history_input(new_emb, new_actions, hist_ts, kv.shape[1])
         new_kv = []
         for i, layer in enumerate(model.layers):
-            k_ctx, v_ctx = model._unpack(kv[i])
+            k_ctx, v_ctx = self._unpack(kv[i])
             x, k, v = layer_extend(layer, x, k_ctx, v_ctx)
             new_kv.append(torch.cat([k.flatten(-2), v.flatten(-2)], dim=-1))
         return torch.stack(new_kv)
@@ -66,16 +66,27 @@ class FusedHSTU:
         return self.rank_core(kv, torch.full((), n, dtype=torch.int64, device=kv.device), gap, cand_emb)
 
     def rank_core(self, kv: torch.Tensor, length: torch.Tensor, gap: torch.Tensor, cand_emb: torch.Tensor) -> torch.Tensor:
-        """`rank` with the history length and the query's time gap as 0-d int64 tensors.
+        """`rank` with the history length and the query's time gap as int64 tensors.
 
+        One request: kv [L, n, W], 0-d length and gap, cand_emb [c, D] -> [c, T].
+        A batch of B requests: kv [L, B, n, W], length and gap [B], cand_emb [B, c, D] -> [B, c, T].
         Nothing here reads a tensor's value on the host, so the step can be
         captured in a CUDA graph (`GraphedRank`). `kv` may carry zero rows past
         `length`: a zero key scores SiLU(0) = 0, so padding adds nothing.
         """
         model = self.model
-        c = cand_emb.shape[0]
-        x = model._candidate_input(cand_emb, length.expand(c), gap.expand(c))
+        lead = cand_emb.shape[:-1]
+        x = model._candidate_input(cand_emb, length.unsqueeze(-1).expand(lead), gap.unsqueeze(-1).expand(lead))
         for i, layer in enumerate(model.layers):
-            k_hist, v_hist = model._unpack(kv[i])
+            k_hist, v_hist = self._unpack(kv[i])
             x = layer_rank(layer, x, k_hist, v_hist)
         return model._head(x, cand_emb)
+
+    def _unpack(self, kv_layer: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[..., n, W] -> views K [..., n, H, dqk], V [..., n, H, dv] (no copy)."""
+        cfg = self.model.config
+        split = cfg.num_heads * cfg.d_qk
+        return (
+            kv_layer[..., :split].unflatten(-1, (cfg.num_heads, cfg.d_qk)),
+            kv_layer[..., split:].unflatten(-1, (cfg.num_heads, cfg.d_v)),
+        )

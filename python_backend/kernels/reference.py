@@ -6,7 +6,8 @@ functions, so that (1) the Triton kernels have an fp32 ground truth to be
 compared with on fresh random inputs, and (2) a CPU test can prove that
 putting these ops into the layer leaves its output unchanged.
 
-Shapes: q [m, H, dqk]; k [n, H, dqk]; v [n, H, dv]; result [m, H, dv] float32.
+Shapes: q [m, H, dqk]; k [n, H, dqk]; v [n, H, dv]; result [m, H, dv] float32,
+each with an optional leading batch dim (several requests of one padded size).
 `qk_scale` is 1/sqrt(dqk) (production); `norm_scale` is 1/max_seq_len, a
 constant so a cached prefix's contribution never changes as the history grows.
 """
@@ -18,8 +19,8 @@ import torch.nn.functional as F
 
 
 def _weights(q: torch.Tensor, k: torch.Tensor, qk_scale: float, norm_scale: float) -> torch.Tensor:
-    """SiLU(q k^T * scale) / N in float32, [H, m, n]."""
-    qk = torch.einsum("mhd,nhd->hmn", q.float(), k.float())
+    """SiLU(q k^T * scale) / N in float32, [..., H, m, n]."""
+    qk = torch.einsum("...mhd,...nhd->...hmn", q.float(), k.float())
     return F.silu(qk * qk_scale) * norm_scale
 
 
@@ -36,13 +37,13 @@ def causal_attention_reference(
 
     New token i sees every cached key and the new keys 0..i.
     """
-    n0, m = k_ctx.shape[0], q.shape[0]
-    keys = torch.cat([k_ctx, k_new]).float()
-    values = torch.cat([v_ctx, v_new]).float()
+    n0, m = k_ctx.shape[-3], q.shape[-3]
+    keys = torch.cat([k_ctx, k_new], dim=-3).float()
+    values = torch.cat([v_ctx, v_new], dim=-3).float()
     pos_q = torch.arange(n0, n0 + m, device=q.device)
     keep = torch.arange(n0 + m, device=q.device).unsqueeze(0) <= pos_q.unsqueeze(1)
     w = _weights(q, keys, qk_scale, norm_scale) * keep
-    return torch.einsum("hmn,nhd->mhd", w, values)
+    return torch.einsum("...hmn,...nhd->...mhd", w, values)
 
 
 def candidate_attention_reference(
@@ -56,5 +57,5 @@ def candidate_attention_reference(
 ) -> torch.Tensor:
     """Target-aware ranking: each of c candidates sees all n history keys and itself, no other candidate."""
     w_hist = _weights(q, k_hist, qk_scale, norm_scale)
-    w_self = F.silu((q.float() * k_self.float()).sum(-1) * qk_scale) * norm_scale  # [c, H]
-    return torch.einsum("hcn,nhd->chd", w_hist, v_hist.float()) + w_self.unsqueeze(-1) * v_self.float()
+    w_self = F.silu((q.float() * k_self.float()).sum(-1) * qk_scale) * norm_scale  # [..., c, H]
+    return torch.einsum("...hcn,...nhd->...chd", w_hist, v_hist.float()) + w_self.unsqueeze(-1) * v_self.float()

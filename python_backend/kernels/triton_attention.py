@@ -72,63 +72,67 @@ def _accumulate(
 @triton.jit
 def _causal_kernel(
     q_ptr, kc_ptr, vc_ptr, kn_ptr, vn_ptr, out_ptr,
-    m, n0, chunk, qk_scale, norm_scale,
-    stride_qm, stride_qh, stride_kcn, stride_kch, stride_vcn, stride_vch,
-    stride_knn, stride_knh, stride_vnn, stride_vnh,
-    stride_os, stride_om, stride_oh,
+    m, n0, chunk, heads, qk_scale, norm_scale,
+    stride_qb, stride_qm, stride_qh, stride_kcb, stride_kcn, stride_kch, stride_vcb, stride_vcn, stride_vch,
+    stride_knb, stride_knn, stride_knh, stride_vnb, stride_vnn, stride_vnh,
+    stride_os, stride_ob, stride_om, stride_oh,
     DQK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    pid_m, h, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_m, bh, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    b, h = bh // heads, bh % heads
     offs_q = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_dk = tl.arange(0, BLOCK_DK)
     offs_dv = tl.arange(0, BLOCK_DV)
     q_ok, dk_ok, dv_ok = offs_q < m, offs_dk < DQK, offs_dv < DV
-    q = tl.load(q_ptr + offs_q[:, None] * stride_qm + h * stride_qh + offs_dk[None, :], mask=q_ok[:, None] & dk_ok[None, :], other=0.0)
+    q = tl.load(q_ptr + b * stride_qb + offs_q[:, None] * stride_qm + h * stride_qh + offs_dk[None, :],
+                mask=q_ok[:, None] & dk_ok[None, :], other=0.0)
     acc = tl.zeros((BLOCK_M, BLOCK_DV), dtype=tl.float32)
     # This program's chunk [g0, g1) of the global key order: n0 cached keys, then the m new ones.
     g0 = split * chunk
     g1 = g0 + chunk
     last_q = tl.minimum(pid_m * BLOCK_M + BLOCK_M, m)  # new keys at or past this index are never visible
-    acc = _accumulate(acc, q, kc_ptr + h * stride_kch, vc_ptr + h * stride_vch, stride_kcn, stride_vcn,
-                      offs_dk, offs_dv, dk_ok, dv_ok, g0, tl.minimum(g1, n0), offs_q, qk_scale,
+    acc = _accumulate(acc, q, kc_ptr + b * stride_kcb + h * stride_kch, vc_ptr + b * stride_vcb + h * stride_vch,
+                      stride_kcn, stride_vcn, offs_dk, offs_dv, dk_ok, dv_ok, g0, tl.minimum(g1, n0), offs_q, qk_scale,
                       CAUSAL=False, BLOCK_N=BLOCK_N, PRECISION=PRECISION)
-    acc = _accumulate(acc, q, kn_ptr + h * stride_knh, vn_ptr + h * stride_vnh, stride_knn, stride_vnn,
-                      offs_dk, offs_dv, dk_ok, dv_ok, tl.maximum(g0 - n0, 0), tl.minimum(g1 - n0, last_q), offs_q,
-                      qk_scale, CAUSAL=True, BLOCK_N=BLOCK_N, PRECISION=PRECISION)
-    out = out_ptr + split * stride_os + offs_q[:, None] * stride_om + h * stride_oh + offs_dv[None, :]
+    acc = _accumulate(acc, q, kn_ptr + b * stride_knb + h * stride_knh, vn_ptr + b * stride_vnb + h * stride_vnh,
+                      stride_knn, stride_vnn, offs_dk, offs_dv, dk_ok, dv_ok, tl.maximum(g0 - n0, 0),
+                      tl.minimum(g1 - n0, last_q), offs_q, qk_scale, CAUSAL=True, BLOCK_N=BLOCK_N, PRECISION=PRECISION)
+    out = out_ptr + split * stride_os + b * stride_ob + offs_q[:, None] * stride_om + h * stride_oh + offs_dv[None, :]
     tl.store(out, (acc * norm_scale).to(out_ptr.dtype.element_ty), mask=q_ok[:, None] & dv_ok[None, :])
 
 
 @triton.jit
 def _candidate_kernel(
     q_ptr, kh_ptr, vh_ptr, ks_ptr, vs_ptr, out_ptr,
-    c, n, chunk, qk_scale, norm_scale,
-    stride_qm, stride_qh, stride_khn, stride_khh, stride_vhn, stride_vhh,
-    stride_ksn, stride_ksh, stride_vsn, stride_vsh,
-    stride_os, stride_om, stride_oh,
+    c, n, chunk, heads, qk_scale, norm_scale,
+    stride_qb, stride_qm, stride_qh, stride_khb, stride_khn, stride_khh, stride_vhb, stride_vhn, stride_vhh,
+    stride_ksb, stride_ksn, stride_ksh, stride_vsb, stride_vsn, stride_vsh,
+    stride_os, stride_ob, stride_om, stride_oh,
     DQK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    pid_m, h, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_m, bh, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    b, h = bh // heads, bh % heads
     offs_q = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_dk = tl.arange(0, BLOCK_DK)
     offs_dv = tl.arange(0, BLOCK_DV)
     q_ok, dk_ok, dv_ok = offs_q < c, offs_dk < DQK, offs_dv < DV
     qmask = q_ok[:, None] & dk_ok[None, :]
-    q = tl.load(q_ptr + offs_q[:, None] * stride_qm + h * stride_qh + offs_dk[None, :], mask=qmask, other=0.0)
+    q = tl.load(q_ptr + b * stride_qb + offs_q[:, None] * stride_qm + h * stride_qh + offs_dk[None, :], mask=qmask, other=0.0)
     acc = tl.zeros((BLOCK_M, BLOCK_DV), dtype=tl.float32)
     g0 = split * chunk
-    acc = _accumulate(acc, q, kh_ptr + h * stride_khh, vh_ptr + h * stride_vhh, stride_khn, stride_vhn,
-                      offs_dk, offs_dv, dk_ok, dv_ok, g0, tl.minimum(g0 + chunk, n), offs_q, qk_scale,
-                      CAUSAL=False, BLOCK_N=BLOCK_N, PRECISION=PRECISION)
+    acc = _accumulate(acc, q, kh_ptr + b * stride_khb + h * stride_khh, vh_ptr + b * stride_vhb + h * stride_vhh,
+                      stride_khn, stride_vhn, offs_dk, offs_dv, dk_ok, dv_ok, g0, tl.minimum(g0 + chunk, n), offs_q,
+                      qk_scale, CAUSAL=False, BLOCK_N=BLOCK_N, PRECISION=PRECISION)
     if split == 0:  # the diagonal (candidate attends to itself) is added once
-        k_self = tl.load(ks_ptr + offs_q[:, None] * stride_ksn + h * stride_ksh + offs_dk[None, :], mask=qmask, other=0.0)
+        k_self = tl.load(ks_ptr + b * stride_ksb + offs_q[:, None] * stride_ksn + h * stride_ksh + offs_dk[None, :],
+                         mask=qmask, other=0.0)
         s = tl.sum(q.to(tl.float32) * k_self.to(tl.float32), axis=1) * qk_scale
-        v_self = tl.load(vs_ptr + offs_q[:, None] * stride_vsn + h * stride_vsh + offs_dv[None, :],
+        v_self = tl.load(vs_ptr + b * stride_vsb + offs_q[:, None] * stride_vsn + h * stride_vsh + offs_dv[None, :],
                          mask=q_ok[:, None] & dv_ok[None, :], other=0.0)
         acc += (s * tl.sigmoid(s))[:, None] * v_self.to(tl.float32)
-    out = out_ptr + split * stride_os + offs_q[:, None] * stride_om + h * stride_oh + offs_dv[None, :]
+    out = out_ptr + split * stride_os + b * stride_ob + offs_q[:, None] * stride_om + h * stride_oh + offs_dv[None, :]
     tl.store(out, (acc * norm_scale).to(out_ptr.dtype.element_ty), mask=q_ok[:, None] & dv_ok[None, :])
 
 
@@ -185,34 +189,38 @@ def _precision(dtype: torch.dtype) -> str:
 
 def _launch(kernel, q, k_a, v_a, k_b, v_b, m: int, n_a: int, num_keys: int, qk_scale: float, norm_scale: float,
             splits: int | None, tiles: Tiles | None) -> torch.Tensor:
-    h, dqk, dv = q.shape[1], q.shape[2], v_a.shape[2]
+    """Run `kernel` on [B, tokens, H, d] tensors (3-d ones are a batch of one) -> [B, m, H, dv]."""
+    batched = q.dim() == 4
+    if not batched:
+        q, k_a, v_a, k_b, v_b = (t.unsqueeze(0) for t in (q, k_a, v_a, k_b, v_b))
+    bsz, h, dqk, dv = q.shape[0], q.shape[2], q.shape[3], v_a.shape[3]
     t = tiles or default_tiles(m, max(dqk, dv), q.device)
     query_tiles = triton.cdiv(m, t.block_m)
-    nsplit, chunk = _split(num_keys, query_tiles * h, t.block_n, q.device, splits)
-    out = torch.empty((nsplit, m, h, dv), dtype=q.dtype if nsplit == 1 else torch.float32, device=q.device)
-    kernel[(query_tiles, h, nsplit)](
+    nsplit, chunk = _split(num_keys, query_tiles * bsz * h, t.block_n, q.device, splits)
+    out = torch.empty((nsplit, bsz, m, h, dv), dtype=q.dtype if nsplit == 1 else torch.float32, device=q.device)
+    kernel[(query_tiles, bsz * h, nsplit)](
         q, k_a, v_a, k_b, v_b, out,
-        m, n_a, chunk, float(qk_scale), float(norm_scale),
-        q.stride(0), q.stride(1), k_a.stride(0), k_a.stride(1), v_a.stride(0), v_a.stride(1),
-        k_b.stride(0), k_b.stride(1), v_b.stride(0), v_b.stride(1),
-        out.stride(0), out.stride(1), out.stride(2),
+        m, n_a, chunk, h, float(qk_scale), float(norm_scale),
+        *q.stride()[:3], *k_a.stride()[:3], *v_a.stride()[:3], *k_b.stride()[:3], *v_b.stride()[:3],
+        *out.stride()[:4],
         DQK=dqk, DV=dv, BLOCK_DK=max(16, triton.next_power_of_2(dqk)), BLOCK_DV=max(16, triton.next_power_of_2(dv)),
         BLOCK_M=t.block_m, BLOCK_N=t.block_n, PRECISION=_precision(q.dtype),
         num_warps=t.num_warps, num_stages=t.num_stages,
     )
-    return out[0] if nsplit == 1 else out.sum(0).to(q.dtype)
+    out = out[0] if nsplit == 1 else out.sum(0).to(q.dtype)
+    return out if batched else out[0]
 
 
 def causal_attention_triton(q, k_ctx, v_ctx, k_new, v_new, qk_scale: float, norm_scale: float,
                             splits: int | None = None, tiles: Tiles | None = None) -> torch.Tensor:
     """See `attention.causal_attention`; inputs already checked. `tiles` overrides `default_tiles` (tile sweeps)."""
-    m, n0 = q.shape[0], k_ctx.shape[0]
+    m, n0 = q.shape[-3], k_ctx.shape[-3]
     return _launch(_causal_kernel, q, k_ctx, v_ctx, k_new, v_new, m, n0, n0 + m, qk_scale, norm_scale, splits, tiles)
 
 
 def candidate_attention_triton(q, k_hist, v_hist, k_self, v_self, qk_scale: float, norm_scale: float,
                                splits: int | None = None, tiles: Tiles | None = None) -> torch.Tensor:
     """See `attention.candidate_attention`; inputs already checked. `tiles` overrides `default_tiles` (tile sweeps)."""
-    c, n = q.shape[0], k_hist.shape[0]
+    c, n = q.shape[-3], k_hist.shape[-3]
     return _launch(_candidate_kernel, q, k_hist, v_hist, k_self, v_self, c, n, n, qk_scale, norm_scale, splits, tiles)
 

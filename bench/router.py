@@ -121,6 +121,19 @@ async def throughput(urls: list[str], requests: list[list], seconds: float, conc
     return done
 
 
+async def forward_only(url: str, calls: int, concurrency: int) -> None:
+    """ServerReady through the router: forwarding with no parsing or policy (gRPC's own floor)."""
+    client = grpcaio.InferenceServerClient(url)
+
+    async def worker(w: int) -> None:
+        for _ in range(w, calls, concurrency):
+            await client.is_server_ready()
+    try:
+        await asyncio.gather(*(worker(w) for w in range(concurrency)))
+    finally:
+        await client.close()
+
+
 def decision_cost_us(policy: str, nodes: int, candidates: int, n: int = 20_000) -> float:
     """Per request: build the RouteRequest, choose, record the placement (what the router does)."""
     rng = np.random.default_rng(0)
@@ -170,6 +183,9 @@ def main() -> None:
                 answered = asyncio.run(throughput([routed], requests, args.seconds, args.concurrency))
                 busy = cpu_seconds(proc.pid) - cpu0 - idle_rate * (time.monotonic() - t0)
                 router_cpu_per_req = busy / max(answered, 1)
+                cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
+                asyncio.run(forward_only(routed, 3000, args.concurrency))
+                floor = (cpu_seconds(proc.pid) - cpu0 - idle_rate * (time.monotonic() - t0)) / 3000
                 rps_router = answered / args.seconds
             finally:
                 proc.send_signal(signal.SIGINT)
@@ -189,6 +205,7 @@ def main() -> None:
     table.add_row(f"throughput req/s ({args.concurrency} in flight, {args.seconds:.0f} s)", f"{rps_direct:.0f}",
                   f"{rps_router:.0f}", f"{rps_router / rps_direct:.2f}x")
     table.add_row("router CPU per request us (idle work subtracted)", "", f"{router_cpu_per_req * 1e6:.0f}", "")
+    table.add_row("router CPU per forwarded ServerReady us (gRPC floor)", "", f"{floor * 1e6:.0f}", "")
     console.print(table)
 
     cost = Table(title="routing decision alone (RouteRequest + policy.choose + record), in-process")

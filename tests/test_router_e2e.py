@@ -173,14 +173,14 @@ def test_backend_errors_reach_the_client_unchanged(backends) -> None:
 
 # -- repeat users: helm vs round_robin ---------------------------------------------------
 def repeat_user_run(servers: list[TritonServer], policy: str, first_user: int) -> tuple[float, str]:
-    """24 users x 3 requests each (history growing by 4), shuffled, 2 clients at once.
+    """36 users x 3 requests each (history growing by 4), shuffled, 2 clients at once.
 
     Returns the KV hit rate and where it was read: the backends' pool metrics
     (helmrec_kv_hits_total / helmrec_kv_requests_total, deltas over the run), or
     the router's placement record when the backends do not export them.
     """
     rng = np.random.default_rng(first_user)
-    users = list(range(first_user, first_user + 24))
+    users = list(range(first_user, first_user + 36))
     order = [u for _ in range(3) for u in rng.permutation(users).tolist()]
     lengths: dict[int, int] = {}
     jobs = []

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -95,8 +96,14 @@ def _measure(console: Console, spec: RunSpec, out: Path) -> RunResult:
     return result
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM unwinds like Ctrl-C, so every started tritonserver and router is stopped on the way out."""
+    raise SystemExit(128 + signum)
+
+
 def run(args: argparse.Namespace) -> int:
     console = Console()
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         base_cluster = ClusterConfig(
             nodes=args.nodes,

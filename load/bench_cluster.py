@@ -22,6 +22,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from load.client import infer_inputs
 from python_backend.launcher import LauncherError, TritonServer, free_port
 from python_backend.launcher.repository import WEIGHTS, stage_repository
 from python_backend.serving.network import read_limits
@@ -168,12 +169,7 @@ class Cluster:
                 "HISTORY_TIMESTAMPS": np.array([0], np.int64),
                 "CANDIDATE_ITEM_IDS": np.array([1], np.int64),
             }
-            inputs = []
-            for name, value in arrays.items():
-                tensor = grpcclient.InferInput(name, list(value.shape), "INT64")
-                tensor.set_data_from_numpy(value)
-                inputs.append(tensor)
-            client.infer(MODEL, inputs)
+            client.infer(MODEL, infer_inputs(grpcclient, arrays))
 
     def stop(self) -> None:
         if self._router is not None:

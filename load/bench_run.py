@@ -8,6 +8,7 @@ so nothing in the result is estimated by the benchmark itself.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -21,6 +22,9 @@ from load.bench_metrics import CacheTotals, MetricsPoller, MetricsSample, cache_
 from load.bench_workload import WorkloadConfig, workload_flags
 
 LOCUSTFILE = ROOT / "load" / "locustfile.py"
+# Locust's final statistics (`--json-file` adds .json): written at shutdown, unlike its CSVs,
+# which are rewritten once a second and can miss the run's last second.
+LOCUST_FINAL = "locust_final"
 # Locust's own start-up and shutdown around the shape's duration.
 LOCUST_GRACE_S = 120.0
 
@@ -56,7 +60,8 @@ def locust_command(spec: RunSpec, host: str, out_dir: Path, limits: tuple[int, i
     num_items, max_history, max_candidates = limits
     return [
         sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary",
-        "--host", host, "--csv", str(out_dir / "locust"), "--latency-csv", str(out_dir / "latency.csv"),
+        "--host", host, "--csv", str(out_dir / "locust"), "--json-file", str(out_dir / LOCUST_FINAL),
+        "--latency-csv", str(out_dir / "latency.csv"),
         f"--per-user-rps={spec.per_user_rps}", f"--num-items={num_items}",
         f"--max-history={max_history}", f"--max-candidates={max_candidates}",
         *workload_flags(spec.workload),
@@ -92,6 +97,9 @@ def run_once(spec: RunSpec, out_dir: Path) -> RunResult:
     latencies = read_latencies(latency_csv)
     if len(latencies) == 0:
         raise BenchError(f"{latency_csv}: Locust sent no request; see {out_dir / 'locust.log'}")
+    counted = locust_request_count(out_dir / f"{LOCUST_FINAL}.json")
+    if counted != len(latencies):
+        raise BenchError(f"{latency_csv}: {len(latencies)} requests logged, but Locust counted {counted}")
     write_metrics_csv(samples, out_dir / "metrics.csv")
     return RunResult(
         spec=spec,
@@ -103,6 +111,11 @@ def run_once(spec: RunSpec, out_dir: Path) -> RunResult:
         failed_scrapes=poller.failed_scrapes,
         locust_exit_code=proc.returncode,
     )
+
+
+def locust_request_count(path: Path) -> int:
+    """Requests (failed ones included) in Locust's final statistics file."""
+    return sum(int(entry["num_requests"]) for entry in json.loads(path.read_text()))
 
 
 def _env() -> dict[str, str]:

@@ -15,7 +15,8 @@ hub, and must run before any channel exists, i.e. at import of this file.
 
 Precision: Locust rounds response times to whole milliseconds below 100 ms in
 its statistics, which erases a P99 on a fast model; every request's exact
-start and latency (perf_counter) also goes to `--latency-csv`.
+start and latency (perf_counter) is logged from the same request event hook
+and written to `--latency-csv`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import grpc.experimental.gevent as grpc_gevent
 grpc_gevent.init_gevent()
 
 import gevent  # noqa: E402 - after init_gevent, by design
-import numpy as np  # noqa: E402
 import tritonclient.grpc as grpcclient  # noqa: E402
 from locust import LoadTestShape, User, constant_throughput, events, task  # noqa: E402
 from locust.env import Environment  # noqa: E402
@@ -36,9 +36,11 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from load.bench_latency import LatencyLog  # noqa: E402
 from load.bench_workload import TraceFeed, add_workload_options, make_feed, request_arrays, workload_from_options  # noqa: E402
+from load.client import infer_inputs  # noqa: E402
 from load.shapes import ShapeSchedule, add_shape_options, schedule_from_options  # noqa: E402
 
 MODEL = "hstu_ensemble"
+STOP_TIMEOUT_S = "30"  # Locust's --stop-timeout default here (a timespan string, like the flag)
 # The `tiny` preset's limits: the defaults fit the network tests and `helmrec bench` serve.
 TINY_LIMITS = {"num_items": 300, "max_history": 64, "max_candidates": 64}
 
@@ -57,6 +59,9 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
         "--max-candidates", type=int, default=TINY_LIMITS["max_candidates"], help="served max candidates"
     )
     parser.add_argument("--latency-csv", default="", help="write every request's exact timing to this CSV")
+    # Users stopped by the shape (a burst ending, the run ending) finish the request they are in,
+    # so no request is cut off half-way and counted by one log but not the other.
+    parser.set_defaults(stop_timeout=STOP_TIMEOUT_S)
 
 
 def grpc_target(host: str) -> str:
@@ -95,6 +100,15 @@ def _start(environment: Environment, **_: object) -> None:
     RUN = LoadRun(environment)
 
 
+@events.request.add_listener
+def _log_request(
+    response_time: float, exception: Exception | None = None, context: dict | None = None, **_: object
+) -> None:
+    """Log from Locust's own hook, so the exact log and Locust's statistics count the same requests."""
+    if RUN is not None and context and "start_unix_s" in context:
+        RUN.log.record(context["start_unix_s"], response_time, context["user_id"], context["history_len"], exception is None)
+
+
 @events.test_stop.add_listener
 def _stop(environment: Environment, **_: object) -> None:
     if RUN is None:
@@ -106,15 +120,6 @@ def _stop(environment: Environment, **_: object) -> None:
         f"(more than the replay lag behind the clock)",
         flush=True,
     )
-
-
-def _inputs(arrays: dict[str, np.ndarray]) -> list[grpcclient.InferInput]:
-    out = []
-    for name, value in arrays.items():
-        tensor = grpcclient.InferInput(name, list(value.shape), "INT64")
-        tensor.set_data_from_numpy(value)
-        out.append(tensor)
-    return out
 
 
 class HstuUser(User):
@@ -136,7 +141,7 @@ class HstuUser(User):
         if wait_s > 0:
             gevent.sleep(wait_s)
         arrays = request_arrays(RUN.feed.trace, row)
-        inputs = _inputs(arrays)
+        inputs = infer_inputs(grpcclient, arrays)
         error: Exception | None = None
         length = 0
         start_unix = time.time()
@@ -153,15 +158,17 @@ class HstuUser(User):
         except (InferenceServerException, ScoreShapeError) as exc:
             latency_ms = (time.perf_counter() - t0) * 1e3
             error = exc
-        user_id = int(arrays["USER_ID"][0])
-        RUN.log.record(start_unix, latency_ms, user_id, int(arrays["HISTORY_ITEM_IDS"].shape[0]), error is None)
         self.environment.events.request.fire(
             request_type="grpc",
             name=MODEL,
             response_time=latency_ms,
             response_length=length,
             exception=error,
-            context={"user_id": user_id},
+            context={
+                "start_unix_s": start_unix,
+                "user_id": int(arrays["USER_ID"][0]),
+                "history_len": int(arrays["HISTORY_ITEM_IDS"].shape[0]),
+            },
         )
 
 

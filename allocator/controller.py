@@ -36,18 +36,20 @@ class ControllerConfig:
 
     layers: str = "full"  # one of LAYERS
     max_step: float = 0.05  # largest calm-path alpha change per interval
-    # Safe side in a burst: at most this EMB share. Bursts are hot users re-sending growing
-    # histories, so KV is worth more; the value is the 90th percentile of the simulator's alpha*
-    # over burst windows of the training seeds (`python -m allocator.evaluate --burst-alpha`).
-    burst_alpha: float = 0.25
+    # Safe side in a burst: at most this EMB share. Bursts are hot users re-sending their
+    # histories, so KV is worth more. None: the value fitted at training time and stored in
+    # policy.npz (90th percentile of the simulator's alpha* over the training seeds' burst windows).
+    burst_alpha: float | None = None
     residual: ResidualConfig = dataclasses.field(default_factory=ResidualConfig)
     burst: BurstConfig = dataclasses.field(default_factory=BurstConfig)
 
     def __post_init__(self) -> None:
         if self.layers not in LAYERS:
             raise ValueError(f"ControllerConfig.layers must be one of {LAYERS}, got {self.layers!r}")
-        if not 0.0 < self.max_step <= 1.0 or not 0.0 <= self.burst_alpha <= 1.0:
-            raise ValueError("ControllerConfig needs 0 < max_step <= 1 and 0 <= burst_alpha <= 1")
+        if not 0.0 < self.max_step <= 1.0:
+            raise ValueError(f"ControllerConfig.max_step must be in (0, 1], got {self.max_step}")
+        if self.burst_alpha is not None and not 0.0 <= self.burst_alpha <= 1.0:
+            raise ValueError(f"ControllerConfig.burst_alpha must be in [0, 1], got {self.burst_alpha}")
 
 
 class Controller:
@@ -58,6 +60,12 @@ class Controller:
         self.config = config
         self.residual = ResidualAdapter(config.residual) if config.layers != "ppo" else None
         self.burst = BurstDetector(config.burst) if config.layers == "full" else None
+        if config.burst_alpha is not None:
+            self.burst_alpha = config.burst_alpha
+        elif "meta_burst_alpha" in policy.extra:
+            self.burst_alpha = float(policy.extra["meta_burst_alpha"])
+        else:
+            raise ValueError("ControllerConfig.burst_alpha is None and the policy file has no meta_burst_alpha")
         self._lo = policy.alpha_min
         self._hi = policy.alpha_max
         self.alpha: float | None = None  # the last decision
@@ -74,7 +82,7 @@ class Controller:
         if self.burst is not None and self.burst.update(obs.hot_user_share, obs.request_rate):
             if self.residual is not None:
                 self.residual.hold()
-            alpha = base if base < self.config.burst_alpha else self.config.burst_alpha
+            alpha = base if base < self.burst_alpha else self.burst_alpha
         else:
             target = base + (self.residual.update(obs.p99_ms) if self.residual is not None else 0.0)
             step = self.config.max_step

@@ -46,7 +46,10 @@ class _Static:
 def policies(policy: Policy) -> dict[str, Callable[[], Decider]]:
     """Fresh-instance factories of every compared policy (controllers are stateful)."""
     out: dict[str, Callable[[], Decider]] = {f"static_{a}": (lambda a=a: _Static(a)) for a in STATIC}
-    out["pid"] = lambda: PIDController(PIDConfig())
+    if "meta_pid_setpoint" not in policy.extra:
+        raise ValueError("policy file has no meta_pid_setpoint: re-export it with helmrec train-allocator")
+    setpoint = float(policy.extra["meta_pid_setpoint"])
+    out["pid"] = lambda: PIDController(PIDConfig(setpoint=setpoint))
     for layers in ("ppo", "ppo_residual", "full"):
         out[layers] = lambda layers=layers: Controller(policy, ControllerConfig(layers=layers))
     return out

@@ -3,8 +3,9 @@
 The classic way to split a cache without a model: pick the hit rate one side
 should keep and let a PID move the split. It cannot see that the right
 setpoint changes with the workload, which is the point of comparing it with
-the learned controller. The setpoint is the mean EMB hit rate at alpha* over
-the training seeds' windows (`allocator.evaluate` computes it the same way).
+the learned controller. Its setpoint is fitted at training time — the mean
+EMB hit rate at alpha* over the training seeds' windows — and stored in
+policy.npz (`meta_pid_setpoint`), so PID gets the same offline data as PPO.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from allocator.observation import Observation
 class PIDConfig:
     """Gains per control interval (alpha change per unit of hit-rate error)."""
 
-    setpoint: float = 0.95
+    setpoint: float
     kp: float = 0.5
     ki: float = 0.1
     kd: float = 0.0
@@ -29,7 +30,7 @@ class PIDConfig:
 class PIDController:
     """alpha <- alpha + kp e + ki sum(e) + kd de, with e = setpoint - emb_hit_rate (anti-windup by clipping)."""
 
-    def __init__(self, config: PIDConfig = PIDConfig()) -> None:
+    def __init__(self, config: PIDConfig) -> None:
         self.config = config
         self._integral = 0.0
         self._last_error: float | None = None

@@ -27,7 +27,7 @@ class ResidualConfig:
 
     bound: float = 0.05  # |offset| never exceeds this
     probe: float = 0.01  # alpha perturbation of a probe interval
-    probe_every: int = 10  # one +probe/-probe pair per this many intervals
+    probe_every: int = 20  # one +probe/-probe pair per this many intervals
     step: float = 0.005  # offset change per significant probe pair
     deadband: float = 0.02  # relative P99 difference a pair must show to count
 

@@ -83,6 +83,7 @@ class WindowTable:
     requests: np.ndarray  # [W] requests in the window
     hot_user_share: np.ndarray  # [W] (Observation definition)
     mean_history_len: np.ndarray  # [W]
+    in_burst: np.ndarray  # [W] bool: the trace's burst schedule (ground truth, for offline fitting only)
     emb_hit: np.ndarray  # [W, A] row hit rate
     kv_hit: np.ndarray  # [W, A] request hit rate
     mean_service_us: np.ndarray  # [W, A]
@@ -182,6 +183,7 @@ def build_table(trace: Trace, node: NodeConfig = NodeConfig()) -> WindowTable:
         requests=requests,
         hot_user_share=hot,
         mean_history_len=mean_len,
+        in_burst=cfg.in_burst(starts + 0.5 * node.interval_s),
         interval_s=node.interval_s,
         **out,
     )

@@ -28,14 +28,41 @@ def training_tables(seeds: tuple[int, ...] = TRAIN_SEEDS, duration_s: float = 60
     return [build_table(make_trace(r, seed, duration_s=duration_s), node) for r in REGIMES for seed in seeds]
 
 
-def train(tables: list[WindowTable], timesteps: int, seed: int = 0, progress_bar: bool = True, node: NodeConfig = NodeConfig()):
+def fit_constants(tables: list[WindowTable], node: NodeConfig = NodeConfig()) -> dict[str, float]:
+    """Constants the run-time layers take from the training data, shipped inside policy.npz.
+
+    meta_burst_alpha: the burst layer's safe-side cap, the 90th percentile of alpha* over burst
+    windows (the EMB share that is enough for nine bursts in ten);
+    meta_pid_setpoint: the PID baseline's EMB hit-rate target, the mean EMB hit rate at alpha*.
+    """
+    from allocator.oracle import alpha_star
+
+    burst, hits = [], []
+    for table in tables:
+        star = alpha_star(table, node)
+        burst.append(star[table.in_burst])
+        hits.append(table.emb_hit[np.arange(table.num_windows), np.round(star * 100).astype(int)])
+    burst_all = np.concatenate(burst)
+    if burst_all.size == 0:
+        raise ValueError("fit_constants needs at least one table with burst windows")
+    return {"meta_burst_alpha": float(np.percentile(burst_all, 90)), "meta_pid_setpoint": float(np.concatenate(hits).mean())}
+
+
+def train(
+    tables: list[WindowTable],
+    timesteps: int,
+    seed: int = 0,
+    progress_bar: bool = True,
+    node: NodeConfig = NodeConfig(),
+    episode_windows: int = 128,
+):
     """Train SB3 PPO (MlpPolicy, 2x64 tanh) on `tables`; returns the model."""
     import torch
     from stable_baselines3 import PPO
     from stable_baselines3.common.env_util import make_vec_env
 
     torch.set_num_threads(1)
-    env = make_vec_env(lambda: NodeEnv(tables, node), n_envs=4, seed=seed)
+    env = make_vec_env(lambda: NodeEnv(tables, node, episode_windows), n_envs=4, seed=seed)
     model = PPO(
         "MlpPolicy",
         env,
@@ -68,7 +95,10 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     tables = training_tables(duration_s=args.duration)
     print(f"built {len(tables)} window tables ({sum(t.num_windows for t in tables)} windows) in {time.perf_counter() - t0:.1f} s")
+    constants = fit_constants(tables)
+    print("fitted " + ", ".join(f"{k} = {v:.3f}" for k, v in constants.items()))
     model = train(tables, args.timesteps, seed=args.seed)
-    path = export_policy(model, args.out, extra={"meta_timesteps": args.timesteps, "meta_train_seeds": np.array(TRAIN_SEEDS)})
+    extra = {"meta_timesteps": args.timesteps, "meta_train_seeds": np.array(TRAIN_SEEDS), **constants}
+    path = export_policy(model, args.out, extra=extra)
     print(f"exported {path} ({path.stat().st_size} bytes) after {time.perf_counter() - t0:.0f} s")
     return 0

@@ -22,7 +22,7 @@ NODE = NodeConfig(warmup_s=20.0, sample_requests=1000)
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     tables = [build_table(make_trace("trend", seed=5, duration_s=60.0), NODE)]
-    model = train(tables, timesteps=512, progress_bar=False, node=NODE)
+    model = train(tables, timesteps=512, progress_bar=False, node=NODE, episode_windows=16)
     path = export_policy(model, tmp_path_factory.mktemp("policy") / "policy.npz", NODE)
     return model, Policy.load(path), tables
 

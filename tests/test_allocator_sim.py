@@ -11,7 +11,7 @@ from allocator.oracle import alpha_star, smoothed_p99
 from allocator.sim_env import ALPHA_GRID, NodeConfig, NodeEnv, NodeState, build_table, step_node
 from load.traces import make_trace
 
-NODE = NodeConfig(warmup_s=20.0, sample_requests=1000)
+NODE = NodeConfig(warmup_s=20.0)  # default request sample: the oracle test checks its 1% claim
 
 
 @pytest.fixture(scope="module")

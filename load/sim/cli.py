@@ -28,9 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=Path, required=True, help="write the report JSON here")
     parser.add_argument("--nodes", type=int, default=None, help="cluster size (default 32; 2 with --quick)")
     parser.add_argument("--quick", action="store_true", help="CI-sized grid: short traces, coarse sweep (< 1 min)")
-    parser.add_argument("--sweep-nodes", type=int, default=None, help="nodes of the static-alpha sweep (default min(nodes, 8))")
-    parser.add_argument("--duration", type=float, default=None, help="trace seconds (default 36; 8 with --quick)")
-    parser.add_argument("--warmup", type=float, default=None, help="unmeasured seconds (default 12; 3 with --quick)")
+    parser.add_argument("--sweep-nodes", type=int, default=None, help="nodes of the static-alpha sweep (default min(nodes, 4))")
+    parser.add_argument("--duration", type=float, default=None, help="trace seconds (default 20; 8 with --quick)")
+    parser.add_argument("--warmup", type=float, default=None, help="unmeasured seconds (default 6; 3 with --quick)")
     parser.add_argument("--regimes", default=",".join(REGIMES), help="comma-separated subset of " + ",".join(REGIMES))
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="worker processes")
     parser.add_argument("--seed", type=int, default=0)
@@ -41,12 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def grid_from_args(args: argparse.Namespace) -> GridConfig:
     nodes = args.nodes if args.nodes is not None else (2 if args.quick else 32)
-    duration = args.duration if args.duration is not None else (8.0 if args.quick else 36.0)
-    warmup = args.warmup if args.warmup is not None else (3.0 if args.quick else 12.0)
+    duration = args.duration if args.duration is not None else (8.0 if args.quick else SimConfig.duration_s)
+    warmup = args.warmup if args.warmup is not None else (3.0 if args.quick else SimConfig.warmup_s)
     sim = SimConfig(nodes=nodes, duration_s=duration, warmup_s=warmup, seed=args.seed, slo_ms=args.slo_ms)
     if args.quick:  # one short burst inside the short trace
-        sim = dataclasses.replace(sim, burst_every_s=12.0, burst_len_s=2.0)
-    sweep_nodes = args.sweep_nodes if args.sweep_nodes is not None else min(nodes, 8)
+        sim = dataclasses.replace(sim, burst_every_s=10.0, burst_len_s=2.0)
+    sweep_nodes = args.sweep_nodes if args.sweep_nodes is not None else min(nodes, 4)
     regimes = tuple(r.strip() for r in args.regimes.split(",") if r.strip())
     return GridConfig(
         sim=sim,

@@ -144,3 +144,12 @@ def test_batched_ops_equal_per_request_ops() -> None:
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
     with pytest.raises(ValueError, match=r"k_hist: must have shape \[3, n, 2, 16\]"):
         candidate_attention(q, k[:2], v, ks, vs, 0.25, 0.1)
+
+
+def test_grad_requiring_inputs_take_the_differentiable_reference() -> None:
+    """The kernels have no backward: under autograd the ops must stay differentiable."""
+    q = torch.randn(4, 2, 16, requires_grad=True)
+    k, v = torch.randn(6, 2, 16), torch.randn(6, 2, 8)
+    out = candidate_attention(q, k, v, torch.randn(4, 2, 16), torch.randn(4, 2, 8), 0.25, 0.1)
+    out.sum().backward()
+    assert q.grad is not None and q.grad.abs().sum() > 0

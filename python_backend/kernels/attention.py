@@ -29,8 +29,12 @@ def triton_importable() -> bool:
 
 
 def supported(t: torch.Tensor) -> bool:
-    """Whether the Triton kernels can run on tensors like `t`."""
-    if not triton_importable() or t.dtype not in _DTYPES:
+    """Whether the Triton kernels can run on tensors like `t`.
+
+    The kernels are inference-only (no backward), so a tensor that requires
+    grad (training) keeps the layer's differentiable einsum path.
+    """
+    if not triton_importable() or t.dtype not in _DTYPES or t.requires_grad:
         return False
     if t.device.type == "cuda":
         return True

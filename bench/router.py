@@ -4,8 +4,10 @@
 
 Three tritonservers (tiny preset, CPU) and one `helmrec route` process, all on
 this machine, measured in the same run:
-1. latency: one client, requests alternating between a backend directly and
-   the router (same requests), so both sides see the same machine state;
+1. latency: one client, requests alternating between one backend directly and
+   a router in front of that backend alone; the two paths use disjoint user
+   ids with the same histories and take turns going first, so the backend's
+   caches treat both alike and the difference is the router;
 2. throughput: an asyncio client with N requests in flight for a fixed time,
    straight to the backends (client-side round robin) and through the router,
    plus the router process's CPU seconds per request (its single-core ceiling);
@@ -42,16 +44,18 @@ MODEL = "hstu_ensemble"
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def make_requests(n: int, users: int, history: int, candidates: int, num_items: int, seed: int) -> list[list]:
-    """Repeat users (Zipf) with prefix-growing histories, as tritonclient inputs."""
+def make_requests(
+    n: int, users: int, history: int, candidates: int, num_items: int, seed: int, user_offset: int = 0
+) -> list[list]:
+    """Repeat users (Zipf) with fixed per-user histories, as tritonclient inputs."""
     rng = np.random.default_rng(seed)
     p = 1.0 / np.arange(1, users + 1) ** 0.8
     who = rng.choice(users, size=n, p=p / p.sum())
     out = []
-    for i, user in enumerate(who.tolist()):
+    for user in who.tolist():
         pos = np.arange(history, dtype=np.int64)
         arrays = {
-            "USER_ID": np.array([user], np.int64),
+            "USER_ID": np.array([user + user_offset], np.int64),
             "HISTORY_ITEM_IDS": 1 + (user * 7919 + pos * 104729) % (num_items - 1),
             "HISTORY_TIMESTAMPS": 1_700_000_000 + pos * 60,
             "HISTORY_ACTIONS": ((user + pos) % 2).astype(np.int32),
@@ -67,6 +71,7 @@ def make_requests(n: int, users: int, history: int, candidates: int, num_items: 
 
 
 def start_router(servers: list[TritonServer], policy: str) -> tuple[subprocess.Popen[str], str]:
+    """`helmrec route` in its own process (its CPU time is then its own), ready to serve."""
     port = free_port()
     specs = [f"--backend=127.0.0.1:{s.grpc_port},metrics={s.metrics_port}" for s in servers]
     proc = subprocess.Popen(
@@ -88,17 +93,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def latency(direct: list[str], routed: str, requests: list[list], warmup: int) -> tuple[np.ndarray, np.ndarray]:
-    clients = [grpcclient.InferenceServerClient(u) for u in direct]
-    via = grpcclient.InferenceServerClient(routed)
-    lat_direct, lat_router = [], []
-    for i, tensors in enumerate(requests):
-        for client, sink in ((clients[i % len(clients)], lat_direct), (via, lat_router)):
+def latency(direct: str, routed: str, plain: list[list], twins: list[list], warmup: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-request latency straight to one backend and through a router to it, taking turns."""
+    paths = (
+        (grpcclient.InferenceServerClient(direct), plain, []),
+        (grpcclient.InferenceServerClient(routed), twins, []),
+    )
+    for i in range(len(plain)):
+        for client, requests, sink in paths if i % 2 == 0 else paths[::-1]:
             t0 = time.perf_counter()
-            client.infer(MODEL, tensors)
+            client.infer(MODEL, requests[i])
             if i >= warmup:
                 sink.append(time.perf_counter() - t0)
-    return np.array(lat_direct) * 1e3, np.array(lat_router) * 1e3
+    return np.array(paths[0][2]) * 1e3, np.array(paths[1][2]) * 1e3
 
 
 async def throughput(urls: list[str], requests: list[list], seconds: float, concurrency: int) -> int:
@@ -169,18 +176,28 @@ def main() -> None:
         try:
             with ThreadPoolExecutor(3) as pool:
                 list(pool.map(lambda s: s.start(), servers))
+            n = args.requests + args.warmup
+            requests = make_requests(n, 200, args.history, args.candidates, 300, 0)
+            twins = make_requests(n, 200, args.history, args.candidates, 300, 0, user_offset=1_000_000)
+            single, single_url = start_router(servers[:1], args.policy)
+            try:
+                lat_direct, lat_router = latency(servers[0].grpc_url, single_url, requests, twins, args.warmup)
+            finally:
+                single.send_signal(signal.SIGINT)
+                single.wait(30)
             proc, routed = start_router(servers, args.policy)
             try:
-                requests = make_requests(args.requests + args.warmup, 200, args.history, args.candidates, 300, 0)
+                # Fresh users for each side, so neither finds the other's KV warm.
+                load_direct = make_requests(1000, 200, args.history, args.candidates, 300, 1, user_offset=2_000_000)
+                load_routed = make_requests(1000, 200, args.history, args.candidates, 300, 1, user_offset=3_000_000)
                 direct_urls = [s.grpc_url for s in servers]
-                lat_direct, lat_router = latency(direct_urls, routed, requests, args.warmup)
-                rps_direct = asyncio.run(throughput(direct_urls, requests, args.seconds, args.concurrency)) / args.seconds
+                rps_direct = asyncio.run(throughput(direct_urls, load_direct, args.seconds, args.concurrency)) / args.seconds
                 # The router's background work (probes, scrapes) is not per-request cost: measure it idle.
                 idle0 = cpu_seconds(proc.pid)
                 time.sleep(3.0)
                 idle_rate = (cpu_seconds(proc.pid) - idle0) / 3.0
                 cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
-                answered = asyncio.run(throughput([routed], requests, args.seconds, args.concurrency))
+                answered = asyncio.run(throughput([routed], load_routed, args.seconds, args.concurrency))
                 busy = cpu_seconds(proc.pid) - cpu0 - idle_rate * (time.monotonic() - t0)
                 router_cpu_per_req = busy / max(answered, 1)
                 cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
@@ -200,9 +217,9 @@ def main() -> None:
         table.add_column(col)
     p50d, p99d = np.percentile(lat_direct, 50), np.percentile(lat_direct, 99)
     p50r, p99r = np.percentile(lat_router, 50), np.percentile(lat_router, 99)
-    table.add_row(f"P50 latency ms ({args.requests} req)", f"{p50d:.3f}", f"{p50r:.3f}", f"{p50r - p50d:+.3f}")
+    table.add_row(f"P50 latency ms, 1 backend ({args.requests} req)", f"{p50d:.3f}", f"{p50r:.3f}", f"{p50r - p50d:+.3f}")
     table.add_row("P99 latency ms", f"{p99d:.3f}", f"{p99r:.3f}", f"{p99r - p99d:+.3f}")
-    table.add_row(f"throughput req/s ({args.concurrency} in flight, {args.seconds:.0f} s)", f"{rps_direct:.0f}",
+    table.add_row(f"throughput req/s, 3 backends ({args.concurrency} in flight, {args.seconds:.0f} s)", f"{rps_direct:.0f}",
                   f"{rps_router:.0f}", f"{rps_router / rps_direct:.2f}x")
     table.add_row("router CPU per request us (idle work subtracted)", "", f"{router_cpu_per_req * 1e6:.0f}", "")
     table.add_row("router CPU per forwarded ServerReady us (gRPC floor)", "", f"{floor * 1e6:.0f}", "")

@@ -46,7 +46,11 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
 
 async def _serve(config: RouterConfig) -> None:
     server = RouterServer(config)
-    await server.start()
+    try:
+        await server.start()
+    except OSError:
+        await server.stop()
+        raise
     healthy = sum(b.healthy for b in server.dispatcher.backends)
     print(f"router ready (policy {config.policy}, {healthy}/{len(config.backends)} backends healthy)")
     print(f"  gRPC    {server.grpc_url}")

@@ -49,28 +49,42 @@ class RouterServer:
         return f"{self.config.host}:{self.http_port}"
 
     async def start(self) -> None:
+        """Bind every port first (a busy port fails fast), probe the backends once, then serve."""
         self.monitor = HealthMonitor(self.config, self.dispatcher)
         self.grpc_front = GrpcFront(self.config, self.dispatcher)
-        await self.monitor.start()
-        self._grpc = grpc.aio.server(options=CHANNEL_OPTIONS)
+        # No SO_REUSEPORT: a second router on the same port must fail, not silently share it.
+        self._grpc = grpc.aio.server(options=(*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)))
         self._grpc.add_generic_rpc_handlers((self.grpc_front.handler(),))
-        self.grpc_port = self._grpc.add_insecure_port(f"{self.config.host}:{self.config.grpc_port}")
-        if self.grpc_port == 0:
-            raise OSError(f"--grpc-port {self.config.grpc_port}: cannot bind {self.config.host}")
+        address = f"{self.config.host}:{self.config.grpc_port}"
+        try:
+            self.grpc_port = self._grpc.add_insecure_port(address)
+        except RuntimeError:
+            raise OSError(f"--grpc-port {self.config.grpc_port}: cannot bind {address} (in use?)") from None
+        http_sock = self._bind_http()
+        await self.monitor.start()
         await self._grpc.start()
-        if self.config.http_port is not None:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self.config.host, self.config.http_port))
-            self.http_port = sock.getsockname()[1]
+        if http_sock is not None:
             self._http = web.AppRunner(HttpFront(self.config, self.dispatcher).app(), access_log=None)
             await self._http.setup()
-            await web.SockSite(self._http, sock).start()
+            await web.SockSite(self._http, http_sock).start()
         if self.config.metrics_port is not None:
             registry = CollectorRegistry()
             registry.register(RouterCollector(self.dispatcher))
             self._metrics_server, _ = start_http_server(self.config.metrics_port, self.config.host, registry)
             self.metrics_port = self._metrics_server.server_port  # type: ignore[attr-defined]
+
+    def _bind_http(self) -> socket.socket | None:
+        if self.config.http_port is None:
+            return None
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.config.host, self.config.http_port))
+        except OSError as exc:
+            sock.close()
+            raise OSError(f"--http-port {self.config.http_port}: cannot bind {self.config.host} ({exc.strerror})") from None
+        self.http_port = sock.getsockname()[1]
+        return sock
 
     async def stop(self, grace_s: float = 2.0) -> None:
         if self._grpc is not None:

@@ -57,5 +57,8 @@ def test_returning_user_hits_kv_cache_with_identical_scores(triton_server, tiny_
     assert after["helmrec_kv_requests_total"] - before.get("helmrec_kv_requests_total", 0) >= 3
     assert after["helmrec_kv_hits_total"] - before.get("helmrec_kv_hits_total", 0) >= 2
     assert 0.0 <= after["helmrec_pool_alpha"] <= 1.0
+    # The repository's hstu_pool runs the adaptive controller: it has decided at least once.
+    decided = wait_for(triton_server.metrics_url, lambda s: "helmrec_controller_decision_us" in s)
+    assert decided["helmrec_controller_decision_us"] > 0
     pages = after['helmrec_pool_pages{side="emb"}'] + after['helmrec_pool_pages{side="kv"}']
     assert pages > 0

@@ -167,17 +167,24 @@ class Helm(_Policy):
     def choose(self, request: RouteRequest, backends: Sequence[BackendState]) -> int:
         w = self.weights
         room = backends_with_room(backends)
-        floor = min(backends[i].load for i in room)
-        guarded = [i for i in room if backends[i].load - floor <= w.guard_slack]
+        loads = {i: backends[i].load for i in room}
+        floor = min(loads.values())
         user, n = request.user_id, request.history_len
-
-        def score(i: int) -> float:
-            b = backends[i]
-            kv = b.kv.fraction(user, n) if user is not None else 0.0
-            emb = b.emb.hot_share(request.item_slots) if w.emb else 0.0
-            return w.kv * kv + w.emb * emb - w.load * (b.load - floor) / (w.guard_slack + 1)
-
-        return self._best(guarded, len(backends), score)
+        # KV and load terms first (dictionary lookups); the EMB term (a numpy
+        # gather) can add at most w.emb, so it is only computed for backends
+        # within w.emb of the best partial score: usually just the user's home.
+        partial = {
+            i: (w.kv * backends[i].kv.fraction(user, n) if user is not None else 0.0)
+            - w.load * (load - floor) / (w.guard_slack + 1)
+            for i, load in loads.items()
+            if load - floor <= w.guard_slack
+        }
+        cut = max(partial.values()) - w.emb
+        slots = request.item_slots
+        score = {
+            i: s + w.emb * backends[i].emb.hot_share(slots) if w.emb and s >= cut else s for i, s in partial.items()
+        }
+        return self._best(list(score), len(backends), score.__getitem__)
 
 
 POLICY_CLASSES: dict[str, type[_Policy]] = {

@@ -369,15 +369,17 @@ def triton_vs_in_process(args: argparse.Namespace) -> dict:
             t = grpcclient.InferInput(name, list(value.shape), "INT32" if value.dtype == np.int32 else "INT64")
             t.set_data_from_numpy(value)
             inputs.append(t)
-        with TritonServer(model_repository=repo, device="cuda") as server:
+        with TritonServer(model_repository=repo, device=args.device) as server:
             client = grpcclient.InferenceServerClient(server.grpc_url)
             triton_ms = wall_ms(lambda: client.infer("hstu_ensemble", inputs), torch.device("cpu"), args.requests, warmup=10)
-        model = model.to("cuda")
-        config = PoolConfig(args.pool_bytes, args.page_bytes, 0.5, 268435456.0, 8, device="cuda")
+        device = torch.device(args.device)
+        model = model.to(device)
+        config = PoolConfig(args.pool_bytes, args.page_bytes, 0.5, 268435456.0, 8, device=str(device))
         req = RankRequest(7, ids, ts, actions, cands, int(ts[-1]))
         with PooledRanker(model, config) as ranker:
-            local_ms = wall_ms(lambda: ranker.rank(req), torch.device("cuda"), args.requests, warmup=10)
-    return {"history": n, "candidates": c, "requests": args.requests, "dtype": str(model.item_emb.weight.dtype),
+            local_ms = wall_ms(lambda: ranker.rank(req), device, args.requests, warmup=10)
+    return {"device": args.device, "preset": args.preset, "history": n, "candidates": c, "requests": args.requests,
+            "dtype": str(model.item_emb.weight.dtype),
             "triton_p50_ms": pct(triton_ms, 50), "triton_p99_ms": pct(triton_ms, 99),
             "in_process_p50_ms": pct(local_ms, 50), "in_process_p99_ms": pct(local_ms, 99),
             "ratio_p50": pct(triton_ms, 50) / pct(local_ms, 50)}

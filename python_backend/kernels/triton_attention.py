@@ -168,8 +168,9 @@ def default_tiles(m: int, d: int, device: torch.device) -> Tiles:
 
     Short query sets (extend by a few tokens) use tiles no taller than the set
     so little work is masked out. Otherwise 64 x 32 tiles with 4 warps: on the
-    H100 at d = 128 they beat 128 x 64 / 8 warps by 1.3-1.5x for a 4096-token
-    prefill and for 256 candidates over 4096 keys (bench/gpu.py --sweep-tiles, docs/gpu.md).
+    H100 at d = 128 they beat 128 x 64 / 8 warps by 1.15-1.5x on 4096- and
+    16384-token prefills and 256 candidates over 4096 keys, and are within 7%
+    of the best of 12 shapes (bench/gpu.py --sweep-tiles, docs/gpu.md).
     """
     stages = 3 if device.type == "cuda" else 1
     if m <= 16:

@@ -19,6 +19,7 @@ Each table's last line is its headline ratio.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import datetime
@@ -305,7 +306,7 @@ def throughput(model: HSTU, device: torch.device, n: int, c: int, concurrency: l
 
             def worker(i: int) -> None:
                 stream = torch.cuda.Stream(device) if cuda else None
-                with torch.inference_mode(), (torch.cuda.stream(stream) if stream is not None else _nullctx()):
+                with torch.inference_mode(), (torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()):
                     while time.perf_counter() < stop:
                         t0 = time.perf_counter()
                         step(i, *users[i])
@@ -333,14 +334,6 @@ def throughput(model: HSTU, device: torch.device, n: int, c: int, concurrency: l
                 rows.append({"path": "graphed batched", "concurrency": k, "requests": k * rounds, "rps": k * 1e3 / statistics.mean(lat),
                              "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99)})
     return rows
-
-
-class _nullctx:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 # ---------------------------------------------------------------------------------- (b) Triton

@@ -31,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sweep-nodes", type=int, default=None, help="nodes of the static-alpha sweep (default min(nodes, 4))")
     parser.add_argument("--duration", type=float, default=None, help="trace seconds (default 20; 8 with --quick)")
     parser.add_argument("--warmup", type=float, default=None, help="unmeasured seconds (default 6; 3 with --quick)")
+    parser.add_argument("--sweep-alphas", default=None, help="comma-separated static alphas to sweep (default 0.1..0.9 by 0.1)")
     parser.add_argument("--regimes", default=",".join(REGIMES), help="comma-separated subset of " + ",".join(REGIMES))
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="worker processes")
     parser.add_argument("--seed", type=int, default=0)
@@ -48,10 +49,17 @@ def grid_from_args(args: argparse.Namespace) -> GridConfig:
         sim = dataclasses.replace(sim, burst_every_s=10.0, burst_len_s=2.0)
     sweep_nodes = args.sweep_nodes if args.sweep_nodes is not None else min(nodes, 4)
     regimes = tuple(r.strip() for r in args.regimes.split(",") if r.strip())
+    if args.sweep_alphas is not None:
+        try:
+            sweep = tuple(float(a) for a in args.sweep_alphas.split(",") if a.strip())
+        except ValueError:
+            raise SystemExit(f"--sweep-alphas {args.sweep_alphas!r}: expected comma-separated numbers in [0, 1]") from None
+    else:
+        sweep = QUICK_SWEEP if args.quick else FULL_SWEEP
     return GridConfig(
         sim=sim,
         sweep_nodes=sweep_nodes,
-        sweep_alphas=QUICK_SWEEP if args.quick else FULL_SWEEP,
+        sweep_alphas=sweep,
         regimes=regimes,
         workers=args.workers,
         policy_path=args.policy,

@@ -19,6 +19,7 @@ import dataclasses
 import shlex
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
@@ -31,9 +32,20 @@ from load.traces import REGIMES
 from python_backend.launcher import LauncherError
 from router.config import POLICIES
 
-# --quick: sized so a single run takes about a minute on a shared 2-core CPU (most of it server start).
-QUICK = {"duration": 20.0, "rate": 30.0, "static_alphas": "0.2,0.8"}
-FULL = {"duration": 60.0, "rate": 40.0, "static_alphas": "0.2,0.5,0.8"}
+
+
+@dataclass(frozen=True)
+class RunSize:
+    """Defaults of the flags that set how long a benchmark takes."""
+
+    duration_s: float
+    base_rate: float
+    static_alphas: str
+
+
+# --quick: a single run takes about a minute on a shared 2-core CPU (most of it server start-up).
+QUICK = RunSize(duration_s=20.0, base_rate=30.0, static_alphas="0.2,0.8")
+FULL = RunSize(duration_s=60.0, base_rate=40.0, static_alphas="0.2,0.5,0.8")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,15 +56,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--policy", choices=POLICIES, default=c.policy, help="router policy of a single run")
     add("--alpha", default=ADAPTIVE, help="'adaptive' or a static EMB share in [0, 1] (single run)")
     add("--shape", action="append", choices=REGIMES, help="workload (repeat; default: burst, all three with --compare)")
-    add("--duration", type=float, help=f"seconds per run (default {FULL['duration']:g}, --quick {QUICK['duration']:g})")
-    add("--rate", type=float, help=f"base requests/s (default {FULL['rate']:g}, --quick {QUICK['rate']:g})")
+    add("--duration", type=float, help=f"seconds per run (default {FULL.duration_s:g}, --quick {QUICK.duration_s:g})")
+    add("--rate", type=float, help=f"base requests/s (default {FULL.base_rate:g}, --quick {QUICK.base_rate:g})")
     add("--out", type=Path, default=Path("bench-out"), help="folder for reports, CSVs and plots")
     add("--seed", type=int, default=0, help="trace and weights seed (the same for every compared system)")
     add("--slo-ms", type=float, default=25.0, help="latency SLO; satisfaction = share of requests within it")
     add("--quick", action="store_true", help="short runs sized for a shared 2-core machine")
     add("--compare", action="store_true", help="best static alpha vs adaptive+helm on every shape")
-    add("--static-alphas", help=f"alphas swept for the best static (default {FULL['static_alphas']}, "
-        f"--quick {QUICK['static_alphas']})")  # fmt: skip
+    add("--static-alphas", help=f"alphas swept for the best static (default {FULL.static_alphas}, "
+        f"--quick {QUICK.static_alphas})")  # fmt: skip
     add("--baseline-policy", choices=POLICIES, default="round_robin", help="router policy of the static runs")
     add("--per-user-rps", type=float, default=2.0, help="requests/s per Locust user; users = rate / this")
     add("--pool-bytes", type=int, default=c.pool_bytes, help="each node's pool budget (EMB + KV)")
@@ -64,11 +76,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--hot-users", type=int, default=d.hot_users, help="size of the hot user set")
     add("--mean-history", type=float, default=d.mean_history_len, help="mean first-visit history length")
     add("--candidates", type=int, default=d.candidates, help="candidate items per request")
-
-
-def _sized(args: argparse.Namespace, name: str) -> object:
-    given = getattr(args, name)
-    return given if given is not None else (QUICK if args.quick else FULL)[name]
 
 
 def parse_alphas(text: str) -> tuple[str, ...]:
@@ -104,6 +111,7 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 def run(args: argparse.Namespace) -> int:
     console = Console()
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    size = QUICK if args.quick else FULL
     try:
         base_cluster = ClusterConfig(
             nodes=args.nodes,
@@ -117,15 +125,15 @@ def run(args: argparse.Namespace) -> int:
         )
         workload = WorkloadConfig(
             seed=args.seed,
-            duration_s=float(_sized(args, "duration")),  # type: ignore[arg-type]
-            base_rate=float(_sized(args, "rate")),  # type: ignore[arg-type]
+            duration_s=size.duration_s if args.duration is None else args.duration,
+            base_rate=size.base_rate if args.rate is None else args.rate,
             num_users=args.trace_users,
             hot_users=args.hot_users,
             mean_history_len=args.mean_history,
             candidates=args.candidates,
             burst_rate_mult=args.burst_rate_mult,
         )
-        alphas = parse_alphas(str(_sized(args, "static_alphas"))) if args.compare else ()
+        alphas = parse_alphas(args.static_alphas or size.static_alphas) if args.compare else ()
         if args.slo_ms <= 0:
             raise ValueError(f"--slo-ms must be > 0, got {args.slo_ms}")
     except ValueError as exc:

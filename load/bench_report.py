@@ -183,7 +183,7 @@ def write_summary(out: Path, runs: list[RunResult], comparisons: list[Comparison
         )
     (out / "summary.json").write_text(json.dumps({"nodes": nodes, "slo_ms": slo, "regimes": regimes}, indent=2) + "\n")
 
-    lines = [f"# helmrec bench", "", f"Command: `{command}`", "", "## Runs", ""]
+    lines = ["# helmrec bench", "", f"Command: `{command}`", "", "## Runs", ""]
     lines += ["| " + " | ".join(RUN_COLUMNS) + " |", "|" + "---|" * len(RUN_COLUMNS)]
     for r in runs:
         row = run_row(r)

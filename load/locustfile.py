@@ -125,9 +125,10 @@ def _stop(environment: Environment, **_: object) -> None:
 class HstuUser(User):
     """One client of the recommender; sends the trace's next request, at most `--per-user-rps` a second."""
 
+    def on_start(self) -> None:
+        self._pacer = constant_throughput(self.environment.parsed_options.per_user_rps)
+
     def wait_time(self) -> float:
-        if not hasattr(self, "_pacer"):
-            self._pacer = constant_throughput(self.environment.parsed_options.per_user_rps)
         return self._pacer(self)
 
     @task

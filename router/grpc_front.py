@@ -47,9 +47,18 @@ UNSUPPORTED_METHODS = (
     "LogSettings",
     "TraceSetting",
 )
-CHANNEL_OPTIONS = (
+MESSAGE_OPTIONS = (
     ("grpc.max_send_message_length", -1),
     ("grpc.max_receive_message_length", -1),
+)
+# gRPC's default reconnect backoff grows to 120 s: a backend back after a long
+# outage would stay unreachable that long. Capped at 2 s, a revived backend is
+# seen within a few health probes.
+CHANNEL_OPTIONS = (
+    *MESSAGE_OPTIONS,
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
 )
 # Transport headers the router's own channel sets; the client's copies are not forwarded.
 _HOP_HEADERS = frozenset({"user-agent", "content-type", "te", "host", "accept-encoding"})

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from router.config import RouterConfig
 from router.dispatch import Dispatcher
-from router.grpc_front import CHANNEL_OPTIONS, GrpcFront
+from router.grpc_front import MESSAGE_OPTIONS, GrpcFront
 from router.health import HealthMonitor
 from router.http_front import HttpFront
 from router.router_metrics import RouterCollector
@@ -53,7 +53,7 @@ class RouterServer:
         self.monitor = HealthMonitor(self.config, self.dispatcher)
         self.grpc_front = GrpcFront(self.config, self.dispatcher)
         # No SO_REUSEPORT: a second router on the same port must fail, not silently share it.
-        self._grpc = grpc.aio.server(options=(*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)))
+        self._grpc = grpc.aio.server(options=(*MESSAGE_OPTIONS, ("grpc.so_reuseport", 0)))
         self._grpc.add_generic_rpc_handlers((self.grpc_front.handler(),))
         address = f"{self.config.host}:{self.config.grpc_port}"
         try:

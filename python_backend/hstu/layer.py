@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from python_backend.hstu.config import HSTUConfig
+from python_backend.kernels.attention import candidate_attention, causal_attention, supported
 
 _LN_EPS = 1e-6
 
@@ -90,14 +91,20 @@ class HSTULayer(nn.Module):
         v_ctx: torch.Tensor,
         keep: torch.Tensor,
         bias: torch.Tensor | None,
+        causal: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Process m new tokens that attend to n context tokens and to each other.
 
         x [..., m, D]; k_ctx [..., n, H, dqk]; v_ctx [..., n, H, dv];
         keep [..., m, n+m] bool (which keys each new token sees);
         bias [..., m, n+m] or None. Returns (y [..., m, D], k [..., m, H, dqk], v [..., m, H, dv]).
+        `causal=True` promises that `keep` is the plain causal mask over [context; new], which
+        lets a bias-free layer on a GPU run the fused kernel instead of materialising [H, m, n+m].
         """
         u, q, k, v = self.project(x)
+        if causal and bias is None and supported(q):
+            a = causal_attention(q, k_ctx, v_ctx, k, v, self.qk_scale, self.norm_scale)
+            return self.output(x, u, a.flatten(-2)), k, v
         keys = torch.cat([k_ctx, k], dim=-3)
         values = torch.cat([v_ctx, v], dim=-3)
         qk = torch.einsum("...mhd,...nhd->...hmn", q, keys)
@@ -126,6 +133,9 @@ class HSTULayer(nn.Module):
         ranks many prefixes at once); None means the whole history.
         """
         u, q, k, v = self.project(x)
+        if bias_hist is None and bias_self is None and keep_hist is None and supported(q):
+            a = candidate_attention(q, k_hist, v_hist, k, v, self.qk_scale, self.norm_scale)
+            return self.output(x, u, a.flatten(-2))
         qk = torch.einsum("...chd,...nhd->...hcn", q, k_hist)
         w_hist = self.attention_weights(qk, None if bias_hist is None else bias_hist.unsqueeze(-3))
         if keep_hist is not None:

@@ -119,7 +119,7 @@ class HSTU(nn.Module):
         for i, layer in enumerate(self.layers):
             k_ctx, v_ctx = self._unpack(kv[i])
             bias = None if rel_pos is None else layer.pair_bias(rel_pos, time_bucket)
-            x, k, v = layer(x, k_ctx, v_ctx, keep, bias)
+            x, k, v = layer(x, k_ctx, v_ctx, keep, bias, causal=True)
             new_kv.append(torch.cat([k.flatten(-2), v.flatten(-2)], dim=-1))
         return torch.stack(new_kv)
 

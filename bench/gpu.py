@@ -342,11 +342,13 @@ def triton_vs_in_process(args: argparse.Namespace) -> dict:
     import numpy as np
     import tritonclient.grpc as grpcclient
 
+    from load.client import infer_inputs
     from python_backend.hstu.weights import load
     from python_backend.launcher import TritonServer
     from python_backend.launcher.repository import WEIGHTS, stage_repository
     from python_backend.pool.config import PoolConfig
     from python_backend.pool.ranker import PooledRanker, RankRequest
+    from python_backend.serving.network import serving_dtype
 
     pool = {"pool_bytes": str(args.pool_bytes), "page_bytes": str(args.page_bytes), "alpha": "0.5", "controller": "static"}
     gen = torch.Generator().manual_seed(args.seed)
@@ -357,16 +359,12 @@ def triton_vs_in_process(args: argparse.Namespace) -> dict:
         ids, ts, actions, cands, query = (t.cpu() for t in make_history(model, n, c, gen, torch.device("cpu")))
         request = {"USER_ID": np.array([7], np.int64), "HISTORY_ITEM_IDS": ids.numpy(), "HISTORY_TIMESTAMPS": ts.numpy(),
                    "HISTORY_ACTIONS": actions.numpy().astype(np.int32), "CANDIDATE_ITEM_IDS": cands.numpy()}
-        inputs = []
-        for name, value in request.items():
-            t = grpcclient.InferInput(name, list(value.shape), "INT32" if value.dtype == np.int32 else "INT64")
-            t.set_data_from_numpy(value)
-            inputs.append(t)
+        inputs = infer_inputs(grpcclient, request)
         with TritonServer(model_repository=repo, device=args.device) as server:
             client = grpcclient.InferenceServerClient(server.grpc_url)
             triton_ms = wall_ms(lambda: client.infer("hstu_ensemble", inputs), torch.device("cpu"), args.requests, warmup=10)
         device = torch.device(args.device)
-        model = model.to(device)
+        model = model.to(device, serving_dtype("auto", device))  # what hstu_pool serves with dtype "auto"
         config = PoolConfig(args.pool_bytes, args.page_bytes, 0.5, 268435456.0, 8, device=str(device))
         req = RankRequest(7, ids, ts, actions, cands, int(ts[-1]))
         with PooledRanker(model, config) as ranker:

@@ -13,15 +13,15 @@ import torch
 import triton_python_backend_utils as pb_utils
 
 from python_backend.serving import schema
-from python_backend.serving.network import load_network, resolve_device
+from python_backend.serving.network import load_network, resolve_device, serving_dtype
 from python_backend.serving.triton_io import ModelArgs, error_response, input_tensor, output_tensor
 
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         model = ModelArgs(args)
         self.device = resolve_device(model.parameter("device", "auto"), model.instance_kind, model.device_id)
-        weights = model.path_parameter("weights")
-        self.network = load_network(weights, self.device)
+        dtype = serving_dtype(model.parameter("dtype", "auto"), self.device)
+        self.network = load_network(model.path_parameter("weights"), self.device, dtype)
         cfg = self.network.config
         self.limits = schema.Limits(cfg.num_items, cfg.num_actions, cfg.max_seq_len, cfg.max_candidates)
 

@@ -21,7 +21,7 @@ from python_backend.pool.config import PoolConfig
 from python_backend.pool.metrics import PoolMetrics
 from python_backend.pool.ranker import PooledRanker, RankRequest
 from python_backend.serving import schema
-from python_backend.serving.network import load_network, resolve_device
+from python_backend.serving.network import load_network, resolve_device, serving_dtype
 from python_backend.serving.node_control import AlphaController, NodeControl, ServiceTimes
 from python_backend.serving.triton_io import ModelArgs, error_response, input_tensor, output_tensor, to_torch
 
@@ -50,7 +50,8 @@ class TritonPythonModel:
         if self.mode == "bls":
             return
         device = resolve_device(model.parameter("device", "auto"), model.instance_kind, model.device_id)
-        network = load_network(model.path_parameter("weights"), device)
+        dtype = serving_dtype(model.parameter("dtype", "auto"), device)
+        network = load_network(model.path_parameter("weights"), device, dtype)
         self.ranker = PooledRanker(network, PoolConfig.from_triton_parameters(model.parameters(), device=str(device)))
         self.service_times = ServiceTimes()
         metrics = PoolMetrics(pb_utils.MetricFamily)

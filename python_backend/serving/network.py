@@ -36,6 +36,19 @@ def resolve_device(requested: str, instance_kind: str, device_id: int) -> torch.
     raise ValueError(f"device must be cpu, cuda or auto, got {choice!r}")
 
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def serving_dtype(requested: str, device: torch.device) -> torch.dtype:
+    """The network's dtype: "auto" is bf16 on a GPU (tensor cores, half the KV bytes per
+    pool page) and fp32 on the CPU, where bf16 matmuls are slower, not faster."""
+    if requested == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if requested not in DTYPES:
+        raise ValueError(f"dtype must be auto, {', '.join(DTYPES)}; got {requested!r}")
+    return DTYPES[requested]
+
+
 def read_limits(weights: Path) -> Limits:
     """The request limits fixed by a weights file, without building the network."""
     if not weights.is_file():
@@ -50,8 +63,6 @@ def read_limits(weights: Path) -> Limits:
     )
 
 
-def load_network(weights: Path, device: torch.device) -> HSTU:
-    """The trained network in eval mode on `device` (no silent random weights: load raises)."""
-    model = load(weights, device=str(device))
-    model.eval()
-    return model
+def load_network(weights: Path, device: torch.device, dtype: torch.dtype = torch.float32) -> HSTU:
+    """The trained network in eval mode on `device` in `dtype` (no silent random weights: load raises)."""
+    return load(weights, device=str(device)).to(dtype).eval()

@@ -125,7 +125,7 @@ def _characteristic_time(trace: Trace, lookback: slice, span_s: float, capacity_
     users = trace.user_id[lookback]
     if users.size == 0:
         return np.full(capacity_tokens.shape, np.inf)
-    uniq, last_rev, counts = np.unique(users[::-1], return_index=True, return_counts=True)
+    _, last_rev, counts = np.unique(users[::-1], return_index=True, return_counts=True)
     sizes = trace.history_len[lookback][::-1][last_rev].astype(np.float64)
     distinct, group = np.unique(counts, return_inverse=True)
     size_by_count = np.bincount(group, weights=sizes)

@@ -89,7 +89,7 @@ def test_control_loop_drives_a_simulated_node(burst_table) -> None:
 
 def test_eval_allocator_quick_writes_the_report_shape(tmp_path) -> None:
     out = tmp_path / "alloc.json"
-    assert eval_run(Namespace(quick=True, json=out, plot=tmp_path / "alpha.png", policy=None)) == 0
+    assert eval_run(Namespace(quick=True, json=out, plot=tmp_path / "alpha.png", policy=None, emb_miss_scale=1.0)) == 0
     report = json.loads(out.read_text())
     assert set(report) == {"regimes", "decision_latency_us"}
     assert set(report["regimes"]) == {"steady", "trend", "burst"}

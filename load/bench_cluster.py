@@ -13,14 +13,15 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 import numpy as np
 import tritonclient.grpc as grpcclient
-from tritonclient.utils import InferenceServerException
 
 from load.client import infer_inputs
 from python_backend.launcher import LauncherError, TritonServer, free_port
@@ -32,6 +33,11 @@ from router.config import POLICIES
 ROOT = Path(__file__).resolve().parents[1]
 ADAPTIVE = "adaptive"
 MODEL = "hstu_ensemble"
+PORT_ATTEMPTS = 3
+ROUTER_READY = "router ready"  # the line `helmrec route` prints once it serves
+# What tritonserver and `helmrec route` say when a port was bound by someone else first.
+PORT_TAKEN = ("already in use", "cannot bind")
+T = TypeVar("T")
 # Far above any benchmark trace's user ids, so warm-up never touches a measured user's KV entry.
 WARM_UP_USER = 1 << 40
 
@@ -111,25 +117,48 @@ class Cluster:
             pool_parameters=self.config.pool_parameters(),
         )
         self.limits = read_limits(repo / WEIGHTS)
-        threads = str(self.config.threads_per_node)
-        self.servers = [
-            TritonServer(
-                model_repository=repo,
-                device=self.config.device,
-                startup_timeout_s=self.config.startup_timeout_s,
-                extra_env={"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads},
-            )
-            for _ in range(self.config.nodes)
-        ]
         try:
             with ThreadPoolExecutor(self.config.nodes) as pool:
-                list(pool.map(lambda s: s.start(), self.servers))
-            self._start_router()
+                # Consumed in full: every node is started (or failed) before an error propagates.
+                outcomes = [pool.submit(self._start_node, repo) for _ in range(self.config.nodes)]
+            for outcome in outcomes:
+                outcome.result()
+            self._start_with_port_retry(self._start_router)
             self._warm_up()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _start_node(self, repo: Path) -> None:
+        """Start one node and add it to `servers` (list.append is atomic: nodes start in parallel)."""
+        threads = str(self.config.threads_per_node)
+
+        def start() -> TritonServer:
+            return TritonServer(
+                model_repository=repo,
+                device=self.config.device,
+                startup_timeout_s=self.config.startup_timeout_s,
+                extra_env={"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads},
+            ).start()
+
+        self.servers.append(self._start_with_port_retry(start))
+
+    @staticmethod
+    def _start_with_port_retry(start: Callable[[], T]) -> T:
+        """Run `start`, again on fresh ports when a port it was handed got taken before it bound it.
+
+        Free ports are picked, released and only then bound by the child process; on a machine
+        where other servers start at the same time, another process can bind one in between.
+        """
+        for attempt in range(PORT_ATTEMPTS):
+            try:
+                return start()
+            except LauncherError as exc:
+                taken = any(sign in str(exc) for sign in PORT_TAKEN)
+                if not taken or attempt == PORT_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _start_router(self) -> None:
         port = free_port()
@@ -142,16 +171,15 @@ class Cluster:
         self._router = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)  # noqa: S603
         log.close()
         self.router_grpc_url = f"127.0.0.1:{port}"
-        client = grpcclient.InferenceServerClient(self.router_grpc_url)
+        # Ready means the router said so: a gRPC probe of the port could be answered by another
+        # process that bound it first.
         deadline = time.monotonic() + 60.0
         while time.monotonic() < deadline:
             if self._router.poll() is not None:
-                raise LauncherError(f"helmrec route exited with code {self._router.returncode}:\n{self.router_log()}")
-            try:
-                if client.is_server_ready():
-                    return
-            except InferenceServerException:
-                pass
+                code, self._router = self._router.returncode, None
+                raise LauncherError(f"helmrec route exited with code {code}:\n{self.router_log()}")
+            if ROUTER_READY in self.router_log():
+                return
             time.sleep(0.2)
         raise LauncherError(f"helmrec route not ready after 60 s:\n{self.router_log()}")
 

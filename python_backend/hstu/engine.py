@@ -91,7 +91,9 @@ def build_plan(onnx_path: Path, plan_path: Path, spec: GraphSpec, cfg: HSTUConfi
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)
+    flags = trt.NetworkDefinitionCreationFlag
+    # TensorRT 10 is always explicit-batch (the flag is deprecated); 8.x needs it set.
+    network = builder.create_network(1 << int(flags.EXPLICIT_BATCH) if hasattr(flags, "EXPLICIT_BATCH") else 0)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))

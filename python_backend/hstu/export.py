@@ -32,6 +32,7 @@ from python_backend.hstu.weights import DEFAULT_WEIGHTS, load
 
 OPSET = 18
 DYNAMIC = ("n", "c")  # symbolic dims: history tokens, candidates
+_INLINE_LIMIT_BYTES = 1_500_000_000
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,8 @@ def export_onnx(model: HSTU, out_dir: Path) -> dict[str, Path]:
     }
     # Example sizes >= 2: torch.export specialises dims seen as 0 or 1.
     ex = example_inputs(model, n=min(8, cfg.max_seq_len), c=min(4, cfg.max_candidates))
+    # Protobuf caps a file at 2 GiB; the `large` item table alone is 2 GB in fp32.
+    external = sum(p.numel() * p.element_size() for p in model.parameters()) > _INLINE_LIMIT_BYTES
     paths = {}
     for spec in graph_specs(cfg):
         path = out_dir / f"{spec.name}.onnx"
@@ -157,7 +160,7 @@ def export_onnx(model: HSTU, out_dir: Path) -> dict[str, Path]:
                 dynamic_shapes=dynamic,
                 opset_version=OPSET,
                 dynamo=True,
-                external_data=False,
+                external_data=external,
                 verbose=False,
             )
         paths[spec.name] = path

@@ -32,13 +32,19 @@ from python_backend.hstu.weights import DEFAULT_WEIGHTS, save
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How long and how hard to train; the defaults fit ~2 minutes on 2 CPU cores."""
+    """How long and how hard to train.
 
-    epochs: int = 12
+    The defaults (420 steps of ~0.3 s on one idle core) were picked on the
+    validation split: more target positions with few negatives each beat
+    fewer positions with many (HR@10 0.63 with 96 x 3 vs 0.59 with 48 x 7
+    after 10 epochs), and 14 epochs beat 10 (0.70 vs 0.63).
+    """
+
+    epochs: int = 14
     users_per_batch: int = 32
-    targets: int = 24
-    negatives: int = 15
-    lr: float = 2e-3
+    targets: int = 96
+    negatives: int = 3
+    lr: float = 3e-3
     weight_decay: float = 0.0
     seed: int = 0
 

@@ -135,6 +135,42 @@ class Dispatcher:
         self.backends[index].mark_down()
 
     # -- sending -------------------------------------------------------------------
+    def place_counted(self, features: Features, among: Sequence[int] | None = None) -> int:
+        """`place`, with a refusal counted in the stats before it is raised."""
+        try:
+            return self.place(features, among)
+        except RouteFailure as exc:
+            if exc.code == "UNAVAILABLE":
+                self.stats.unavailable += 1
+            else:
+                self.stats.overloaded += 1
+            raise
+
+    def failed(self, features: Features, index: int, retried: bool, reason: str) -> None:
+        """The backend failed before answering: release the request and take the backend out.
+
+        Returns when the request may go once more elsewhere (the caller places it
+        again); raises RouteFailure(UNAVAILABLE) when it was already retried or is
+        part of a sequence whose state was on that backend.
+        """
+        self.finish(features, index, ok=False)
+        self.mark_down(index)
+        sticky = features.sequence is not None
+        if sticky:
+            self._sequences.pop(features.sequence, None)  # type: ignore[arg-type]
+        if not retried and not sticky:
+            self.stats.retries += 1
+            return
+        self.stats.unavailable += 1
+        what = "its sequence state was there" if sticky else "and the retry's backend failed too"
+        raise RouteFailure(
+            "UNAVAILABLE", f"backend {self.backends[index].name} failed before answering ({reason}); {what}"
+        )
+
+    def answered(self, features: Features, index: int) -> None:
+        self.finish(features, index, ok=True)
+        self.stats.answered += 1
+
     async def dispatch(
         self,
         features: Features,
@@ -145,34 +181,15 @@ class Dispatcher:
         self.stats.requests += 1
         retried = False
         while True:
-            try:
-                index = self.place(features, among)
-            except RouteFailure as exc:
-                if exc.code == "UNAVAILABLE":
-                    self.stats.unavailable += 1
-                else:
-                    self.stats.overloaded += 1
-                raise
+            index = self.place_counted(features, among)
             try:
                 result = await send(index)
             except BackendFailure as exc:
-                self.finish(features, index, ok=False)
-                self.mark_down(index)
-                sticky = features.sequence is not None
-                if sticky:
-                    self._sequences.pop(features.sequence, None)  # type: ignore[arg-type]
-                if not retried and not sticky:
-                    retried = True
-                    self.stats.retries += 1
-                    continue
-                self.stats.unavailable += 1
-                what = "its sequence state was there" if sticky else "and the retry's backend failed too"
-                raise RouteFailure(
-                    "UNAVAILABLE", f"backend {self.backends[index].name} failed before answering ({exc}); {what}"
-                ) from None
+                self.failed(features, index, retried, str(exc))
+                retried = True
+                continue
             except BaseException:
                 self.finish(features, index, ok=False)
                 raise
-            self.finish(features, index, ok=True)
-            self.stats.answered += 1
+            self.answered(features, index)
             return result

@@ -18,6 +18,7 @@ from tritonclient.grpc import service_pb2
 
 from router.config import RouterConfig
 from router.dispatch import BackendFailure, Dispatcher, RouteFailure
+from router.grpc_stream import StreamAborted, StreamSession
 from router.request_features import Features, from_grpc
 from router.state import RouteRequest
 
@@ -187,77 +188,11 @@ class GrpcFront:
     async def model_stream_infer(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
-        """One client stream stays on one backend (sticky: sequences live in one server).
-
-        A single task reads the client into an inbox, so a failed backend call
-        never leaves a half-read client stream behind. Until the backend's first
-        answer, the messages sent are kept: if the backend fails before
-        answering anything, they are replayed once on another backend. After an
-        answer, a backend failure ends the stream with UNAVAILABLE.
-        """
-        inbox: asyncio.Queue[bytes | None] = asyncio.Queue()
-
-        async def read_client() -> None:
-            try:
-                async for raw in requests:
-                    await inbox.put(raw)
-            finally:
-                await inbox.put(None)  # the client closed its side
-
-        reader = asyncio.create_task(read_client())
+        """Each message routed on its own; see router/grpc_stream.py."""
+        metadata = _metadata(context)
+        session = StreamSession(self.dispatcher, lambda index, outgoing: self._stream[index](outgoing, metadata=metadata))
         try:
-            first = await inbox.get()
-            if first is None:
-                return
-            features = self._features(first)
-            unanswered: list[bytes] | None = [first]  # None once the backend has answered
-            client_done = False
-            retried = False
-            while True:
-                try:
-                    index = self.dispatcher.place(features)
-                except RouteFailure as failure:
-                    await self._refuse(failure, context)
-                backend = self.dispatcher.backends[index]
-                replay = list(unanswered or ())
-
-                async def outgoing() -> AsyncIterator[bytes]:
-                    nonlocal client_done
-                    for raw in replay:
-                        yield raw
-                    while not client_done:
-                        raw = await inbox.get()
-                        if raw is None:
-                            client_done = True
-                            return
-                        if unanswered is not None:
-                            unanswered.append(raw)
-                        backend.note(self._features(raw).route)
-                        yield raw
-
-                call = self._stream[index](outgoing(), metadata=_metadata(context))
-                try:
-                    async for answer in call:
-                        unanswered = None
-                        yield answer
-                except grpc.aio.AioRpcError as err:
-                    self.dispatcher.finish(features, index, ok=False)
-                    if not _failed_before_answer(err):
-                        await context.abort(err.code(), err.details() or "")
-                    self.dispatcher.mark_down(index)
-                    if unanswered is None or retried:
-                        await context.abort(
-                            grpc.StatusCode.UNAVAILABLE,
-                            f"backend {backend.name} failed mid-stream ({err.details()}); the stream's state was there",
-                        )
-                    retried = True
-                    self.dispatcher.stats.retries += 1
-                    continue
-                except BaseException:
-                    self.dispatcher.finish(features, index, ok=False)
-                    call.cancel()
-                    raise
-                self.dispatcher.finish(features, index, ok=True)
-                return
-        finally:
-            reader.cancel()
+            async for answer in session.run(requests):
+                yield answer
+        except StreamAborted as aborted:
+            await context.abort(aborted.code, aborted.details)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -118,26 +119,34 @@ def test_stock_clients_work_unchanged_through_the_router(backends) -> None:
 
         np.testing.assert_array_equal(asyncio.run(aio_infer()), expected)
 
-        answers: list[object] = []
-        done = threading.Event()
+        def stream(sequence_id: int = 0) -> list[int]:
+            """Three requests over one stream; what each backend served of them."""
+            answers: list[object] = []
+            done = threading.Event()
 
-        def on_answer(result, error) -> None:
-            answers.append(error if error is not None else result.as_numpy("SCORES"))
-            if len(answers) == 3:
-                done.set()
+            def on_answer(result, error) -> None:
+                answers.append(error if error is not None else result)
+                if len(answers) == 3:
+                    done.set()
 
-        served = [b.served for b in r.server.dispatcher.backends]
-        client.start_stream(callback=on_answer)
-        for n in range(3):
-            client.async_stream_infer(MODEL, inputs(grpcclient, arrays), request_id=str(n))
-        assert done.wait(60), f"stream answered {len(answers)} of 3"
-        client.stop_stream()
-        for answer in answers:
-            np.testing.assert_array_equal(answer, expected)
-        # A stream is sticky: all its requests reached one backend, even under round_robin.
-        grown = sorted(b.served - s for b, s in zip(r.server.dispatcher.backends, served))
-        assert grown == [0, 0, 3]
-        # So is a Triton sequence sent as unary calls.
+            before = [b.served for b in r.server.dispatcher.backends]
+            client.start_stream(callback=on_answer)
+            for n in range(3):
+                client.async_stream_infer(
+                    MODEL, inputs(grpcclient, arrays), request_id=str(n), sequence_id=sequence_id, sequence_end=n == 2
+                )
+            assert done.wait(60), f"stream answered {len(answers)} of 3"
+            client.stop_stream()
+            assert sorted(a.get_response().id for a in answers) == ["0", "1", "2"], answers
+            for answer in answers:
+                np.testing.assert_array_equal(answer.as_numpy("SCORES"), expected)
+            return sorted(b.served - s for b, s in zip(r.server.dispatcher.backends, before))
+
+        # Each message of a stream is routed on its own: under round_robin they spread out...
+        assert stream() == [1, 1, 1]
+        # ...unless they belong to a Triton sequence, which stays on one backend.
+        assert stream(sequence_id=88) == [0, 0, 3]
+        # So does a sequence sent as unary calls.
         served = [b.served for b in r.server.dispatcher.backends]
         for n in range(3):
             client.infer(MODEL, inputs(grpcclient, user_request(10 + n, 6)), sequence_id=77, sequence_end=n == 2)
@@ -166,8 +175,16 @@ def test_backend_errors_reach_the_client_unchanged(backends) -> None:
         with pytest.raises(InferenceServerException) as http_error:
             httpclient.InferenceServerClient(r.server.http_url).infer(MODEL, inputs(httpclient, arrays))
         assert http_error.value.status() == "400" and "CANDIDATE_ITEM_IDS" in http_error.value.message()
+        streamed: list[object] = []
+        done = threading.Event()
+        client = grpcclient.InferenceServerClient(r.server.grpc_url)
+        client.start_stream(callback=lambda result, error: (streamed.append(error), done.set()))
+        client.async_stream_infer(MODEL, inputs(grpcclient, arrays), request_id="bad")
+        assert done.wait(60)
+        client.stop_stream()
+        assert isinstance(streamed[0], InferenceServerException) and "CANDIDATE_ITEM_IDS" in streamed[0].message()
         with pytest.raises(InferenceServerException, match="not supported through the router"):
-            grpcclient.InferenceServerClient(r.server.grpc_url).unload_model(MODEL)
+            client.unload_model(MODEL)
         assert r.server.dispatcher.stats.retries == 0  # an error answer is an answer: no retry
 
 
@@ -322,17 +339,32 @@ def test_backend_killed_mid_load_loses_no_request_and_returns_when_healthy(backe
 
         http = httpclient.InferenceServerClient(r.server.http_url, concurrency=2)
 
+        streaming = grpcclient.InferenceServerClient(r.server.grpc_url)
+        streamed: queue.Queue[object] = queue.Queue()
+        streaming.start_stream(callback=lambda result, error: streamed.put(error if error is not None else result))
+
+        lost: list[str] = []
+
         def worker(w: int) -> int:
-            """Workers 0-1 speak gRPC, 2-3 HTTP: both front doors must lose nothing."""
+            """Worker 0 sends unary gRPC, 1 over one gRPC stream, 2-3 HTTP: no door may lose a request."""
             done = 0
             for i in range(30):
                 arrays = user_request(4000 + w * 100 + i, 10)
-                if w < 2:
-                    scores = client.infer(MODEL, inputs(grpcclient, arrays))
-                else:
-                    scores = http.infer(MODEL, inputs(httpclient, arrays))
-                assert scores.as_numpy("SCORES").shape == (16, 2)
-                done += 1
+                try:
+                    if w == 0:
+                        scores = client.infer(MODEL, inputs(grpcclient, arrays))
+                    elif w == 1:
+                        streaming.async_stream_infer(MODEL, inputs(grpcclient, arrays), request_id=str(i))
+                        scores = streamed.get(timeout=60)
+                        if isinstance(scores, Exception):
+                            raise scores
+                    else:
+                        scores = http.infer(MODEL, inputs(httpclient, arrays))
+                except Exception as exc:  # recorded, so one failure does not hide the others
+                    lost.append(f"worker {w} request {i}: {exc!r}")
+                    continue
+                if scores.as_numpy("SCORES").shape == (16, 2):
+                    done += 1
                 count["n"] += 1
                 if count["n"] >= 20:
                     sent.set()
@@ -343,6 +375,8 @@ def test_backend_killed_mid_load_loses_no_request_and_returns_when_healthy(backe
             assert sent.wait(120)
             os.kill(victim.pid, signal.SIGKILL)  # no drain, connections reset mid-request
             answered = sum(f.result() for f in futures)
+        streaming.stop_stream()
+        assert not lost, lost
         assert answered == 120
         stats = r.server.dispatcher.stats
         assert stats.answered == 120 and stats.unavailable == 0

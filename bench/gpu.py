@@ -337,6 +337,18 @@ def throughput(model: HSTU, device: torch.device, n: int, c: int, concurrency: l
 
 
 # ---------------------------------------------------------------------------------- (b) Triton
+def model_compute_us(client, models: tuple[str, ...]) -> dict:
+    """Triton's own per-request averages (queue, input, infer, output), microseconds, per model."""
+    stats = client.get_inference_statistics(as_json=True)["model_stats"]
+    out = {}
+    for m in stats:
+        if m["name"] in models:
+            s = m["inference_stats"]
+            count = max(1, int(s["success"]["count"]))
+            out[m["name"]] = {k: int(s[k]["ns"]) / count / 1e3 for k in ("queue", "compute_input", "compute_infer", "compute_output")}
+    return out
+
+
 def triton_vs_in_process(args: argparse.Namespace) -> dict:
     """The same KV-hit request (one user, same history, 256 candidates) through tritonserver and in-process."""
     import numpy as np
@@ -360,9 +372,15 @@ def triton_vs_in_process(args: argparse.Namespace) -> dict:
         request = {"USER_ID": np.array([7], np.int64), "HISTORY_ITEM_IDS": ids.numpy(), "HISTORY_TIMESTAMPS": ts.numpy(),
                    "HISTORY_ACTIONS": actions.numpy().astype(np.int32), "CANDIDATE_ITEM_IDS": cands.numpy()}
         inputs = infer_inputs(grpcclient, request)
+        # hstu_pool called directly with the tensors preprocess would hand it: the ensemble's
+        # CPU step and second hop, priced separately.
+        packed = dict(request, HISTORY_ACTIONS=request["HISTORY_ACTIONS"].astype(np.int64), QUERY_TIMESTAMP=request["HISTORY_TIMESTAMPS"][-1:])
+        packed_inputs = infer_inputs(grpcclient, packed)
         with TritonServer(model_repository=repo, device=args.device) as server:
             client = grpcclient.InferenceServerClient(server.grpc_url)
             triton_ms = wall_ms(lambda: client.infer("hstu_ensemble", inputs), torch.device("cpu"), args.requests, warmup=10)
+            direct_ms = wall_ms(lambda: client.infer("hstu_pool", packed_inputs), torch.device("cpu"), args.requests, warmup=10)
+            per_model = model_compute_us(client, ("preprocess", "hstu_pool"))
         device = torch.device(args.device)
         model = model.to(device, serving_dtype("auto", device))  # what hstu_pool serves with dtype "auto"
         config = PoolConfig(args.pool_bytes, args.page_bytes, 0.5, 268435456.0, 8, device=str(device))
@@ -372,6 +390,7 @@ def triton_vs_in_process(args: argparse.Namespace) -> dict:
     return {"device": args.device, "preset": args.preset, "history": n, "candidates": c, "requests": args.requests,
             "dtype": str(model.item_emb.weight.dtype),
             "triton_p50_ms": pct(triton_ms, 50), "triton_p99_ms": pct(triton_ms, 99),
+            "hstu_pool_direct_p50_ms": pct(direct_ms, 50), "server_side_us_per_request": per_model,
             "in_process_p50_ms": pct(local_ms, 50), "in_process_p99_ms": pct(local_ms, 99),
             "ratio_p50": pct(triton_ms, 50) / pct(local_ms, 50)}
 

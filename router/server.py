@@ -116,9 +116,22 @@ class RouterThread:
         """Run a coroutine on the router's loop (e.g. a health probe) and return its result."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=timeout)  # type: ignore[arg-type]
 
+    async def _shutdown(self) -> None:
+        """Stop the server, then finish every task left (stream readers, pumps) before the loop closes.
+
+        A task or async generator still pending on a closed loop is only
+        collected later, as an 'Event loop is closed' error at a random moment.
+        """
+        await self.server.stop()
+        leftover = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in leftover:
+            task.cancel()
+        await asyncio.gather(*leftover, return_exceptions=True)
+        await self.loop.shutdown_asyncgens()
+
     def stop(self) -> None:
         if self._thread.is_alive():
-            asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(timeout=30)
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop).result(timeout=30)
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(timeout=10)
         self.loop.close()

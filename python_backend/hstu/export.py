@@ -77,7 +77,9 @@ class ScoreGraph(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, hist_ids, hist_ts, hist_actions, cand_ids, query_ts):  # type: ignore[no-untyped-def]
+    def forward(
+        self, hist_ids: torch.Tensor, hist_ts: torch.Tensor, hist_actions: torch.Tensor, cand_ids: torch.Tensor, query_ts: torch.Tensor
+    ) -> torch.Tensor:
         m = self.model
         return m.forward_unchecked(m.item_emb(hist_ids), hist_ts, hist_actions, m.item_emb(cand_ids), query_ts)
 
@@ -89,7 +91,7 @@ class PrefillGraph(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, hist_emb, hist_ts, hist_actions):  # type: ignore[no-untyped-def]
+    def forward(self, hist_emb: torch.Tensor, hist_ts: torch.Tensor, hist_actions: torch.Tensor) -> torch.Tensor:
         return self.model.extend_suffix_unchecked(self.model.empty_kv(), hist_emb, hist_ts, hist_actions)
 
 
@@ -100,7 +102,7 @@ class RankGraph(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, kv, hist_ts, cand_emb, query_ts):  # type: ignore[no-untyped-def]
+    def forward(self, kv: torch.Tensor, hist_ts: torch.Tensor, cand_emb: torch.Tensor, query_ts: torch.Tensor) -> torch.Tensor:
         return self.model.rank_unchecked(kv, hist_ts, cand_emb, query_ts)
 
 

@@ -70,6 +70,13 @@ class Controller:
         self._hi = policy.alpha_max
         self.alpha: float | None = None  # the last decision
 
+    @property
+    def interval_s(self) -> float:
+        """The control window the policy was trained on; run `ControlLoop` with it (see docs/allocator.md)."""
+        if "meta_interval_s" not in self.policy.extra:
+            raise ValueError("policy file has no meta_interval_s: re-export it with helmrec train-allocator")
+        return float(self.policy.extra["meta_interval_s"])
+
     @classmethod
     def load(cls, path: str | Path | None = None, config: ControllerConfig = ControllerConfig()) -> "Controller":
         """A controller on the policy file at `path` (default: the packaged, trained policy.npz)."""

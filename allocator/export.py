@@ -42,6 +42,9 @@ def export_policy(model, path: str | Path, node: NodeConfig = NodeConfig(), extr
         feature_shift=FEATURE_SHIFT,
         feature_scale=FEATURE_SCALE,
         alpha_range=np.array([node.alpha_min, node.alpha_max]),
+        # The observation window the policy was trained on: hot_user_share and the hit rates
+        # depend on the window's length, so serving should observe over the same interval.
+        meta_interval_s=np.array(node.interval_s),
     )
     for key, value in (extra or {}).items():
         arrays[key] = np.asarray(value)

@@ -83,6 +83,7 @@ def test_control_loop_drives_a_simulated_node(burst_table) -> None:
     assert isinstance(loop.last_error, RuntimeError)
     lat = loop.decision_latency_us()
     assert 0 < lat["median"] <= lat["p99"]
+    assert Controller.load().interval_s == 1.0  # the simulator window the packaged policy was trained on
     with pytest.raises(ValueError, match="interval_s"):
         ControlLoop(Controller.load(), observe, set_alpha, interval_s=0)
 

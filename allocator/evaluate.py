@@ -15,11 +15,12 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable
 
 import numpy as np
 
 from allocator.controller import Controller, ControllerConfig
+from allocator.loop import Decider
 from allocator.observation import Observation
 from allocator.oracle import alpha_star
 from allocator.pid import PIDConfig, PIDController
@@ -30,10 +31,6 @@ from load.traces import REGIMES, make_trace
 EVAL_SEEDS = (100, 101)
 STATIC = tuple(round(0.1 * k, 1) for k in range(1, 10))
 DECISION_CALLS = 100_000
-
-
-class Decider(Protocol):
-    def decide(self, obs: Observation) -> float: ...
 
 
 class _Static:

@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 
 class Decider(Protocol):
+    """Anything with `decide(obs) -> alpha`: the Controller, or the PID and static baselines."""
+
     def decide(self, obs: Observation) -> float: ...
 
 

@@ -38,7 +38,7 @@ def headline_table(report: dict) -> list[str]:
     for regime, r in report["regimes"].items():
         red, slo, gap = r["p99_reduction_vs_best_static"], r["slo_satisfaction"], r["alpha_gap"]
         lines.append(
-            f"| {regime} | {-100 * red:+.1f}% ({'beats' if red > hi_red else 'within' if red >= lo_red else 'short of'} paper) "
+            f"| {regime} | {-100 * red:+.1f}% ({'beats' if red > hi_red else 'within' if red >= lo_red else 'worse than best static' if red < 0 else 'short of'}) "
             f"| -{100 * lo_red:.0f}...-{100 * hi_red:.0f}% "
             f"| {_pct(slo)} ({'beats' if slo > hi_slo else 'within' if slo >= lo_slo else 'short of'}) "
             f"| {_pct(lo_slo)}-{_pct(hi_slo)} "
@@ -92,6 +92,7 @@ def sweep_table(report: dict) -> list[str]:
 def plot(series: dict[str, dict[str, TaskResult]], path: Path) -> None:
     """Per regime: mean alpha vs mean alpha* over nodes (top), cluster P99 per window (bottom)."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -111,6 +112,8 @@ def plot(series: dict[str, dict[str, TaskResult]], path: Path) -> None:
         bottom.plot(full.t_s, full.p99_ms, color="tab:blue", label="full + helm")
         bottom.plot(static.t_s, static.p99_ms, color="tab:gray", label=f"best static ({static.task.router})")
         bottom.set_yscale("log")
+        bottom.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        bottom.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         bottom.set_ylabel("P99 per window (ms)")
         bottom.set_xlabel("simulated time (s)")
         for ax in (top, bottom):
@@ -153,7 +156,7 @@ def render(report: dict, command: str, alpha_png: str, hits_png: str, discussion
     """The whole docs/sim.md."""
     cfg = report["config"]
     out = [
-        "# The cluster simulator: the paper's table on a simulated 32-node cluster",
+        f"# The cluster simulator: the paper's table on a simulated {report['nodes']}-node cluster",
         "",
         f"Produced by `{command}` in {report['run_time_s']:.0f} s "
         f"({cfg['workers']} worker processes). JSON: the `helmrec sim` shape of DESIGN.md \"Reports\".",
@@ -185,7 +188,8 @@ def render(report: dict, command: str, alpha_png: str, hits_png: str, discussion
         *headline_table(report),
         "",
         "Ours: the full controller (PPO + residual + burst recovery) with `helm` routing against the best "
-        "static alpha under the best router of the sweep; paper: HELM's reported ranges over its workloads.",
+        "static alpha under the best router of the sweep (a positive P99 change means the full system is "
+        "slower); paper: HELM's reported ranges over its workloads.",
         "",
         f"![alpha and P99 over time]({alpha_png})",
         "",

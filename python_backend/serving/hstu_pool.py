@@ -61,7 +61,7 @@ class TritonPythonModel:
             publish=metrics.update,
             service_times=self.service_times,
             controller=_controller(model.parameter("controller", "static")),
-            interval_s=float(model.parameter("control_interval_ms", "100")) / 1e3,
+            interval_s=float(model.parameter("control_interval_ms", "1000")) / 1e3,
         )
         self.control.start()
 

@@ -17,6 +17,11 @@ from dataclasses import dataclass
 
 from router.backend_metrics import BackendReport, parse_report
 
+# Nodes publish their counters once per control interval (100 ms by default in
+# model_repository/hstu_pool); wait a few intervals around the run so its first
+# and last scrapes hold exactly the run's requests.
+SETTLE_S = 0.5
+
 
 @dataclass(frozen=True)
 class MetricsSample:
@@ -39,11 +44,14 @@ class MetricsPoller:
     one, and the report says how many were missed.
     """
 
-    def __init__(self, urls: list[str], interval_s: float = 0.5) -> None:
+    def __init__(self, urls: list[str], interval_s: float = 0.5, settle_s: float = SETTLE_S) -> None:
         if interval_s <= 0:
             raise ValueError(f"MetricsPoller.interval_s must be > 0, got {interval_s}")
+        if settle_s < 0:
+            raise ValueError(f"MetricsPoller.settle_s must be >= 0, got {settle_s}")
         self.urls = urls
         self.interval_s = interval_s
+        self.settle_s = settle_s
         self.samples: list[MetricsSample] = []
         self.failed_scrapes = 0
         self._stop = threading.Event()
@@ -63,6 +71,7 @@ class MetricsPoller:
             self.poll_once()
 
     def start(self) -> "MetricsPoller":
+        time.sleep(self.settle_s)  # requests before the run (warm-up) are published by now
         self.poll_once()  # the baseline the run's counter deltas start from
         self._thread.start()
         return self
@@ -70,6 +79,7 @@ class MetricsPoller:
     def stop(self) -> list[MetricsSample]:
         self._stop.set()
         self._thread.join(timeout=10)
+        time.sleep(self.settle_s)  # the run's last requests are published by now
         self.poll_once()  # the counters after the last request
         return self.samples
 
@@ -84,8 +94,10 @@ class CacheTotals:
 
 
 def _delta(first: BackendReport, last: BackendReport, field: str) -> float:
+    """Counter increase between two scrapes. A counter a node has not exported yet has counted
+    nothing yet (Triton shows a custom metric only once it is first set): it starts at 0."""
     a, b = getattr(first, field), getattr(last, field)
-    return 0.0 if a is None or b is None else b - a
+    return 0.0 if b is None else b - (a or 0.0)
 
 
 def cache_totals(samples: list[MetricsSample]) -> CacheTotals:

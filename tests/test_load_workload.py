@@ -125,3 +125,6 @@ def test_cache_totals_are_counter_deltas_summed_over_nodes() -> None:
     assert totals.kv_hit_rate == pytest.approx((10 + 4) / (20 + 20))
     assert totals.mean_alpha == pytest.approx(0.5)
     assert np.isnan(cache_totals([MetricsSample(0.0, 0, BackendReport())]).kv_hit_rate)
+    # A node scraped before it first published its counters: they start from zero.
+    late = [MetricsSample(0.0, 0, BackendReport()), MetricsSample(1.0, 0, report(0.5, (10, 5), (4, 1)))]
+    assert cache_totals(late).kv_hit_rate == pytest.approx(0.25)

@@ -10,6 +10,7 @@ Python interpreter (or its GIL) with each other or with the benchmark.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -103,6 +104,7 @@ class Cluster:
     servers: list[TritonServer] = field(default_factory=list, init=False)
     router_grpc_url: str = field(default="", init=False)
     limits: Limits | None = field(default=None, init=False)
+    control_interval_s: float = field(default=0.0, init=False)  # how often the nodes publish metrics
     _router: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     @property
@@ -117,6 +119,7 @@ class Cluster:
             pool_parameters=self.config.pool_parameters(),
         )
         self.limits = read_limits(repo / WEIGHTS)
+        self.control_interval_s = read_control_interval_s(repo / "hstu_pool" / "config.pbtxt")
         try:
             with ThreadPoolExecutor(self.config.nodes) as pool:
                 # Consumed in full: every node is started (or failed) before an error propagates.
@@ -219,3 +222,15 @@ class Cluster:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def read_control_interval_s(config: Path) -> float:
+    """The nodes' control window (`control_interval_ms` of hstu_pool's config.pbtxt), in seconds.
+
+    The nodes publish their metrics once per window, so the benchmark's scrapes must wait one
+    window around a run to see all of its requests; the config is the one place it is set.
+    """
+    match = re.search(r'key: "control_interval_ms" value: \{ string_value: "([0-9.]+)" \}', config.read_text())
+    if match is None:
+        raise ValueError(f"{config}: no control_interval_ms parameter")
+    return float(match.group(1)) / 1e3

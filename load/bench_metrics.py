@@ -17,10 +17,6 @@ from dataclasses import dataclass
 
 from router.backend_metrics import BackendReport, parse_report
 
-# Nodes publish their counters once per control interval (100 ms by default in
-# model_repository/hstu_pool); wait a few intervals around the run so its first
-# and last scrapes hold exactly the run's requests.
-SETTLE_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -40,11 +36,15 @@ def scrape(url: str, timeout_s: float = 2.0) -> BackendReport:
 class MetricsPoller:
     """Scrapes every node every `interval_s` on a daemon thread until `stop()`.
 
+    Nodes publish their counters once per control window; `settle_s` (more than
+    one window) is waited before the first and the last scrape, so their
+    difference holds exactly the run's requests.
+
     A failed scrape is counted, not fatal: a node busy under a burst may miss
     one, and the report says how many were missed.
     """
 
-    def __init__(self, urls: list[str], interval_s: float = 0.5, settle_s: float = SETTLE_S) -> None:
+    def __init__(self, urls: list[str], interval_s: float, settle_s: float) -> None:
         if interval_s <= 0:
             raise ValueError(f"MetricsPoller.interval_s must be > 0, got {interval_s}")
         if settle_s < 0:

@@ -75,7 +75,8 @@ def run_once(spec: RunSpec, out_dir: Path) -> RunResult:
         assert cluster.limits is not None
         limits = (cluster.limits.num_items, cluster.limits.max_seq_len, cluster.limits.max_candidates)
         command = locust_command(spec, cluster.router_grpc_url, out_dir, limits)
-        poller = MetricsPoller(cluster.metrics_urls, spec.metrics_interval_s).start()
+        settle_s = 1.5 * cluster.control_interval_s
+        poller = MetricsPoller(cluster.metrics_urls, spec.metrics_interval_s, settle_s).start()
         try:
             with (out_dir / "locust.log").open("wb") as log:
                 proc = subprocess.run(  # noqa: S603 - our own locustfile

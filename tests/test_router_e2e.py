@@ -204,7 +204,7 @@ def repeat_user_run(servers: list[TritonServer], policy: str, first_user: int) -
     for user in order:
         lengths[user] = lengths.get(user, 4) + 4
         jobs.append(user_request(user, lengths[user]))
-    before = reports(servers)
+    before = quiet_reports(servers)
     with router(servers, policy) as r:
         client = grpcclient.InferenceServerClient(r.server.grpc_url)
         # Two clients, each sending its half in order, so a user's requests keep their order.
@@ -218,6 +218,19 @@ def repeat_user_run(servers: list[TritonServer], policy: str, first_user: int) -
     hits = sum(a.kv_hits_total - (b.kv_hits_total or 0) for a, b in zip(after, before))
     assert requests == len(jobs), f"the pools counted {requests} KV lookups for {len(jobs)} requests"
     return hits / requests, predicted
+
+
+def quiet_reports(servers: list[TritonServer], window_s: float = 1.0) -> list[BackendReport]:
+    """Reports once earlier tests' requests are all published: the pools export once per
+    control window (1 s in model_repository/hstu_pool), so wait until a window passes unchanged."""
+    deadline = time.monotonic() + 15
+    last = reports(servers)
+    while True:
+        time.sleep(1.5 * window_s)
+        now = reports(servers)
+        if [r.kv_requests_total for r in now] == [r.kv_requests_total for r in last] or time.monotonic() > deadline:
+            return now
+        last = now
 
 
 def settled_reports(servers: list[TritonServer], before: list[BackendReport], sent: int) -> list[BackendReport]:

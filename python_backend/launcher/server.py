@@ -23,6 +23,13 @@ from types import TracebackType
 from python_backend.launcher.binary import LauncherError, TritonDistribution, locate
 
 DEVICES = ("cpu", "cuda", "auto")
+PORT_RETRIES = 3
+# What tritonserver logs when a port it was given is already bound.
+PORT_TAKEN_SIGNS = ("Address already in use", "address already in use", "Socket '")
+
+
+class _PortTaken(Exception):
+    """The server exited while starting because a port was already bound."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -113,18 +120,30 @@ class TritonServer:
         ]
 
     def start(self) -> "TritonServer":
+        """Start and wait until ready. Ports we picked ourselves can be taken by another
+        process between our pick and the server's bind; then we pick again (up to
+        PORT_RETRIES times). Ports the caller named are checked once and never changed."""
         repo = Path(self.model_repository)
         if not repo.is_dir():
             raise LauncherError(f"--model-repository {repo}: no such directory")
         if self.device not in DEVICES:
             raise LauncherError(f"--device {self.device}: expected one of {', '.join(DEVICES)}")
         dist = locate(self.tritonserver)
+        auto = [what for what in ("http", "grpc", "metrics") if not getattr(self, f"{what}_port")]
         for what in ("http", "grpc", "metrics"):
-            port = getattr(self, f"{what}_port")
-            if port:
-                _check_port(self.host, port, what)
-            else:
+            if what not in auto:
+                _check_port(self.host, getattr(self, f"{what}_port"), what)
+        for attempt in range(PORT_RETRIES + 1):
+            for what in auto:
                 setattr(self, f"{what}_port", free_port(self.host))
+            try:
+                self._launch(dist)
+                return self
+            except _PortTaken:
+                if not auto or attempt == PORT_RETRIES:
+                    raise LauncherError(f"tritonserver could not bind its ports:\n{self._tail()}") from None
+
+    def _launch(self, dist: TritonDistribution) -> None:
         env = dist.environment()
         env["HELMREC_DEVICE"] = self.device
         env.update(self.extra_env)
@@ -143,7 +162,6 @@ class TritonServer:
         except BaseException:
             self.stop()
             raise
-        return self
 
     def _ready(self) -> bool:
         url = f"http://{self.http_url}/v2/health/ready"
@@ -159,6 +177,8 @@ class TritonServer:
         while time.monotonic() < deadline:
             code = self._proc.poll()
             if code is not None:
+                if any(sign in self.log() for sign in PORT_TAKEN_SIGNS):
+                    raise _PortTaken()
                 raise LauncherError(f"tritonserver exited with code {code} while starting:\n{self._tail()}")
             if self._ready():
                 return

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from python_backend.pool.ranker import RankRequest
+
 USER_ID = "USER_ID"
 HISTORY_ITEM_IDS = "HISTORY_ITEM_IDS"
 HISTORY_TIMESTAMPS = "HISTORY_TIMESTAMPS"
@@ -47,18 +49,6 @@ class Limits:
     max_candidates: int
 
 
-@dataclass(frozen=True)
-class RankRequestTensors:
-    """A validated request, int64 tensors on the CPU, ready for the pool."""
-
-    user_id: int
-    hist_ids: torch.Tensor
-    hist_ts: torch.Tensor
-    hist_actions: torch.Tensor
-    cand_ids: torch.Tensor
-    query_ts: int
-
-
 def _vector(name: str, t: torch.Tensor) -> torch.Tensor:
     if t.dim() != 1:
         raise RequestError(name, f"must be a 1-D tensor, got shape {list(t.shape)}")
@@ -79,7 +69,7 @@ def validate(
     tensors: dict[str, torch.Tensor | None],
     limits: Limits,
     with_user: bool = True,
-) -> RankRequestTensors:
+) -> RankRequest:
     """Check one request against every rule; raise RequestError on the first broken one.
 
     HISTORY_ACTIONS is optional: a client that does not track actions sends
@@ -133,7 +123,7 @@ def validate(
         raise RequestError(CANDIDATE_ITEM_IDS, f"{c} candidates exceed the maximum of {limits.max_candidates}")
     _ids_in_range(CANDIDATE_ITEM_IDS, cands, limits.num_items)
 
-    return RankRequestTensors(
+    return RankRequest(
         user_id=user_id,
         hist_ids=hist.to(torch.int64).contiguous(),
         hist_ts=ts.to(torch.int64).contiguous(),

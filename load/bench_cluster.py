@@ -10,7 +10,6 @@ Python interpreter (or its GIL) with each other or with the benchmark.
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ import tritonclient.grpc as grpcclient
 
 from load.client import infer_inputs
 from python_backend.launcher import LauncherError, TritonServer, free_port
-from python_backend.launcher.repository import WEIGHTS, stage_repository
+from python_backend.launcher.repository import WEIGHTS, get_parameter, stage_repository
 from python_backend.serving.network import read_limits
 from python_backend.serving.schema import Limits
 from router.config import POLICIES
@@ -230,7 +229,4 @@ def read_control_interval_s(config: Path) -> float:
     The nodes publish their metrics once per window, so the benchmark's scrapes must wait one
     window around a run to see all of its requests; the config is the one place it is set.
     """
-    match = re.search(r'key: "control_interval_ms" value: \{ string_value: "([0-9.]+)" \}', config.read_text())
-    if match is None:
-        raise ValueError(f"{config}: no control_interval_ms parameter")
-    return float(match.group(1)) / 1e3
+    return float(get_parameter(config, "control_interval_ms")) / 1e3

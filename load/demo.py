@@ -30,6 +30,7 @@ from rich.table import Table
 from load.client import infer_inputs
 from python_backend.hstu.data import UserHistory, load_ml100k, ml100k_path
 from python_backend.launcher import TritonServer
+from python_backend.launcher.repository import control_window_s
 from python_backend.serving.network import read_limits
 from router.config import BackendAddress, RouterConfig
 from router.server import RouterThread
@@ -137,7 +138,7 @@ def main() -> None:
             grown = user.cut(n, limits.max_seq_len)
             _, ms = timed_infer(grpc, grpcclient, request_arrays(grown, candidates))
             return_ms.append(ms)
-        time.sleep(0.3)  # nodes publish their pool metrics once per control interval
+        time.sleep(1.5 * control_window_s(args.model_repository))  # nodes publish pool metrics once per window
         nodes = [kv_counts(server.metrics_url) for server in servers]
 
     summary = Table(title="latency over gRPC (ms)")

@@ -42,12 +42,29 @@ def stage_repository(
     return target
 
 
+def _parameter_pattern(key: str) -> re.Pattern[str]:
+    return re.compile(r'(key: "' + re.escape(key) + r'" value: \{ string_value: ")([^"]*)(")')
+
+
+def get_parameter(config: Path, key: str) -> str:
+    """The string value of a `parameters` entry of a config.pbtxt; KeyError when absent."""
+    match = _parameter_pattern(key).search(config.read_text())
+    if match is None:
+        raise KeyError(f"{config}: no parameter {key!r}")
+    return match.group(2)
+
+
+def control_window_s(repository: Path) -> float:
+    """hstu_pool's control window: nodes publish pool metrics once per window, so a
+    scrape that must see a run's last requests waits this long after it."""
+    return float(get_parameter(repository / "hstu_pool" / "config.pbtxt", "control_interval_ms")) / 1e3
+
+
 def set_parameters(config: Path, values: Mapping[str, str]) -> None:
     """Set existing `parameters` entries of a config.pbtxt; an unknown key is an error, not an addition."""
     text = config.read_text()
     for key, value in values.items():
-        pattern = re.compile(r'(key: "' + re.escape(key) + r'" value: \{ string_value: ")[^"]*(")')
-        text, count = pattern.subn(lambda m: m.group(1) + str(value) + m.group(2), text)
+        text, count = _parameter_pattern(key).subn(lambda m: m.group(1) + str(value) + m.group(3), text)
         if count != 1:
             raise KeyError(f"{config}: no parameter {key!r} to set")
     config.write_text(text)

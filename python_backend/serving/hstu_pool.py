@@ -52,7 +52,11 @@ class TritonPythonModel:
         device = resolve_device(model.parameter("device", "auto"), model.instance_kind, model.device_id)
         dtype = serving_dtype(model.parameter("dtype", "auto"), device)
         network = load_network(model.path_parameter("weights"), device, dtype)
-        self.ranker = PooledRanker(network, PoolConfig.from_triton_parameters(model.parameters(), device=str(device)))
+        self.ranker = PooledRanker(
+            network,
+            PoolConfig.from_triton_parameters(model.parameters(), device=str(device)),
+            background_interval_s=float(model.parameter("background_interval_ms", "2")) / 1e3,
+        )
         self.service_times = ServiceTimes()
         metrics = PoolMetrics(pb_utils.MetricFamily)
         self.control = NodeControl(

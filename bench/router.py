@@ -34,6 +34,7 @@ import tritonclient.grpc.aio as grpcaio
 from rich.console import Console
 from rich.table import Table
 
+from load.client import infer_inputs
 from python_backend.launcher import TritonServer, free_port
 from python_backend.launcher.repository import stage_repository
 from router.config import POLICIES
@@ -61,12 +62,7 @@ def make_requests(
             "HISTORY_ACTIONS": ((user + pos) % 2).astype(np.int32),
             "CANDIDATE_ITEM_IDS": rng.integers(1, num_items, candidates).astype(np.int64),
         }
-        tensors = []
-        for name, value in arrays.items():
-            t = grpcclient.InferInput(name, list(value.shape), "INT32" if value.dtype == np.int32 else "INT64")
-            t.set_data_from_numpy(value)
-            tensors.append(t)
-        out.append(tensors)
+        out.append(infer_inputs(grpcclient, arrays))
     return out
 
 

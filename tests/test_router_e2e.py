@@ -32,6 +32,7 @@ import tritonclient.grpc.aio as grpcaio
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from load.client import infer_inputs
 from python_backend.launcher import TritonServer, free_port
 from router.backend_metrics import BackendReport, parse_report
 from router.config import BackendAddress, RouterConfig
@@ -53,18 +54,6 @@ def user_request(user: int, length: int, num_items: int = 300, candidates: int =
         "HISTORY_ACTIONS": ((user + pos) % 2).astype(np.int32),
         "CANDIDATE_ITEM_IDS": 1 + (user * 31 + np.arange(candidates, dtype=np.int64) * 17) % (num_items - 1),
     }
-
-
-def inputs(module, arrays: dict[str, np.ndarray], binary: bool = True) -> list:
-    out = []
-    for name, value in arrays.items():
-        tensor = module.InferInput(name, list(value.shape), "INT32" if value.dtype == np.int32 else "INT64")
-        if module is httpclient:
-            tensor.set_data_from_numpy(value, binary_data=binary)
-        else:
-            tensor.set_data_from_numpy(value)
-        out.append(tensor)
-    return out
 
 
 # -- three backends and a router -------------------------------------------------------
@@ -98,7 +87,7 @@ def reports(servers: list[TritonServer]) -> list[BackendReport]:
 # -- stock clients, unchanged ------------------------------------------------------------
 def test_stock_clients_work_unchanged_through_the_router(backends) -> None:
     arrays = user_request(user=1, length=12)
-    direct = grpcclient.InferenceServerClient(backends[0].grpc_url).infer(MODEL, inputs(grpcclient, arrays))
+    direct = grpcclient.InferenceServerClient(backends[0].grpc_url).infer(MODEL, infer_inputs(grpcclient, arrays))
     expected = direct.as_numpy("SCORES")
     with router(backends, "round_robin", metrics_port=0) as r:
         url, http_url = r.server.grpc_url, r.server.http_url
@@ -108,12 +97,12 @@ def test_stock_clients_work_unchanged_through_the_router(backends) -> None:
         assert client.get_model_config(MODEL).config.name == MODEL
         assert client.get_server_metadata().name == "triton"
         assert client.get_inference_statistics(MODEL).model_stats[0].name == MODEL
-        np.testing.assert_array_equal(client.infer(MODEL, inputs(grpcclient, arrays)).as_numpy("SCORES"), expected)
+        np.testing.assert_array_equal(client.infer(MODEL, infer_inputs(grpcclient, arrays)).as_numpy("SCORES"), expected)
 
         async def aio_infer() -> np.ndarray:
             aio = grpcaio.InferenceServerClient(url)
             try:
-                return (await aio.infer(MODEL, inputs(grpcclient, arrays))).as_numpy("SCORES")
+                return (await aio.infer(MODEL, infer_inputs(grpcclient, arrays))).as_numpy("SCORES")
             finally:
                 await aio.close()
 
@@ -133,7 +122,7 @@ def test_stock_clients_work_unchanged_through_the_router(backends) -> None:
             client.start_stream(callback=on_answer)
             for n in range(3):
                 client.async_stream_infer(
-                    MODEL, inputs(grpcclient, arrays), request_id=str(n), sequence_id=sequence_id, sequence_end=n == 2
+                    MODEL, infer_inputs(grpcclient, arrays), request_id=str(n), sequence_id=sequence_id, sequence_end=n == 2
                 )
             assert done.wait(60), f"stream answered {len(answers)} of 3"
             client.stop_stream()
@@ -149,7 +138,7 @@ def test_stock_clients_work_unchanged_through_the_router(backends) -> None:
         # So does a sequence sent as unary calls.
         served = [b.served for b in r.server.dispatcher.backends]
         for n in range(3):
-            client.infer(MODEL, inputs(grpcclient, user_request(10 + n, 6)), sequence_id=77, sequence_end=n == 2)
+            client.infer(MODEL, infer_inputs(grpcclient, user_request(10 + n, 6)), sequence_id=77, sequence_end=n == 2)
         assert sorted(b.served - s for b, s in zip(r.server.dispatcher.backends, served)) == [0, 0, 3]
 
         http = httpclient.InferenceServerClient(http_url)
@@ -157,7 +146,7 @@ def test_stock_clients_work_unchanged_through_the_router(backends) -> None:
         assert http.get_model_metadata(MODEL)["name"] == MODEL
         assert http.get_model_config(MODEL)["name"] == MODEL
         for binary in (True, False):
-            scores = http.infer(MODEL, inputs(httpclient, arrays, binary)).as_numpy("SCORES")
+            scores = http.infer(MODEL, infer_inputs(httpclient, arrays, binary)).as_numpy("SCORES")
             np.testing.assert_array_equal(scores, expected)
 
         own = urllib.request.urlopen(f"http://127.0.0.1:{r.server.metrics_port}/metrics", timeout=5).read().decode()
@@ -169,17 +158,17 @@ def test_backend_errors_reach_the_client_unchanged(backends) -> None:
     arrays["CANDIDATE_ITEM_IDS"] = np.array([5, -1], np.int64)
     with router(backends) as r:
         with pytest.raises(InferenceServerException) as grpc_error:
-            grpcclient.InferenceServerClient(r.server.grpc_url).infer(MODEL, inputs(grpcclient, arrays))
+            grpcclient.InferenceServerClient(r.server.grpc_url).infer(MODEL, infer_inputs(grpcclient, arrays))
         assert grpc_error.value.status() == "StatusCode.INVALID_ARGUMENT"
         assert "CANDIDATE_ITEM_IDS" in grpc_error.value.message()
         with pytest.raises(InferenceServerException) as http_error:
-            httpclient.InferenceServerClient(r.server.http_url).infer(MODEL, inputs(httpclient, arrays))
+            httpclient.InferenceServerClient(r.server.http_url).infer(MODEL, infer_inputs(httpclient, arrays))
         assert http_error.value.status() == "400" and "CANDIDATE_ITEM_IDS" in http_error.value.message()
         streamed: list[object] = []
         done = threading.Event()
         client = grpcclient.InferenceServerClient(r.server.grpc_url)
         client.start_stream(callback=lambda result, error: (streamed.append(error), done.set()))
-        client.async_stream_infer(MODEL, inputs(grpcclient, arrays), request_id="bad")
+        client.async_stream_infer(MODEL, infer_inputs(grpcclient, arrays), request_id="bad")
         assert done.wait(60)
         client.stop_stream()
         assert isinstance(streamed[0], InferenceServerException) and "CANDIDATE_ITEM_IDS" in streamed[0].message()
@@ -210,7 +199,7 @@ def repeat_user_run(servers: list[TritonServer], policy: str, first_user: int) -
         # Two clients, each sending its half in order, so a user's requests keep their order.
         halves = [[j for j in jobs if int(j["USER_ID"][0]) % 2 == k] for k in (0, 1)]
         with ThreadPoolExecutor(2) as pool:
-            results = list(pool.map(lambda half: [client.infer(MODEL, inputs(grpcclient, a)) for a in half], halves))
+            results = list(pool.map(lambda half: [client.infer(MODEL, infer_inputs(grpcclient, a)) for a in half], halves))
         assert sum(len(r_) for r_ in results) == len(jobs)
         predicted = r.server.dispatcher.stats.predicted_kv_hit_rate
     after = settled_reports(servers, before, len(jobs))
@@ -272,12 +261,12 @@ def test_request_on_a_dead_backend_is_retried_once_elsewhere(backends) -> None:
             d.backends[1].queue_depth = 5.0
 
         lure()
-        scores = grpcclient.InferenceServerClient(r.server.grpc_url).infer(MODEL, inputs(grpcclient, arrays))
+        scores = grpcclient.InferenceServerClient(r.server.grpc_url).infer(MODEL, infer_inputs(grpcclient, arrays))
         assert scores.as_numpy("SCORES").shape == (16, 2) and d.stats.retries == 1
 
         lure()
         http = httpclient.InferenceServerClient(r.server.http_url)
-        assert http.infer(MODEL, inputs(httpclient, arrays)).as_numpy("SCORES").shape == (16, 2)
+        assert http.infer(MODEL, infer_inputs(httpclient, arrays)).as_numpy("SCORES").shape == (16, 2)
         assert d.stats.retries == 2
 
         lure()
@@ -285,7 +274,7 @@ def test_request_on_a_dead_backend_is_retried_once_elsewhere(backends) -> None:
         answers: list[object] = []
         done = threading.Event()
         client.start_stream(callback=lambda result, error: (answers.append(error or result), done.set()))
-        client.async_stream_infer(MODEL, inputs(grpcclient, arrays))
+        client.async_stream_infer(MODEL, infer_inputs(grpcclient, arrays))
         assert done.wait(60)
         client.stop_stream()
         assert not isinstance(answers[0], InferenceServerException), answers[0]
@@ -294,7 +283,7 @@ def test_request_on_a_dead_backend_is_retried_once_elsewhere(backends) -> None:
         # With the only healthy backend gone too, the answer is an explicit UNAVAILABLE.
         d.backends[1].healthy = False
         with pytest.raises(InferenceServerException) as info:
-            client.infer(MODEL, inputs(grpcclient, arrays))
+            client.infer(MODEL, infer_inputs(grpcclient, arrays))
         assert info.value.status() == "StatusCode.UNAVAILABLE" and "no healthy backend" in info.value.message()
 
 
@@ -305,7 +294,7 @@ def test_overload_is_refused_explicitly(backends) -> None:
         async def burst() -> list[object]:
             client = grpcaio.InferenceServerClient(r.server.grpc_url)
             try:
-                calls = [client.infer(MODEL, inputs(grpcclient, user_request(3000 + i, 8))) for i in range(24)]
+                calls = [client.infer(MODEL, infer_inputs(grpcclient, user_request(3000 + i, 8))) for i in range(24)]
                 return await asyncio.gather(*calls, return_exceptions=True)
             finally:
                 await client.close()
@@ -335,7 +324,7 @@ def test_helmrec_route_cli_serves_stock_clients(backends) -> None:
         assert proc.stdout is not None
         banner = proc.stdout.readline()
         assert "router ready" in banner and "3/3 backends healthy" in banner, banner
-        scores = grpcclient.InferenceServerClient(f"127.0.0.1:{port}").infer(MODEL, inputs(grpcclient, user_request(5, 8)))
+        scores = grpcclient.InferenceServerClient(f"127.0.0.1:{port}").infer(MODEL, infer_inputs(grpcclient, user_request(5, 8)))
         assert scores.as_numpy("SCORES").shape == (16, 2)
     finally:
         proc.send_signal(signal.SIGINT)
@@ -367,14 +356,14 @@ def test_backend_killed_mid_load_loses_no_request_and_returns_when_healthy(backe
                 arrays = user_request(4000 + w * 100 + i, 10)
                 try:
                     if w == 0:
-                        scores = client.infer(MODEL, inputs(grpcclient, arrays))
+                        scores = client.infer(MODEL, infer_inputs(grpcclient, arrays))
                     elif w == 1:
-                        streaming.async_stream_infer(MODEL, inputs(grpcclient, arrays), request_id=str(i))
+                        streaming.async_stream_infer(MODEL, infer_inputs(grpcclient, arrays), request_id=str(i))
                         scores = streamed.get(timeout=60)
                         if isinstance(scores, Exception):
                             raise scores
                     else:
-                        scores = http.infer(MODEL, inputs(httpclient, arrays))  # type: ignore[union-attr]
+                        scores = http.infer(MODEL, infer_inputs(httpclient, arrays))  # type: ignore[union-attr]
                 except Exception as exc:  # recorded, so one failure does not hide the others
                     lost.append(f"worker {w} request {i}: {exc!r}")
                     continue
@@ -414,5 +403,5 @@ def test_backend_killed_mid_load_loses_no_request_and_returns_when_healthy(backe
         assert r.server.dispatcher.backends[2].healthy
         before = r.server.dispatcher.backends[2].served
         for i in range(6):
-            client.infer(MODEL, inputs(grpcclient, user_request(5000 + i, 6)))
+            client.infer(MODEL, infer_inputs(grpcclient, user_request(5000 + i, 6)))
         assert r.server.dispatcher.backends[2].served == before + 2

@@ -9,6 +9,7 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.grpc import service_pb2
 
+from load.client import infer_inputs
 from router.config import BackendAddress, ConfigError, RouterConfig
 from router.request_features import from_grpc, from_http
 
@@ -63,11 +64,7 @@ def test_unreadable_grpc_tensors_route_without_features() -> None:
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary_tensors", "json"])
 def test_http_features(binary: bool) -> None:
-    inputs = []
-    for name, value in ARRAYS.items():
-        tensor = httpclient.InferInput(name, list(value.shape), "INT64" if value.dtype == np.int64 else "INT32")
-        tensor.set_data_from_numpy(value, binary_data=binary)
-        inputs.append(tensor)
+    inputs = infer_inputs(httpclient, ARRAYS, binary_data=binary)
     body, header_length = httpclient.InferenceServerClient.generate_request_body(inputs, sequence_id=9)
     features = from_http("hstu_ensemble", body, header_length)
     assert features.route.user_id == 42 and features.route.history_len == 5

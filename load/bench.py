@@ -27,7 +27,7 @@ from rich.console import Console
 from load.bench_cluster import ADAPTIVE, ClusterConfig
 from load.bench_report import Comparison, best_static, write_run, write_summary
 from load.bench_run import BenchError, RunResult, RunSpec, run_once
-from load.bench_workload import WorkloadConfig
+from load.bench_workload import WorkloadConfig, add_trace_shape_options
 from load.traces import REGIMES
 from python_backend.launcher import LauncherError
 from router.config import POLICIES
@@ -49,7 +49,6 @@ FULL = RunSize(duration_s=60.0, base_rate=40.0, static_alphas="0.2,0.5,0.8")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    d = WorkloadConfig()
     c = ClusterConfig()
     add = parser.add_argument
     add("--nodes", type=int, default=c.nodes, help="tritonserver instances behind the router")
@@ -71,11 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--device", choices=("cpu", "cuda", "auto"), default=c.device, help="auto: CUDA where present")
     add("--preset", default=c.preset, help="HSTU preset of the seeded network the nodes serve")
     add("--threads-per-node", type=int, default=c.threads_per_node, help="torch threads per node")
-    add("--burst-rate-mult", type=float, default=d.burst_rate_mult, help="rate multiplier inside a burst")
-    add("--trace-users", type=int, default=d.num_users, help="distinct users in the trace")
-    add("--hot-users", type=int, default=d.hot_users, help="size of the hot user set")
-    add("--mean-history", type=float, default=d.mean_history_len, help="mean first-visit history length")
-    add("--candidates", type=int, default=d.candidates, help="candidate items per request")
+    add_trace_shape_options(parser)
 
 
 def parse_alphas(text: str) -> tuple[str, ...]:

@@ -148,6 +148,13 @@ def add_workload_options(parser: argparse.ArgumentParser) -> None:
     add("--trace-seed", type=int, default=d.seed, help="seed of the trace (same seed, same requests)")
     add("--shape-duration", type=float, default=d.duration_s, help="seconds; the shape stops the run after it")
     add("--base-rate", type=float, default=d.base_rate, help="requests/s outside bursts")
+    add_trace_shape_options(parser)
+
+
+def add_trace_shape_options(parser: argparse.ArgumentParser) -> None:
+    """The trace's shape flags, shared by Locust's parser and `helmrec bench`."""
+    d = WorkloadConfig()
+    add = parser.add_argument
     add("--burst-rate-mult", type=float, default=d.burst_rate_mult, help="rate multiplier inside a burst")
     add("--trace-users", type=int, default=d.num_users, help="distinct users in the trace")
     add("--hot-users", type=int, default=d.hot_users, help="size of the hot user set")

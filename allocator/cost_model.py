@@ -62,7 +62,7 @@ class CostModel:
     emb_miss_row_us: float = CPU_MEASURED["host_gather_row_us"] + 512 / PCIE_H2D_BYTES_PER_US
     # A hit row is gathered from HBM: 3.35 TB/s (H100 SXM5 datasheet) -> 512 B in 0.00015 us.
     emb_hit_row_us: float = 512 / 3.35e6
-    request_overhead_us: float = 60.0  # preprocess + ensemble hop; an assumption, same for every alpha
+    request_overhead_us: float = 60.0  # validation + the Python-backend hop; an assumption, same for every alpha
     emb_row_bytes: int = 512  # d_model 256 x fp16
     kv_token_bytes: int = 4 * 4 * (64 + 64) * 2  # layers x heads x (d_qk + d_v) x fp16 = 4 KiB
 

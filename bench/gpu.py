@@ -349,8 +349,40 @@ def model_compute_us(client, models: tuple[str, ...]) -> dict:
     return out
 
 
+# A Python-backend model with hstu_pool's inputs that does no work: what tritonserver, the
+# backend stub's shared-memory round trip and the gRPC client cost for this payload alone.
+FLOOR_MODEL = "transport_floor"
+FLOOR_SOURCE = '''"""Benchmark fixture (bench/gpu.py): answers zeros of the right shape, computes nothing."""
+import torch
+import triton_python_backend_utils as pb_utils
+from python_backend.serving.triton_io import input_tensor, output_tensor
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [
+            pb_utils.InferenceResponse(
+                output_tensors=[output_tensor("SCORES", torch.zeros(input_tensor(r, "CANDIDATE_ITEM_IDS").shape[0], 1))]
+            )
+            for r in requests
+        ]
+'''
+
+
+def add_floor_model(repo: Path) -> None:
+    """Stage FLOOR_MODEL next to hstu_pool with the same inputs and output."""
+    config = (repo / "hstu_pool" / "config.pbtxt").read_text().split("parameters [")[0]
+    (repo / FLOOR_MODEL / "1").mkdir(parents=True)
+    (repo / FLOOR_MODEL / "config.pbtxt").write_text(config.replace('name: "hstu_pool"', f'name: "{FLOOR_MODEL}"'))
+    (repo / FLOOR_MODEL / "1" / "model.py").write_text(FLOOR_SOURCE)
+
+
 def triton_vs_in_process(args: argparse.Namespace) -> dict:
-    """The same KV-hit request (one user, same history, 256 candidates) through tritonserver and in-process."""
+    """The same request through tritonserver and in-process. `--kv hit`: one user sends the same
+    history every time (after the first, a full KV hit: the graphed rank step only); `--kv miss`:
+    every request comes from a new user (a full prefill each time)."""
+    import itertools
+
     import numpy as np
     import tritonclient.grpc as grpcclient
 
@@ -372,25 +404,36 @@ def triton_vs_in_process(args: argparse.Namespace) -> dict:
         request = {"USER_ID": np.array([7], np.int64), "HISTORY_ITEM_IDS": ids.numpy(), "HISTORY_TIMESTAMPS": ts.numpy(),
                    "HISTORY_ACTIONS": actions.numpy().astype(np.int32), "CANDIDATE_ITEM_IDS": cands.numpy()}
         inputs = infer_inputs(grpcclient, request)
-        # hstu_pool called directly with the tensors preprocess would hand it: the ensemble's
-        # CPU step and second hop, priced separately.
-        packed = dict(request, HISTORY_ACTIONS=request["HISTORY_ACTIONS"].astype(np.int64), QUERY_TIMESTAMP=request["HISTORY_TIMESTAMPS"][-1:])
-        packed_inputs = infer_inputs(grpcclient, packed)
+        shared = infer_inputs(grpcclient, {k: v for k, v in request.items() if k != "USER_ID"})
+        users = itertools.count(1_000)
+
+        def infer(client, model: str):
+            if args.kv == "hit":
+                return client.infer(model, inputs)
+            return client.infer(model, infer_inputs(grpcclient, {"USER_ID": np.array([next(users)], np.int64)}) + shared)
+
+        add_floor_model(repo)
         with TritonServer(model_repository=repo, device=args.device) as server:
             client = grpcclient.InferenceServerClient(server.grpc_url)
-            triton_ms = wall_ms(lambda: client.infer("hstu_ensemble", inputs), torch.device("cpu"), args.requests, warmup=10)
-            direct_ms = wall_ms(lambda: client.infer("hstu_pool", packed_inputs), torch.device("cpu"), args.requests, warmup=10)
-            per_model = model_compute_us(client, ("preprocess", "hstu_pool"))
+            live_ms = wall_ms(client.is_server_live, torch.device("cpu"), args.requests, warmup=10)
+            floor_ms = wall_ms(lambda: infer(client, FLOOR_MODEL), torch.device("cpu"), args.requests, warmup=10)
+            triton_ms = wall_ms(lambda: infer(client, "hstu_ensemble"), torch.device("cpu"), args.requests, warmup=10)
+            # hstu_pool without the ensemble around it: what the one-step ensemble itself costs.
+            direct_ms = wall_ms(lambda: infer(client, "hstu_pool"), torch.device("cpu"), args.requests, warmup=10)
+            per_model = model_compute_us(client, ("hstu_ensemble", "hstu_pool", FLOOR_MODEL))
         device = torch.device(args.device)
         model = model.to(device, serving_dtype("auto", device))  # what hstu_pool serves with dtype "auto"
         config = PoolConfig(args.pool_bytes, args.page_bytes, 0.5, 268435456.0, 8, device=str(device))
-        req = RankRequest(7, ids, ts, actions, cands, int(ts[-1]))
+        def request_of() -> RankRequest:
+            return RankRequest(7 if args.kv == "hit" else next(users), ids, ts, actions, cands, int(ts[-1]))
+
         with PooledRanker(model, config) as ranker:
-            local_ms = wall_ms(lambda: ranker.rank(req), device, args.requests, warmup=10)
-    return {"device": args.device, "preset": args.preset, "history": n, "candidates": c, "requests": args.requests,
+            local_ms = wall_ms(lambda: ranker.rank(request_of()), device, args.requests, warmup=10)
+    return {"device": args.device, "preset": args.preset, "history": n, "candidates": c, "requests": args.requests, "kv": args.kv,
             "dtype": str(model.item_emb.weight.dtype),
             "triton_p50_ms": pct(triton_ms, 50), "triton_p99_ms": pct(triton_ms, 99),
             "hstu_pool_direct_p50_ms": pct(direct_ms, 50), "server_side_us_per_request": per_model,
+            "grpc_is_server_live_p50_ms": pct(live_ms, 50), "transport_floor_p50_ms": pct(floor_ms, 50),
             "in_process_p50_ms": pct(local_ms, 50), "in_process_p99_ms": pct(local_ms, 99),
             "ratio_p50": pct(triton_ms, 50) / pct(local_ms, 50)}
 
@@ -482,6 +525,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the report here")
     parser.add_argument("--triton", action="store_true", help="(b): through tritonserver on the GPU vs in-process")
     parser.add_argument("--history", type=int, default=1024, help="--triton: history length")
+    parser.add_argument("--kv", choices=("hit", "miss"), default="hit", help="--triton: repeat one user (KV hit) or a new user per request (full prefill)")
     parser.add_argument("--requests", type=int, default=200, help="--triton: timed requests per side")
     parser.add_argument("--pool-bytes", type=int, default=8 << 30, help="--triton: hstu_pool pool_bytes")
     parser.add_argument("--page-bytes", type=int, default=1 << 20, help="--triton: hstu_pool page_bytes")

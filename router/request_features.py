@@ -3,7 +3,7 @@
 The router forwards the client's bytes untouched; it only reads USER_ID, the
 history length and the candidate ids (a zero-copy numpy view) from a parsed
 copy, plus the sequence parameters that make a request sticky. Anything it
-cannot read is routed without features: validating requests is `preprocess`'s
+cannot read is routed without features: validating requests is `hstu_pool`'s
 job, and the backend's own error (naming the tensor) reaches the client.
 """
 

@@ -129,3 +129,16 @@ def test_serve_reports_missing_repository_and_busy_port(tmp_path, triton_server)
         TritonServer(model_repository=tmp_path / "absent").start()
     with pytest.raises(LauncherError, match="already in use"):
         TritonServer(model_repository=tmp_path, grpc_port=int(triton_server.grpc_url.rsplit(":", 1)[1])).start()
+
+
+def test_bls_deployment_validates_then_ranks_through_the_hstu_model(tiny_repository, tmp_path) -> None:
+    """`network: "bls"` (the TensorRT deployment's wiring, here with the Python `hstu`):
+    hstu_pool validates, forwards the request to `hstu` by BLS and relays its scores."""
+    from python_backend.launcher.repository import stage_repository
+
+    repo = stage_repository(tmp_path / "repo", None, source=tiny_repository, pool_parameters={"network": "bls"})
+    request = Request()
+    with TritonServer(model_repository=repo) as server:
+        np.testing.assert_allclose(infer_grpc(server, request), expected_scores(repo, request), rtol=1e-4, atol=1e-5)
+        with pytest.raises(InferenceServerException, match="HISTORY_TIMESTAMPS: must be non-decreasing"):
+            infer_grpc(server, Request(timestamps=np.array([5, 4, 6, 7, 8], np.int64)))

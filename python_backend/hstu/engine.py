@@ -5,9 +5,9 @@ For every graph of `export.graph_specs` it builds `<repo>/<graph>/1/model.plan`
 opt a typical request, max the config's limit) and writes its config.pbtxt
 with `platform: "tensorrt_plan"` from the same spec, so tensor names and
 shapes are never written twice. The rest of the served repository
-(hstu_ensemble, preprocess, hstu_pool) is copied from model_repository/ with
-hstu_pool switched to `network: "bls"`, and the weights file is copied next to
-the `hstu` plan because preprocess and hstu_pool read the request limits from it.
+(hstu_ensemble, hstu_pool) is copied from model_repository/ with hstu_pool
+switched to `network: "bls"`, and the weights file is copied next to the `hstu`
+plan because hstu_pool reads the request limits from it.
 
 TensorRT is only in NVIDIA's containers/wheels; where `import tensorrt` fails
 the command says so and exits with status 3 (the ONNX export still works).
@@ -73,7 +73,7 @@ def write_repository(cfg: HSTUConfig, weights: Path, repo: Path, source: Path = 
         (repo / spec.name / "1").mkdir(parents=True, exist_ok=True)
         (repo / spec.name / "config.pbtxt").write_text(triton_config(spec))
     shutil.copyfile(weights, repo / "hstu" / "1" / "weights.pt")
-    for model in ("hstu_ensemble", "preprocess", "hstu_pool"):
+    for model in ("hstu_ensemble", "hstu_pool"):
         if not (source / model).is_dir():
             raise FileNotFoundError(f"{source / model}: the source repository lacks model {model!r}")
         shutil.copytree(source / model, repo / model, dirs_exist_ok=True,

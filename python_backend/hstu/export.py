@@ -12,7 +12,7 @@ tensor names are the Triton tensor names (see `graph_specs`):
 n and c are dynamic (1..max_seq_len, 1..max_candidates). The cached graphs take
 already-gathered embedding rows, like the PyTorch API, because the pool owns the
 hot rows. Graphs trace the unchecked bodies (`*_unchecked`): input checks are
-data-dependent and stay with the caller (preprocess validates every request).
+data-dependent and stay with the caller (hstu_pool validates every request).
 """
 
 from __future__ import annotations

@@ -1,7 +1,10 @@
 """`hstu_pool`: the single owner of the node's HBM pool.
 
-One instance per GPU. It receives requests already validated and packed by
-`preprocess` and answers each with SCORES [num_candidates, num_tasks].
+One instance per GPU; it is the one step of `hstu_ensemble`. It validates each
+public request against `schema` (an error names the tensor and the rule) and
+answers it with SCORES [num_candidates, num_tasks]. Validation lives here, not
+in a separate CPU model: it costs ~30 us for a 4096-event history, while every
+extra Python-backend hop costs ~0.5-0.7 ms on the H100 host (docs/gpu.md (b)).
 
 `network: "inprocess"` (default) runs the PyTorch network in this process
 through the pool: KV prefix reuse, EMB cache, no cross-process copy of the KV.
@@ -15,13 +18,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import torch
 import triton_python_backend_utils as pb_utils
 
 from python_backend.pool.config import PoolConfig
 from python_backend.pool.metrics import PoolMetrics
 from python_backend.pool.ranker import PooledRanker, RankRequest
 from python_backend.serving import schema
-from python_backend.serving.network import load_network, resolve_device, serving_dtype
+from python_backend.serving.network import load_network, read_limits, resolve_device, serving_dtype
 from python_backend.serving.node_control import AlphaController, NodeControl, ServiceTimes
 from python_backend.serving.triton_io import ModelArgs, error_response, input_tensor, output_tensor, to_torch
 
@@ -47,6 +51,7 @@ class TritonPythonModel:
         self.mode = model.parameter("network", "inprocess")
         if self.mode not in NETWORK_MODES:
             raise pb_utils.TritonModelException(f"hstu_pool: parameter 'network' must be one of {NETWORK_MODES}, got {self.mode!r}")
+        self.limits = read_limits(model.path_parameter("weights"))
         if self.mode == "bls":
             return
         device = resolve_device(model.parameter("device", "auto"), model.instance_kind, model.device_id)
@@ -70,38 +75,38 @@ class TritonPythonModel:
         self.control.start()
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        if self.mode == "bls":
-            return [self._bls(request) for request in requests]
-        return [self._rank(request) for request in requests]
+        rank = self._bls if self.mode == "bls" else self._rank
+        out = []
+        for request in requests:
+            try:
+                req = schema.validate({name: _on_host(input_tensor(request, name)) for name in schema.PUBLIC_INPUTS}, self.limits)
+            except schema.RequestError as exc:
+                out.append(error_response(str(exc)))
+                continue
+            out.append(rank(req))
+        return out
 
-    def _rank(self, request: Any) -> Any:
-        """One request through the pool; a failure of the node's own machinery fails loudly."""
+    def _rank(self, req: RankRequest) -> Any:
+        """One valid request through the pool; a failure of the node's own machinery fails loudly."""
         for failed in (self.control.error, self.ranker.background_error):
             if failed is not None:
                 return error_response(f"hstu_pool: node control stopped: {failed!r}", pb_utils.TritonError.INTERNAL)
-        t = {name: input_tensor(request, name) for name in schema.PACKED_INPUTS}
-        req = RankRequest(
-            user_id=int(t[schema.USER_ID][0]),
-            hist_ids=t[schema.HISTORY_ITEM_IDS].cpu(),
-            hist_ts=t[schema.HISTORY_TIMESTAMPS].cpu(),
-            hist_actions=t[schema.HISTORY_ACTIONS].cpu(),
-            cand_ids=t[schema.CANDIDATE_ITEM_IDS].cpu(),
-            query_ts=int(t[schema.QUERY_TIMESTAMP][0]),
-        )
         t0 = time.perf_counter()
         try:
             scores = self.ranker.rank(req)
-        except ValueError as exc:  # a request preprocess let through but the pool refuses
+        except ValueError as exc:  # a rule of the pool's own that schema does not state
             return error_response(f"hstu_pool: {exc}")
         self.service_times.record((time.perf_counter() - t0) * 1e3)
         return pb_utils.InferenceResponse(output_tensors=[output_tensor(schema.SCORES, scores)])
 
-    def _bls(self, request: Any) -> Any:
-        """Forward the packed request to the `hstu` model and relay its answer or error."""
+    def _bls(self, req: RankRequest) -> Any:
+        """Forward the valid request to the `hstu` model and relay its answer or error."""
         inputs = [
-            pb_utils.get_input_tensor_by_name(request, name)
-            for name in schema.PACKED_INPUTS
-            if name != schema.USER_ID
+            output_tensor(schema.HISTORY_ITEM_IDS, req.hist_ids),
+            output_tensor(schema.HISTORY_TIMESTAMPS, req.hist_ts),
+            output_tensor(schema.HISTORY_ACTIONS, req.hist_actions),
+            output_tensor(schema.CANDIDATE_ITEM_IDS, req.cand_ids),
+            output_tensor(schema.QUERY_TIMESTAMP, torch.tensor([req.query_ts], dtype=torch.int64)),
         ]
         response = pb_utils.InferenceRequest(
             model_name=NETWORK_MODEL,
@@ -117,3 +122,9 @@ class TritonPythonModel:
         if self.mode == "inprocess":
             self.control.stop()
             self.ranker.close()
+
+
+def _on_host(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    """Request ids are hashed and matched on the host (the pool's page tables live there);
+    an input Triton placed on the GPU comes back once here, not once per rule."""
+    return None if tensor is None else tensor.cpu()

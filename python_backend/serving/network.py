@@ -1,7 +1,7 @@
 """Which network a model instance serves, and on which device.
 
-The weights file is the single source of the network's sizes: preprocess reads
-its limits from it and hstu/hstu_pool load the network from it, so config.pbtxt
+The weights file is the single source of the network's sizes: hstu_pool reads
+the request limits from it and hstu/hstu_pool load the network from it, so config.pbtxt
 never repeats a number the weights already fix.
 """
 

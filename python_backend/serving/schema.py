@@ -26,8 +26,6 @@ SCORES = "SCORES"
 PUBLIC_INPUTS = (USER_ID, HISTORY_ITEM_IDS, HISTORY_TIMESTAMPS, HISTORY_ACTIONS, CANDIDATE_ITEM_IDS)
 # What the bare network `hstu` takes besides an optional QUERY_TIMESTAMP.
 NETWORK_INPUTS = PUBLIC_INPUTS[1:]
-# What preprocess hands to hstu_pool.
-PACKED_INPUTS = PUBLIC_INPUTS + (QUERY_TIMESTAMP,)
 
 
 class RequestError(ValueError):

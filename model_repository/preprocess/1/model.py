@@ -1,5 +1,0 @@
-"""Triton shim for `preprocess`: the logic lives in python_backend.serving.preprocess."""
-
-from python_backend.serving.preprocess import TritonPythonModel
-
-__all__ = ["TritonPythonModel"]

@@ -63,3 +63,16 @@ def test_burst_detector_quiet_on_steady_and_trend() -> None:
         det = BurstDetector(BurstConfig())
         flags = [det.update(float(h), float(r)) for h, r in zip(hot, rate)]
         assert not any(flags), f"false alarm on {regime}"
+
+
+def test_bound_fits_every_signal_set_and_scores_held_out_regimes() -> None:
+    """`python -m allocator.bound` on short traces: a held-out gap per signal set and regime."""
+    from allocator.bound import SIGNALS, bound
+    from allocator.policy import Policy
+    from load.traces import REGIMES
+
+    report = bound(duration_s=170.0, train_seeds=(0,), test_seeds=(100,), epochs=30, policy=Policy.load())
+    assert set(report) == set(SIGNALS)
+    for gaps in report.values():
+        assert set(gaps) == set(REGIMES)
+        assert all(0.0 <= g < 1.0 for g in gaps.values())

@@ -167,11 +167,17 @@ class Pool:
             self._stats.emb_hits += int(hit.sum())
             miss_ids = need[~hit]
             self._stats.h2d_critical_bytes += miss_ids.size * self.host_table.row_bytes
-        miss_rows = self.host_table.fetch_critical(torch.from_numpy(miss_ids)).wait()
-        # Index lists, not a boolean mask: masked assignment would stall on a device sync.
-        emb = torch.empty(need.size, self.host_table.width, dtype=self.host_table.dtype, device=self.device)
-        emb.index_copy_(0, torch.from_numpy(np.flatnonzero(hit)).to(self.device), hit_rows)
-        emb.index_copy_(0, torch.from_numpy(np.flatnonzero(~hit)).to(self.device), miss_rows)
+        if miss_ids.size == 0:  # the steady state of a hot user: no copy, no scatter
+            emb = hit_rows
+        else:
+            miss_rows = self.host_table.fetch_critical(torch.from_numpy(miss_ids)).wait()
+            if miss_ids.size == need.size:
+                emb = miss_rows
+            else:
+                # Index lists, not a boolean mask: masked assignment would stall on a device sync.
+                emb = torch.empty(need.size, self.host_table.width, dtype=self.host_table.dtype, device=self.device)
+                emb.index_copy_(0, torch.from_numpy(np.flatnonzero(hit)).to(self.device), hit_rows)
+                emb.index_copy_(0, torch.from_numpy(np.flatnonzero(~hit)).to(self.device), miss_rows)
         suffix = hist_ids.numel() - prefix_len
         return PoolLookup(
             prefix_len=prefix_len,

@@ -79,7 +79,7 @@ class TritonPythonModel:
         out = []
         for request in requests:
             try:
-                req = schema.validate({name: _on_host(input_tensor(request, name)) for name in schema.PUBLIC_INPUTS}, self.limits)
+                req = schema.validate({name: input_tensor(request, name) for name in schema.PUBLIC_INPUTS}, self.limits)
             except schema.RequestError as exc:
                 out.append(error_response(str(exc)))
                 continue
@@ -123,8 +123,3 @@ class TritonPythonModel:
             self.control.stop()
             self.ranker.close()
 
-
-def _on_host(tensor: torch.Tensor | None) -> torch.Tensor | None:
-    """Request ids are hashed and matched on the host (the pool's page tables live there);
-    an input Triton placed on the GPU comes back once here, not once per rule."""
-    return None if tensor is None else tensor.cpu()

@@ -9,15 +9,17 @@ what it should be, so a row or prefix evicted (and its page reused) is
 never served.
 """
 
+import hashlib
+
 import hypothesis.strategies as st
 import numpy as np
 import torch
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from python_backend.pool.config import PoolConfig
 from python_backend.pool.host_table import HostTable
-from python_backend.pool.kv_cache import HistoryTokens
+from python_backend.pool.kv_cache import _TOKEN_BYTES, HistoryTokens
 from python_backend.pool.pages import Side
 from python_backend.pool.pool import Pool
 
@@ -214,3 +216,17 @@ def test_sampled_victims_on_a_large_pool_keep_the_cache_exact(monkeypatch):
     assert stats.emb_evictions > 0 and stats.emb_hits > 0
     items = pool.emb_cache.resident_items()
     assert torch.equal(pool.emb_cache.gather(pool.emb_cache.slots_of(items)), table[torch.from_numpy(items)])
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(0, 40), min_size=1, max_size=6))
+def test_incremental_history_digest_equals_a_one_shot_hash_in_any_order(lengths):
+    """HistoryTokens hashes incrementally and remembers digests; every answer must still be the
+    blake2b of exactly that prefix's bytes, whatever order the lengths are asked in."""
+    gen = torch.Generator().manual_seed(len(lengths))
+    ids, acts = torch.randint(0, 100, (40,), generator=gen), torch.randint(0, 3, (40,), generator=gen)
+    ts = torch.arange(40) * 7
+    raw = torch.stack([ids, ts, acts], dim=1).numpy().tobytes()
+    tokens = HistoryTokens(ids, ts, acts)
+    for length in lengths:
+        assert tokens.digest(length) == hashlib.blake2b(raw[: length * _TOKEN_BYTES], digest_size=16).digest()

@@ -22,16 +22,33 @@ _TOKEN_BYTES = 3 * 8  # (item id, timestamp, action) as int64
 
 
 class HistoryTokens:
-    """A request's history as bytes, position-major, so a token prefix is a byte prefix."""
+    """A request's history as bytes, position-major, so a token prefix is a byte prefix.
+
+    A request asks for two digests: its cached prefix's (to match) and its whole
+    history's (to store). Hashing is incremental, so the second costs only the
+    bytes past the first, and asking for the same length twice costs nothing:
+    at a full KV hit both digests are one hash of the history.
+    """
 
     def __init__(self, ids: torch.Tensor, ts: torch.Tensor, actions: torch.Tensor) -> None:
         packed = torch.stack([ids.to(torch.int64), ts.to(torch.int64), actions.to(torch.int64)], dim=1)
         self._bytes = memoryview(packed.cpu().numpy().tobytes())
         self.length = ids.numel()
+        self._hashed = 0  # tokens fed to self._hasher so far
+        self._hasher = hashlib.blake2b(digest_size=16)
+        self._digests: dict[int, bytes] = {}
 
     def digest(self, length: int) -> bytes:
         """Digest of the first `length` tokens (the length is part of it through the byte count)."""
-        return hashlib.blake2b(self._bytes[: length * _TOKEN_BYTES], digest_size=16).digest()
+        known = self._digests.get(length)
+        if known is not None:
+            return known
+        if length < self._hashed:  # shorter than what was hashed: start over (never the common order)
+            self._hashed, self._hasher = 0, hashlib.blake2b(digest_size=16)
+        self._hasher.update(self._bytes[self._hashed * _TOKEN_BYTES : length * _TOKEN_BYTES])
+        self._hashed = length
+        digest = self._digests[length] = self._hasher.copy().digest()
+        return digest
 
 
 @dataclass

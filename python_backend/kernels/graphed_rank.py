@@ -13,12 +13,21 @@ price of fixed addresses and is part of every measured latency.
 
 One `GraphedRank` serves one stream at a time: its static buffers are shared
 by every replay, so concurrent callers each need their own.
+
+Capturing a graph must not overlap another thread's CUDA calls (a copy, an
+event sync, an allocation): CUDA then invalidates the capture and the request
+fails. Graphs are captured lazily, on the first request of a new bucket, while
+a pool's background thread may be refilling; so capture runs under
+`capture_lock`, which the owner of any such thread also holds around its CUDA
+work, and in "thread_local" capture mode for everything else.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+
 
 import torch
 
@@ -72,18 +81,21 @@ class _Graph:
                 fused.rank_core(self.kv, self.length_gap[0], self.length_gap[1], self.cand_emb)
         torch.cuda.current_stream(w.device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), torch.cuda.graph(self.graph):
+        with torch.inference_mode(), torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             self.scores = fused.rank_core(self.kv, self.length_gap[0], self.length_gap[1], self.cand_emb)
 
 
 class GraphedRank:
     """`FusedHSTU.rank` replayed from CUDA graphs captured lazily per bucket."""
 
-    def __init__(self, fused: FusedHSTU, buckets: RankBuckets = RankBuckets()) -> None:
+    def __init__(
+        self, fused: FusedHSTU, buckets: RankBuckets = RankBuckets(), capture_lock: contextlib.AbstractContextManager | None = None
+    ) -> None:
         if fused.model.item_emb.weight.device.type != "cuda":
             raise ValueError(f"GraphedRank needs the model on a CUDA device, got {fused.model.item_emb.weight.device}")
         self.fused = fused
         self.buckets = buckets
+        self._capture_lock = capture_lock if capture_lock is not None else contextlib.nullcontext()
         self._graphs: dict[tuple[int, int, int], _Graph] = {}
 
     def rank(self, kv: torch.Tensor, hist_ts: torch.Tensor, cand_emb: torch.Tensor, query_ts: int) -> torch.Tensor:
@@ -106,7 +118,8 @@ class GraphedRank:
         key = self.buckets.of(len(requests), max(lengths), max(counts))
         graph = self._graphs.get(key)
         if graph is None:
-            graph = self._graphs[key] = _Graph(self.fused, *key)
+            with self._capture_lock:
+                graph = self._graphs[key] = _Graph(self.fused, *key)
         batch, n = len(requests), max(lengths)
         with torch.inference_mode():
             for b, r in enumerate(requests):  # straight into the slot: no stacked temporary to copy twice

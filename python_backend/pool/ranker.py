@@ -10,6 +10,7 @@ prefix of the whole history's K/V (see python_backend/hstu/model.py).
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -60,15 +61,16 @@ class RankRequest:
             raise ValueError("cand_ids must hold at least one candidate")
 
 
-def graphed_rank(model: HSTU) -> GraphedRank | None:
+def graphed_rank(model: HSTU, capture_lock: threading.Lock) -> GraphedRank | None:
     """The rank step replayed from CUDA graphs, where it applies: on a GPU (eager, the
     rank step is launch-bound: ~4 ms vs ~0.5 ms replayed for `large` at 4k history)
     with the bias-free production variant (the fused kernels do not take the research
-    variant's relative bias) and the `triton` package present."""
+    variant's relative bias) and the `triton` package present. Graphs are captured
+    under `capture_lock`, which the background thread holds around its rounds."""
     on_gpu = model.item_emb.weight.device.type == "cuda"
     if not on_gpu or model.config.variant != "production" or not triton_importable():
         return None
-    return GraphedRank(FusedHSTU(model))
+    return GraphedRank(FusedHSTU(model), capture_lock=capture_lock)
 
 
 class PooledRanker:
@@ -86,7 +88,9 @@ class PooledRanker:
             raise ValueError(f"model lives on {param_device}, pool config asks for device {config.device!r}")
         self.model = model
         self._device = device
-        self._graphed = graphed_rank(model)
+        # Held by a background round and by a CUDA-graph capture: never both at once.
+        self._cuda_lock = threading.Lock()
+        self._graphed = graphed_rank(model, self._cuda_lock)
         self.pool = Pool(config, HostTable(weight, device), model.config.num_layers, model.kv_width, weight.dtype)
         self._throttle = RefillThrottle(config.refill_bandwidth_bytes_per_s, self.pool.host_table.row_bytes)
         self._worker = (
@@ -145,9 +149,10 @@ class PooledRanker:
         self._background_round(elapsed_s)
 
     def _background_round(self, elapsed_s: float) -> None:
-        self.pool.step_moves()
-        budget = self._throttle.grant(elapsed_s)
-        self._throttle.spend(self.pool.background_step(budget))
+        with self._cuda_lock:
+            self.pool.step_moves()
+            budget = self._throttle.grant(elapsed_s)
+            self._throttle.spend(self.pool.background_step(budget))
 
     @property
     def background_error(self) -> BaseException | None:

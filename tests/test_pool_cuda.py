@@ -60,30 +60,25 @@ def test_cuda_ranker_matches_uncached_scores_under_alpha_moves(variant):
 
 def test_graphs_captured_while_the_background_thread_copies_do_not_fail():
     """A new rank bucket captures a CUDA graph on the request thread while the pool's background
-    thread may be mid-copy; another thread's CUDA call during a capture invalidates it (seen on an
-    H100 with the `large` preset, whose background refill copies for seconds after start). Here
-    the refill has ~130k rows to copy at a throttled 20 MB/s, so it is busy for the whole test,
-    and small buckets make nearly every request a new capture."""
-    from python_backend.kernels.graphed_rank import RankBuckets
-
+    thread may be refilling; a CUDA allocation or copy from that thread during the capture
+    invalidates it and fails the request. Seen on an H100 with the `large` preset right after
+    start, when the refill streams the item table into an empty EMB cache: reproduced here with
+    the same sizes (1 KiB bf16 rows, 0.5 MiB per background round) and four buckets."""
     torch.manual_seed(0)
-    model = HSTU(dataclasses.replace(preset("tiny"), variant="production", num_items=200_000)).eval().to("cuda")
-    config = PoolConfig(64 << 20, 64 << 10, 0.5, 2e7, 64, device="cuda")
-    gen = torch.Generator().manual_seed(1)
-    with PooledRanker(model, config, background_interval_s=0.0002) as ranker:
+    with torch.device("cuda"):
+        model = HSTU(preset("large")).eval()
+    model = model.to(torch.bfloat16)
+    config = PoolConfig(2 << 30, 1 << 20, 0.5, 268435456.0, 8, device="cuda")
+    gen = torch.Generator().manual_seed(0)
+    with PooledRanker(model, config) as ranker:
         if ranker._graphed is None:
             pytest.skip("the triton package is absent: no graphed rank step")
-        ranker._graphed.buckets = RankBuckets(history_step=2, candidate_step=2)
-        for step in range(150):
-            n = int(torch.randint(1, 64, (1,), generator=gen))
-            c = int(torch.randint(1, 40, (1,), generator=gen))
-            ids = torch.randint(0, 200_000, (n,), generator=gen)
-            ts = 1_000_000 + 60 * torch.arange(n)
-            req = RankRequest(1_000 + step, ids, ts, ids % 2, torch.randint(0, 200_000, (c,), generator=gen), int(ts[-1]))
-            got = ranker.rank(req)
-            with torch.inference_mode():
-                ref = model.score(ids.cuda(), ts.cuda(), (ids % 2).cuda(), req.cand_ids.cuda(), req.query_ts).cpu()
-            torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+        for step, n in enumerate((512, 1024, 1536, 2048)):
+            ids = torch.randint(0, model.config.num_items, (n,), generator=gen)
+            ts = 1_600_000_000 + 60 * torch.arange(n)
+            cands = torch.randint(0, model.config.num_items, (256,), generator=gen)
+            scores = ranker.rank(RankRequest(step, ids, ts, ids % 2, cands, int(ts[-1])))
+            assert scores.shape == (256, model.config.num_tasks) and bool(torch.isfinite(scores).all())
+        assert len(ranker._graphed._graphs) == 4
         assert ranker.background_error is None
-        assert len(ranker._graphed._graphs) > 50
         assert ranker.stats().h2d_background_bytes > 0

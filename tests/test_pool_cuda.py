@@ -60,10 +60,13 @@ def test_cuda_ranker_matches_uncached_scores_under_alpha_moves(variant):
 
 def test_graphs_captured_while_the_background_thread_copies_do_not_fail():
     """A new rank bucket captures a CUDA graph on the request thread while the pool's background
-    thread may be refilling; a CUDA allocation or copy from that thread during the capture
-    invalidates it and fails the request. Seen on an H100 with the `large` preset right after
-    start, when the refill streams the item table into an empty EMB cache: reproduced here with
-    the same sizes (1 KiB bf16 rows, 0.5 MiB per background round) and four buckets."""
+    thread may be refilling. In CUDA's default (global) capture mode, an unsafe call from another
+    thread during the capture (an allocation, a lazy module load, a synchronous copy) invalidates
+    it and fails the request: seen once, on the first run on a fresh H100 host, with the `large`
+    preset right after start, while the refill streamed the item table into an empty EMB cache.
+    The race is timing-dependent (later runs of the unfixed code did not hit it); this drives the
+    same situation (same sizes: 1 KiB bf16 rows, 0.5 MiB per background round; four captures)
+    against the fix: captures hold the lock the background round holds, in thread_local mode."""
     torch.manual_seed(0)
     with torch.device("cuda"):
         model = HSTU(preset("large")).eval()

@@ -152,3 +152,29 @@ def test_graphed_rank_equals_fused_rank_across_lengths_and_batches() -> None:
     for batch in (made[:3], made[2:], made):
         for got, (_, want) in zip(graphed.rank_many([r for r, _ in batch]), batch):
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_graphed_prefill_equals_fused_prefill_across_buckets() -> None:
+    """Lengths inside, at and across bucket edges, longer then shorter in one bucket (stale padding
+    must not leak), and the last bucket capped at max_seq_len: the K/V equals the eager prefill's."""
+    from python_backend.kernels.graphed_prefill import GraphedPrefill
+
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(preset("tiny"), variant="production", max_seq_len=300, max_candidates=128)
+    model = HSTU(cfg).eval().to("cuda")
+    fused = FusedHSTU(model)
+    graphed = GraphedPrefill(fused, step=128)
+    gen = torch.Generator().manual_seed(3)
+    for n in (100, 37, 128, 1, 129, 300, 250):
+        ts = 1_700_000_000 + torch.cumsum(torch.randint(0, 10**5, (n,), generator=gen), 0)
+        actions = torch.randint(0, cfg.num_actions, (n,), generator=gen).cuda()
+        with torch.no_grad():
+            emb = model.embed_items(torch.randint(0, cfg.num_items, (n,), generator=gen).cuda())
+            want = fused.prefill(emb, ts.cuda(), actions)
+        got = graphed.prefill(emb, ts.cuda(), actions)
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    assert sorted(graphed._graphs) == [128, 256, 300]
+    with pytest.raises(ValueError, match="1..300 tokens"):
+        graphed.prefill(emb[:0], ts[:0].cuda(), actions[:0])

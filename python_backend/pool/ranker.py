@@ -18,6 +18,7 @@ import torch
 from python_backend.hstu.model import HSTU
 from python_backend.kernels.attention import triton_importable
 from python_backend.kernels.fused_model import FusedHSTU
+from python_backend.kernels.graphed_prefill import GraphedPrefill
 from python_backend.kernels.graphed_rank import GraphedRank
 from python_backend.pool.background import BackgroundWorker, RefillThrottle
 from python_backend.pool.config import PoolConfig
@@ -61,16 +62,17 @@ class RankRequest:
             raise ValueError("cand_ids must hold at least one candidate")
 
 
-def graphed_rank(model: HSTU, capture_lock: threading.Lock) -> GraphedRank | None:
-    """The rank step replayed from CUDA graphs, where it applies: on a GPU (eager, the
-    rank step is launch-bound: ~4 ms vs ~0.5 ms replayed for `large` at 4k history)
-    with the bias-free production variant (the fused kernels do not take the research
-    variant's relative bias) and the `triton` package present. Graphs are captured
-    under `capture_lock`, which the background thread holds around its rounds."""
+def graphed_steps(model: HSTU, capture_lock: threading.Lock) -> tuple[GraphedPrefill, GraphedRank] | None:
+    """The full prefill and the rank step replayed from CUDA graphs, where they apply: on a
+    GPU (eager, both are launch-bound: for `large` at 4k history the rank step is ~4 ms vs
+    ~0.5 ms replayed) with the bias-free production variant (the fused kernels do not take
+    the research variant's relative bias) and the `triton` package present. Graphs are
+    captured under `capture_lock`, which the background thread holds around its rounds."""
     on_gpu = model.item_emb.weight.device.type == "cuda"
     if not on_gpu or model.config.variant != "production" or not triton_importable():
         return None
-    return GraphedRank(FusedHSTU(model), capture_lock=capture_lock)
+    fused = FusedHSTU(model)
+    return GraphedPrefill(fused, capture_lock=capture_lock), GraphedRank(fused, capture_lock=capture_lock)
 
 
 class PooledRanker:
@@ -90,7 +92,8 @@ class PooledRanker:
         self._device = device
         # Held by a background round and by a CUDA-graph capture: never both at once.
         self._cuda_lock = threading.Lock()
-        self._graphed = graphed_rank(model, self._cuda_lock)
+        graphed = graphed_steps(model, self._cuda_lock)
+        self._graphed_prefill, self._graphed = graphed if graphed is not None else (None, None)
         self.pool = Pool(config, HostTable(weight, device), model.config.num_layers, model.kv_width, weight.dtype)
         self._throttle = RefillThrottle(config.refill_bandwidth_bytes_per_s, self.pool.host_table.row_bytes)
         self._worker = (
@@ -128,6 +131,8 @@ class PooledRanker:
                 kv = found.prefix_kv  # full hit: nothing to compute for the history
             elif reused > 0:
                 kv = self.model.extend(found.prefix_kv, found.suffix_emb, hist_ts, req.hist_actions[reused:].to(dev))
+            elif self._graphed_prefill is not None and n > 0:
+                kv = self._graphed_prefill.prefill(found.suffix_emb, hist_ts, req.hist_actions.to(dev))
             else:
                 kv = self.model.prefill(found.suffix_emb, hist_ts, req.hist_actions.to(dev))
             if self._graphed is not None:

@@ -39,6 +39,7 @@ from python_backend.hstu.config import preset
 from python_backend.hstu.model import HSTU
 from python_backend.kernels.attention import candidate_attention, causal_attention
 from python_backend.kernels.fused_model import FusedHSTU
+from python_backend.kernels.graphed_extend import GraphedExtend
 from python_backend.kernels.graphed_prefill import GraphedPrefill
 from python_backend.kernels.graphed_rank import GraphedRank, RankInput
 from python_backend.kernels.reference import candidate_attention_reference, causal_attention_reference
@@ -151,6 +152,7 @@ def rank_latency(model: HSTU, device: torch.device, histories: list[int], c: int
     fused = FusedHSTU(model)
     graphed = GraphedRank(fused) if device.type == "cuda" else None
     graphed_prefill = GraphedPrefill(fused) if device.type == "cuda" else None
+    graphed_extend = GraphedExtend(fused) if device.type == "cuda" else None
     rows = []
     for n in histories:
         ids, ts, actions, cands, query = make_history(model, n, c, gen, device)
@@ -177,6 +179,12 @@ def rank_latency(model: HSTU, device: torch.device, histories: list[int], c: int
             }
             if graphed is not None:  # its device work is the fused KV hit's plus the copy into the bucket
                 paths["graphed KV hit"] = (lambda: graphed.rank(kv, ts_host, model.item_emb(cands), q_int), None)
+                paths["graphed extend 16 + rank"] = (
+                    lambda: graphed.rank(
+                        torch.cat([kv[:, :tail], graphed_extend.extend_suffix(kv[:, :tail], model.item_emb(ids[tail:]), ts, actions[tail:])], 1),
+                        ts_host, model.item_emb(cands), q_int),
+                    None,
+                )
                 paths["graphed full prefill"] = (
                     lambda: graphed.rank(graphed_prefill.prefill(model.item_emb(ids), ts, actions), ts_host, model.item_emb(cands), q_int),
                     None,

@@ -178,3 +178,32 @@ def test_graphed_prefill_equals_fused_prefill_across_buckets() -> None:
     assert sorted(graphed._graphs) == [128, 256, 300]
     with pytest.raises(ValueError, match="1..300 tokens"):
         graphed.prefill(emb[:0], ts[:0].cuda(), actions[:0])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_graphed_extend_equals_fused_extend_across_buckets() -> None:
+    """Cached lengths and new-token counts inside, at and across bucket edges, a longer context
+    before a shorter one in the same buffer (stale rows must not leak), and a cached length whose
+    padded bucket would run past max_seq_len: the new tokens' K/V equals the eager extend's."""
+    from python_backend.kernels.graphed_extend import GraphedExtend
+
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(preset("tiny"), variant="production", max_seq_len=300, max_candidates=128)
+    model = HSTU(cfg).eval().to("cuda")
+    fused = FusedHSTU(model)
+    graphed = GraphedExtend(fused, context_step=128, new_step=8, max_new=16)
+    gen = torch.Generator().manual_seed(4)
+    for n0, m in ((100, 3), (37, 8), (128, 1), (129, 16), (250, 9), (290, 10), (60, 5)):
+        n = n0 + m
+        ts = 1_700_000_000 + torch.cumsum(torch.randint(0, 10**5, (n,), generator=gen), 0).cuda()
+        actions = torch.randint(0, cfg.num_actions, (n,), generator=gen).cuda()
+        with torch.no_grad():
+            emb = model.embed_items(torch.randint(0, cfg.num_items, (n,), generator=gen).cuda())
+            kv = fused.prefill(emb[:n0], ts[:n0], actions[:n0])
+            want = fused.extend_suffix(kv, emb[n0:], ts, actions[n0:])
+        got = graphed.extend_suffix(kv, emb[n0:], ts, actions[n0:])
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    assert not graphed.applies(0, 5) and not graphed.applies(10, 17)
+    with pytest.raises(ValueError, match="1..16 new tokens"):
+        graphed.extend_suffix(kv, emb[:17], ts, actions[:17])

@@ -74,14 +74,14 @@ def test_graphs_captured_while_the_background_thread_copies_do_not_fail():
     config = PoolConfig(2 << 30, 1 << 20, 0.5, 268435456.0, 8, device="cuda")
     gen = torch.Generator().manual_seed(0)
     with PooledRanker(model, config) as ranker:
-        if ranker._graphed is None:
-            pytest.skip("the triton package is absent: no graphed rank step")
+        if ranker._graphs is None:
+            pytest.skip("the triton package is absent: no graphed steps")
         for step, n in enumerate((512, 1024, 1536, 2048)):
             ids = torch.randint(0, model.config.num_items, (n,), generator=gen)
             ts = 1_600_000_000 + 60 * torch.arange(n)
             cands = torch.randint(0, model.config.num_items, (256,), generator=gen)
             scores = ranker.rank(RankRequest(step, ids, ts, ids % 2, cands, int(ts[-1])))
             assert scores.shape == (256, model.config.num_tasks) and bool(torch.isfinite(scores).all())
-        assert len(ranker._graphed._graphs) == 4
+        assert len(ranker._graphs.rank._graphs) == 4
         assert ranker.background_error is None
         assert ranker.stats().h2d_background_bytes > 0

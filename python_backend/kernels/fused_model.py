@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from python_backend.hstu.features import previous_event_gaps
 from python_backend.hstu.layer import HSTULayer
 from python_backend.hstu.model import HSTU
 from python_backend.kernels.attention import candidate_attention, causal_attention
@@ -49,8 +50,21 @@ class FusedHSTU:
         self, kv: torch.Tensor, new_emb: torch.Tensor, hist_ts: torch.Tensor, new_actions: torch.Tensor
     ) -> torch.Tensor:
         """kv [L, n1, W] of n1 new tokens after the cached kv [L, n0, W]; hist_ts holds all n0 + n1 times."""
+        n0 = kv.shape[1]
+        start = torch.full((), n0, dtype=torch.int64, device=new_emb.device)
+        return self.extend_core(kv, start, previous_event_gaps(hist_ts, n0), new_emb, new_actions)
+
+    def extend_core(
+        self, kv: torch.Tensor, start: torch.Tensor, gaps: torch.Tensor, new_emb: torch.Tensor, new_actions: torch.Tensor
+    ) -> torch.Tensor:
+        """`extend_suffix` with the new tokens' first position (0-d int64) and their gaps to the
+        previous event ([n1] int64) as tensors: nothing here reads a value on the host, so the
+        step can be captured in a CUDA graph. `kv` may carry zero rows past `start` (a zero key
+        adds SiLU(0) = 0), and new tokens past the real ones only change rows after them (causal);
+        their positions are clamped into the position table."""
         model = self.model
-        x = model._history_input(new_emb, new_actions, hist_ts, kv.shape[1])
+        positions = (start + torch.arange(new_emb.shape[0], device=new_emb.device)).clamp(max=model.config.max_seq_len - 1)
+        x = model._history_features(new_emb, new_actions, positions, gaps)
         new_kv = []
         for i, layer in enumerate(model.layers):
             k_ctx, v_ctx = self._unpack(kv[i])

@@ -18,13 +18,14 @@ import torch
 from python_backend.hstu.model import HSTU
 from python_backend.kernels.attention import triton_importable
 from python_backend.kernels.fused_model import FusedHSTU
+from python_backend.kernels.graphed_extend import GraphedExtend
 from python_backend.kernels.graphed_prefill import GraphedPrefill
 from python_backend.kernels.graphed_rank import GraphedRank
 from python_backend.pool.background import BackgroundWorker, RefillThrottle
 from python_backend.pool.config import PoolConfig
 from python_backend.pool.host_table import HostTable
 from python_backend.pool.kv_cache import HistoryTokens
-from python_backend.pool.pool import Pool
+from python_backend.pool.pool import Pool, PoolLookup
 from python_backend.pool.stats import PoolStats
 
 # How often the background thread wakes: short enough that a new alpha starts
@@ -62,17 +63,30 @@ class RankRequest:
             raise ValueError("cand_ids must hold at least one candidate")
 
 
-def graphed_steps(model: HSTU, capture_lock: threading.Lock) -> tuple[GraphedPrefill, GraphedRank] | None:
-    """The full prefill and the rank step replayed from CUDA graphs, where they apply: on a
-    GPU (eager, both are launch-bound: for `large` at 4k history the rank step is ~4 ms vs
-    ~0.5 ms replayed) with the bias-free production variant (the fused kernels do not take
-    the research variant's relative bias) and the `triton` package present. Graphs are
-    captured under `capture_lock`, which the background thread holds around its rounds."""
+@dataclass(frozen=True)
+class GraphedSteps:
+    """The request path's steps replayed from CUDA graphs."""
+
+    prefill: GraphedPrefill
+    extend: GraphedExtend
+    rank: GraphedRank
+
+
+def graphed_steps(model: HSTU, capture_lock: threading.Lock) -> GraphedSteps | None:
+    """Prefill, extend and rank replayed from CUDA graphs, where they apply: on a GPU (eager,
+    each is launch-bound: for `large` at 4k history the rank step is ~4 ms vs ~0.5 ms
+    replayed) with the bias-free production variant (the fused kernels do not take the
+    research variant's relative bias) and the `triton` package present. Graphs are captured
+    under `capture_lock`, which the background thread holds around its rounds."""
     on_gpu = model.item_emb.weight.device.type == "cuda"
     if not on_gpu or model.config.variant != "production" or not triton_importable():
         return None
     fused = FusedHSTU(model)
-    return GraphedPrefill(fused, capture_lock=capture_lock), GraphedRank(fused, capture_lock=capture_lock)
+    return GraphedSteps(
+        GraphedPrefill(fused, capture_lock=capture_lock),
+        GraphedExtend(fused, capture_lock=capture_lock),
+        GraphedRank(fused, capture_lock=capture_lock),
+    )
 
 
 class PooledRanker:
@@ -92,8 +106,7 @@ class PooledRanker:
         self._device = device
         # Held by a background round and by a CUDA-graph capture: never both at once.
         self._cuda_lock = threading.Lock()
-        graphed = graphed_steps(model, self._cuda_lock)
-        self._graphed_prefill, self._graphed = graphed if graphed is not None else (None, None)
+        self._graphs = graphed_steps(model, self._cuda_lock)
         self.pool = Pool(config, HostTable(weight, device), model.config.num_layers, model.kv_width, weight.dtype)
         self._throttle = RefillThrottle(config.refill_bandwidth_bytes_per_s, self.pool.host_table.row_bytes)
         self._worker = (
@@ -127,20 +140,30 @@ class PooledRanker:
             found = self.pool.lookup(req.user_id, tokens, req.hist_ids, req.cand_ids)
             hist_ts = req.hist_ts.to(dev)
             n, reused = tokens.length, found.prefix_len
+            graphs = self._graphs
             if reused == n and found.prefix_kv is not None:
                 kv = found.prefix_kv  # full hit: nothing to compute for the history
-            elif reused > 0:
-                kv = self.model.extend(found.prefix_kv, found.suffix_emb, hist_ts, req.hist_actions[reused:].to(dev))
-            elif self._graphed_prefill is not None and n > 0:
-                kv = self._graphed_prefill.prefill(found.suffix_emb, hist_ts, req.hist_actions.to(dev))
             else:
-                kv = self.model.prefill(found.suffix_emb, hist_ts, req.hist_actions.to(dev))
-            if self._graphed is not None:
-                scores = self._graphed.rank(kv, req.hist_ts, found.cand_emb, req.query_ts)
+                kv = self._history_kv(found, hist_ts, req.hist_actions[reused:].to(dev))
+            if graphs is not None:
+                scores = graphs.rank.rank(kv, req.hist_ts, found.cand_emb, req.query_ts)
             else:
                 scores = self.model.rank(kv, hist_ts, found.cand_emb, req.query_ts)
             self.pool.commit(req.user_id, tokens, found, kv)
         return scores.float().cpu()
+
+    def _history_kv(self, found: PoolLookup, hist_ts: torch.Tensor, new_actions: torch.Tensor) -> torch.Tensor:
+        """K/V of the whole history from the reused prefix (if any) plus the computed suffix:
+        from CUDA graphs where they apply, eagerly otherwise."""
+        graphs, reused, new = self._graphs, found.prefix_len, found.suffix_emb.shape[0]
+        if reused > 0:
+            if graphs is not None and graphs.extend.applies(reused, new):
+                suffix = graphs.extend.extend_suffix(found.prefix_kv, found.suffix_emb, hist_ts, new_actions)
+                return torch.cat([found.prefix_kv, suffix], dim=1)
+            return self.model.extend(found.prefix_kv, found.suffix_emb, hist_ts, new_actions)
+        if graphs is not None and new > 0:
+            return graphs.prefill.prefill(found.suffix_emb, hist_ts, new_actions)
+        return self.model.prefill(found.suffix_emb, hist_ts, new_actions)
 
     # -- background -----------------------------------------------------------------------------------
     def step_background(self, elapsed_s: float) -> None:

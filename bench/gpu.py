@@ -394,7 +394,8 @@ def add_floor_model(repo: Path) -> None:
 def triton_vs_in_process(args: argparse.Namespace) -> dict:
     """The same request through tritonserver and in-process. `--kv hit`: one user sends the same
     history every time (after the first, a full KV hit: the graphed rank step only); `--kv miss`:
-    every request comes from a new user (a full prefill each time)."""
+    every request comes from a new user (a full prefill each time); `--kv grow`: one user whose
+    history gains one event per request (a returning user: a partial hit, one new token)."""
     import itertools
 
     import numpy as np
@@ -414,16 +415,26 @@ def triton_vs_in_process(args: argparse.Namespace) -> dict:
         repo = stage_repository(Path(tmp) / "model_repository", args.preset, args.seed, pool_parameters=pool)
         model = load(repo / WEIGHTS).eval()
         n, c = args.history, args.candidates
-        ids, ts, actions, cands, query = (t.cpu() for t in make_history(model, n, c, gen, torch.device("cpu")))
-        request = {"USER_ID": np.array([7], np.int64), "HISTORY_ITEM_IDS": ids.numpy(), "HISTORY_TIMESTAMPS": ts.numpy(),
-                   "HISTORY_ACTIONS": actions.numpy().astype(np.int32), "CANDIDATE_ITEM_IDS": cands.numpy()}
+        extra = 3 * (args.requests + 10) if args.kv == "grow" else 0  # events the growing user adds
+        if n + extra > model.config.max_seq_len:
+            raise SystemExit(f"--history {n} + {extra} grown events exceed the preset's max_seq_len {model.config.max_seq_len}")
+        ids, ts, actions, cands, query = (t.cpu() for t in make_history(model, n + extra, c, gen, torch.device("cpu")))
+
+        def arrays(length: int) -> dict:
+            return {"USER_ID": np.array([7], np.int64), "HISTORY_ITEM_IDS": ids[:length].numpy(),
+                    "HISTORY_TIMESTAMPS": ts[:length].numpy(), "HISTORY_ACTIONS": actions[:length].numpy().astype(np.int32),
+                    "CANDIDATE_ITEM_IDS": cands.numpy()}
+
+        request = arrays(n)
         inputs = infer_inputs(grpcclient, request)
         shared = infer_inputs(grpcclient, {k: v for k, v in request.items() if k != "USER_ID"})
-        users = itertools.count(1_000)
+        users, served_len = itertools.count(1_000), itertools.count(n)
 
         def infer(client, model: str):
             if args.kv == "hit":
                 return client.infer(model, inputs)
+            if args.kv == "grow":
+                return client.infer(model, infer_inputs(grpcclient, arrays(next(served_len))))
             return client.infer(model, infer_inputs(grpcclient, {"USER_ID": np.array([next(users)], np.int64)}) + shared)
 
         add_floor_model(repo)
@@ -438,8 +449,13 @@ def triton_vs_in_process(args: argparse.Namespace) -> dict:
         device = torch.device(args.device)
         model = model.to(device, serving_dtype("auto", device))  # what hstu_pool serves with dtype "auto"
         config = PoolConfig(args.pool_bytes, args.page_bytes, 0.5, 268435456.0, 8, device=str(device))
+        local_len = itertools.count(n)
+
         def request_of() -> RankRequest:
-            return RankRequest(7 if args.kv == "hit" else next(users), ids, ts, actions, cands, int(ts[-1]))
+            if args.kv == "grow":
+                k = next(local_len)
+                return RankRequest(7, ids[:k], ts[:k], actions[:k], cands, int(ts[k - 1]))
+            return RankRequest(7 if args.kv == "hit" else next(users), ids[:n], ts[:n], actions[:n], cands, int(ts[n - 1]))
 
         with PooledRanker(model, config) as ranker:
             local_ms = wall_ms(lambda: ranker.rank(request_of()), device, args.requests, warmup=10)
@@ -540,7 +556,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the report here")
     parser.add_argument("--triton", action="store_true", help="(b): through tritonserver on the GPU vs in-process")
     parser.add_argument("--history", type=int, default=1024, help="--triton: history length")
-    parser.add_argument("--kv", choices=("hit", "miss"), default="hit", help="--triton: repeat one user (KV hit) or a new user per request (full prefill)")
+    parser.add_argument("--kv", choices=("hit", "miss", "grow"), default="hit",
+                        help="--triton: repeat one user (KV hit), a new user per request (full prefill), or one user gaining an event per request (partial hit)")
     parser.add_argument("--requests", type=int, default=200, help="--triton: timed requests per side")
     parser.add_argument("--pool-bytes", type=int, default=8 << 30, help="--triton: hstu_pool pool_bytes")
     parser.add_argument("--page-bytes", type=int, default=1 << 20, help="--triton: hstu_pool page_bytes")

@@ -9,8 +9,6 @@ what it should be, so a row or prefix evicted (and its page reused) is
 never served.
 """
 
-import hashlib
-
 import hypothesis.strategies as st
 import numpy as np
 import torch
@@ -19,7 +17,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from python_backend.pool.config import PoolConfig
 from python_backend.pool.host_table import HostTable
-from python_backend.pool.kv_cache import _TOKEN_BYTES, HistoryTokens
+from python_backend.pool.kv_cache import HistoryTokens
 from python_backend.pool.pages import Side
 from python_backend.pool.pool import Pool
 
@@ -218,15 +216,29 @@ def test_sampled_victims_on_a_large_pool_keep_the_cache_exact(monkeypatch):
     assert torch.equal(pool.emb_cache.gather(pool.emb_cache.slots_of(items)), table[torch.from_numpy(items)])
 
 
-@settings(max_examples=50, deadline=None)
-@given(st.lists(st.integers(0, 40), min_size=1, max_size=6))
-def test_incremental_history_digest_equals_a_one_shot_hash_in_any_order(lengths):
-    """HistoryTokens hashes incrementally and remembers digests; every answer must still be the
-    blake2b of exactly that prefix's bytes, whatever order the lengths are asked in."""
-    gen = torch.Generator().manual_seed(len(lengths))
-    ids, acts = torch.randint(0, 100, (40,), generator=gen), torch.randint(0, 3, (40,), generator=gen)
-    ts = torch.arange(40) * 7
-    raw = torch.stack([ids, ts, acts], dim=1).numpy().tobytes()
-    tokens = HistoryTokens(ids, ts, acts)
-    for length in lengths:
-        assert tokens.digest(length) == hashlib.blake2b(raw[: length * _TOKEN_BYTES], digest_size=16).digest()
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 30), st.integers(0, 29), st.sampled_from(["id", "ts", "action"]))
+def test_a_cached_prefix_is_reused_only_when_every_token_matches(n, where, field):
+    """The prefix check compares the stored (id, ts, action) bytes: the same history is a full
+    hit, one more event a partial hit, and one changed field anywhere in the prefix a miss."""
+    table = torch.randn(NUM_ITEMS, D)
+    pool = Pool(PoolConfig(64 * 4096, 4096, 0.5, 1e9, 1), HostTable(table, torch.device("cpu")), LAYERS, W, torch.float32)
+    gen = torch.Generator().manual_seed(n)
+    ids = torch.randint(1, NUM_ITEMS, (n + 1,), generator=gen)
+    ts, acts = 1_000 + 10 * torch.arange(n + 1), torch.randint(0, 3, (n + 1,), generator=gen)
+    cand = torch.tensor([1, 2])
+
+    def reused(i: torch.Tensor, t: torch.Tensor, a: torch.Tensor) -> int:
+        tokens = HistoryTokens(i, t, a)
+        found = pool.lookup(7, tokens, i, cand)
+        pool.commit(7, tokens, found, torch.zeros(LAYERS, i.numel(), W))
+        return found.prefix_len
+
+    assert reused(ids[:n], ts[:n], acts[:n]) == 0
+    assert reused(ids[:n], ts[:n], acts[:n]) == n
+    assert reused(ids, ts, acts) == n
+    changed = {"id": ids.clone(), "ts": ts.clone(), "action": acts.clone()}
+    k = where % n
+    changed[field][k] += 1
+    assert reused(changed["id"], changed["ts"], changed["action"]) == 0
+    pool.check_invariants()

@@ -3,14 +3,14 @@
 Paged like vLLM: a user's prefix of n tokens occupies ceil(n / tokens_per_page)
 pages listed in its block table, each page laid out [L, tokens_per_page, W].
 A cached prefix is reused only if it is a prefix of the request's history:
-same length-n token prefix, checked by a digest over (item id, timestamp,
-action) of each position, so a changed action or timestamp anywhere in the
-prefix is a miss, never a wrong answer.
+same length-n token prefix, checked by comparing the (item id, timestamp,
+action) bytes of every position with those stored with the entry (24 bytes a
+token on the host next to ~10 KiB of K/V on the device for `large`), so a
+changed action or timestamp anywhere in the prefix is a miss, never a wrong answer.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -24,37 +24,25 @@ _TOKEN_BYTES = 3 * 8  # (item id, timestamp, action) as int64
 class HistoryTokens:
     """A request's history as bytes, position-major, so a token prefix is a byte prefix.
 
-    A request asks for two digests: its cached prefix's (to match) and its whole
-    history's (to store). Hashing is incremental, so the second costs only the
-    bytes past the first, and asking for the same length twice costs nothing:
-    at a full KV hit both digests are one hash of the history.
+    A cached prefix is checked by comparing these bytes with the ones stored with
+    it: exact, and at request sizes cheaper than hashing them (copy-and-compare of
+    a 4096-token prefix, 96 KiB, takes ~2 us here; a blake2b of it ~70 us).
     """
 
     def __init__(self, ids: torch.Tensor, ts: torch.Tensor, actions: torch.Tensor) -> None:
         packed = torch.stack([ids.to(torch.int64), ts.to(torch.int64), actions.to(torch.int64)], dim=1)
-        self._bytes = memoryview(packed.cpu().numpy().tobytes())
+        self._bytes = packed.cpu().numpy().tobytes()
         self.length = ids.numel()
-        self._hashed = 0  # tokens fed to self._hasher so far
-        self._hasher = hashlib.blake2b(digest_size=16)
-        self._digests: dict[int, bytes] = {}
 
-    def digest(self, length: int) -> bytes:
-        """Digest of the first `length` tokens (the length is part of it through the byte count)."""
-        known = self._digests.get(length)
-        if known is not None:
-            return known
-        if length < self._hashed:  # shorter than what was hashed: start over (never the common order)
-            self._hashed, self._hasher = 0, hashlib.blake2b(digest_size=16)
-        self._hasher.update(self._bytes[self._hashed * _TOKEN_BYTES : length * _TOKEN_BYTES])
-        self._hashed = length
-        digest = self._digests[length] = self._hasher.copy().digest()
-        return digest
+    def prefix(self, length: int) -> bytes:
+        """The bytes of the first `length` tokens (the length is part of them through their count)."""
+        return self._bytes[: length * _TOKEN_BYTES]
 
 
 @dataclass
 class KVEntry:
     length: int
-    digest: bytes
+    tokens: bytes  # HistoryTokens.prefix(length) of the request that stored it
     pages: list[int]
 
 
@@ -70,16 +58,13 @@ class KVCache:
     def cached_users(self) -> int:
         return len(self._entries)
 
-    def match(self, user_id: int, tokens: HistoryTokens) -> tuple[int, bytes]:
-        """Length and digest of this user's cached prefix if it is a prefix of `tokens`, else (0, b"")."""
+    def match(self, user_id: int, tokens: HistoryTokens) -> int:
+        """Length of this user's cached prefix if it is a prefix of `tokens`, else 0."""
         entry = self._entries.get(user_id)
-        if entry is None or entry.length > tokens.length:
-            return 0, b""
-        digest = tokens.digest(entry.length)
-        if digest != entry.digest:
-            return 0, b""
+        if entry is None or entry.length > tokens.length or tokens.prefix(entry.length) != entry.tokens:
+            return 0
         self._entries.move_to_end(user_id)
-        return entry.length, digest
+        return entry.length
 
     def read(self, user_id: int, length: int) -> torch.Tensor:
         """Copy the first `length` cached tokens out of the pool as [L, length, W]."""
@@ -90,7 +75,7 @@ class KVCache:
         layers, width = gathered.shape[1], gathered.shape[3]
         return gathered.permute(1, 0, 2, 3).reshape(layers, blocks * self.tokens_per_page, width)[:, :length]
 
-    def store(self, user_id: int, kv: torch.Tensor, reused: int, reused_digest: bytes, digest: bytes) -> int:
+    def store(self, user_id: int, kv: torch.Tensor, reused: int, tokens: HistoryTokens) -> int:
         """Cache `kv` [L, n, W] as this user's prefix; returns how many other users were evicted.
 
         When the entry still holds the prefix this request reused, only the new
@@ -102,7 +87,7 @@ class KVCache:
         """
         length = kv.shape[1]
         entry = self._entries.get(user_id)
-        extendable = entry is not None and reused > 0 and entry.length == reused and entry.digest == reused_digest
+        extendable = entry is not None and reused > 0 and entry.length == reused and entry.tokens == tokens.prefix(reused)
         if entry is not None and not extendable:
             self._drop(user_id)  # the user's history changed: the old prefix will not be asked for again
             entry = None
@@ -115,7 +100,7 @@ class KVCache:
         if self._alloc.free_count(Side.KV) < need:
             return evicted
         if entry is None:
-            entry = KVEntry(length=0, digest=b"", pages=[])
+            entry = KVEntry(length=0, tokens=b"", pages=[])
             self._entries[user_id] = entry
         for _ in range(need):
             page = self._alloc.allocate(Side.KV)
@@ -127,7 +112,7 @@ class KVCache:
             page_index = table[positions // self.tokens_per_page]
             slot_index = positions % self.tokens_per_page
             self._pages[page_index, :, slot_index] = kv[:, start:length].permute(1, 0, 2).to(self._pages.dtype)
-        entry.length, entry.digest = length, digest
+        entry.length, entry.tokens = length, tokens.prefix(length)
         self._entries.move_to_end(user_id)
         return evicted
 

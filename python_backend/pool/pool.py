@@ -49,7 +49,6 @@ class PoolLookup:
     """
 
     prefix_len: int
-    prefix_digest: bytes
     prefix_kv: torch.Tensor | None  # [L, prefix_len, W] or None when prefix_len == 0
     suffix_emb: torch.Tensor  # [n - prefix_len, D] rows of the history not covered by the prefix
     cand_emb: torch.Tensor  # [c, D]
@@ -157,7 +156,7 @@ class Pool:
         """
         start = time.perf_counter()
         with self.lock:
-            prefix_len, prefix_digest = self.kv_cache.match(user_id, tokens)
+            prefix_len = self.kv_cache.match(user_id, tokens)
             need = torch.cat([hist_ids[prefix_len:], cand_ids]).cpu().numpy()
             slots = self.emb_cache.lookup(need)
             hit = slots >= 0
@@ -181,7 +180,6 @@ class Pool:
         suffix = hist_ids.numel() - prefix_len
         return PoolLookup(
             prefix_len=prefix_len,
-            prefix_digest=prefix_digest,
             prefix_kv=prefix_kv,
             suffix_emb=emb[:suffix],
             cand_emb=emb[suffix:],
@@ -191,9 +189,8 @@ class Pool:
 
     def commit(self, user_id: int, tokens: HistoryTokens, lookup: PoolLookup, kv: torch.Tensor) -> None:
         """Store the request's full-history KV, queue its missed rows for admission, count it."""
-        digest = tokens.digest(tokens.length)
         with self.lock:
-            self._stats.kv_evictions += self.kv_cache.store(user_id, kv, lookup.prefix_len, lookup.prefix_digest, digest)
+            self._stats.kv_evictions += self.kv_cache.store(user_id, kv, lookup.prefix_len, tokens)
             self._admit_queue.extend(lookup.miss_ids.tolist())
             stats = self._stats
             stats.record_request(user_id, tokens.length)

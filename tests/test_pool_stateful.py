@@ -239,6 +239,7 @@ def test_a_cached_prefix_is_reused_only_when_every_token_matches(n, where, field
     assert reused(ids, ts, acts) == n
     changed = {"id": ids.clone(), "ts": ts.clone(), "action": acts.clone()}
     k = where % n
-    changed[field][k] += 1
+    # another valid value: ids stay in [1, NUM_ITEMS)
+    changed[field][k] = changed[field][k] % (NUM_ITEMS - 1) + 1 if field == "id" else changed[field][k] + 1
     assert reused(changed["id"], changed["ts"], changed["action"]) == 0
     pool.check_invariants()

@@ -14,7 +14,7 @@ bucket of (cached length, new tokens) replays it with one launch:
 
 Graphs of one context size share its buffer. Histories with more than
 `max_new` new tokens take the eager path (a rare, long absence). Captures
-happen lazily on the request thread under `capture_lock` (see `graphed_rank`).
+happen lazily on the request thread under `capture_lock` (see `cuda_graphs.capture`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from python_backend.hstu.features import previous_event_gaps
+from python_backend.kernels.cuda_graphs import capture, require_cuda, round_up
 from python_backend.kernels.fused_model import FusedHSTU
 
 
@@ -39,22 +40,16 @@ class _Context:
 class _ExtendGraph:
     """One captured extend of M new tokens over a context buffer, and its static inputs/output."""
 
-    def __init__(self, fused: FusedHSTU, context: _Context, m: int) -> None:
+    def __init__(self, fused: FusedHSTU, context: _Context, m: int, lock: contextlib.AbstractContextManager | None) -> None:
         model = fused.model
         w = model.item_emb.weight
         self.emb = w.new_zeros(m, model.config.d_model)
         self.actions = torch.zeros(m, dtype=torch.int64, device=w.device)
         self.gaps = torch.zeros(m, dtype=torch.int64, device=w.device)
         self.start = torch.zeros((), dtype=torch.int64, device=w.device)
-        side = torch.cuda.Stream(w.device)
-        side.wait_stream(torch.cuda.current_stream(w.device))
-        with torch.cuda.stream(side), torch.inference_mode():
-            for _ in range(2):  # compile the Triton kernels and settle the allocator before capture
-                fused.extend_core(context.kv, self.start, self.gaps, self.emb, self.actions)
-        torch.cuda.current_stream(w.device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
-            self.kv = fused.extend_core(context.kv, self.start, self.gaps, self.emb, self.actions)
+        self.graph, self.kv = capture(
+            lambda: fused.extend_core(context.kv, self.start, self.gaps, self.emb, self.actions), w.device, lock
+        )
 
 
 class GraphedExtend:
@@ -68,8 +63,7 @@ class GraphedExtend:
         max_new: int = 64,
         capture_lock: contextlib.AbstractContextManager | None = None,
     ) -> None:
-        if fused.model.item_emb.weight.device.type != "cuda":
-            raise ValueError(f"GraphedExtend needs the model on a CUDA device, got {fused.model.item_emb.weight.device}")
+        require_cuda(fused, "GraphedExtend")
         for name, value in (("context_step", context_step), ("new_step", new_step), ("max_new", max_new)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"GraphedExtend {name} must be an int >= 1, got {value!r}")
@@ -77,7 +71,7 @@ class GraphedExtend:
         self.context_step = context_step
         self.new_step = new_step
         self.max_new = max_new
-        self._capture_lock = capture_lock if capture_lock is not None else contextlib.nullcontext()
+        self._capture_lock = capture_lock
         self._contexts: dict[int, _Context] = {}
         self._graphs: dict[tuple[int, int], _ExtendGraph] = {}
 
@@ -91,15 +85,14 @@ class GraphedExtend:
         if not self.applies(n0, m):
             raise ValueError(f"GraphedExtend takes a cached prefix and 1..{self.max_new} new tokens, got {n0} and {m}")
         limit = self.fused.model.config.max_seq_len
-        c = min(-(-n0 // self.context_step) * self.context_step, limit)
-        b = -(-m // self.new_step) * self.new_step
+        c = min(round_up(n0, self.context_step), limit)
+        b = round_up(m, self.new_step)
         context = self._contexts.get(c)
         if context is None:
             context = self._contexts[c] = _Context(self.fused.model.item_emb.weight.new_zeros(kv.shape[0], c, kv.shape[2]))
         graph = self._graphs.get((c, b))
         if graph is None:
-            with self._capture_lock:
-                graph = self._graphs[(c, b)] = _ExtendGraph(self.fused, context, b)
+            graph = self._graphs[(c, b)] = _ExtendGraph(self.fused, context, b, self._capture_lock)
         with torch.inference_mode():
             context.kv[:, :n0].copy_(kv)
             if context.filled > n0:

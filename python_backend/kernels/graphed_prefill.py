@@ -9,8 +9,8 @@ causal and every time feature looks only backwards (the gap to the previous
 event), so padding after the last real token cannot change the K/V of any
 real token, and the first n rows of the bucket's K/V are the request's.
 
-Captures happen lazily on the request thread; `capture_lock` keeps another
-thread's CUDA calls out of a capture (see `graphed_rank`).
+Captures happen lazily on the request thread under `capture_lock` (see
+`cuda_graphs.capture`).
 """
 
 from __future__ import annotations
@@ -19,45 +19,37 @@ import contextlib
 
 import torch
 
+from python_backend.kernels.cuda_graphs import capture, require_cuda, round_up
 from python_backend.kernels.fused_model import FusedHSTU
 
 
 class _PrefillGraph:
     """One captured prefill of N tokens and its static inputs/output."""
 
-    def __init__(self, fused: FusedHSTU, n: int) -> None:
+    def __init__(self, fused: FusedHSTU, n: int, lock: contextlib.AbstractContextManager | None) -> None:
         model = fused.model
         w = model.item_emb.weight
         self.emb = w.new_zeros(n, model.config.d_model)
         self.ts = torch.zeros(n, dtype=torch.int64, device=w.device)
         self.actions = torch.zeros(n, dtype=torch.int64, device=w.device)
-        side = torch.cuda.Stream(w.device)
-        side.wait_stream(torch.cuda.current_stream(w.device))
-        with torch.cuda.stream(side), torch.inference_mode():
-            for _ in range(2):  # compile the Triton kernels and settle the allocator before capture
-                fused.prefill(self.emb, self.ts, self.actions)
-        torch.cuda.current_stream(w.device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
-            self.kv = fused.prefill(self.emb, self.ts, self.actions)
+        self.graph, self.kv = capture(lambda: fused.prefill(self.emb, self.ts, self.actions), w.device, lock)
 
 
 class GraphedPrefill:
     """`FusedHSTU.prefill` replayed from CUDA graphs captured lazily per length bucket."""
 
     def __init__(self, fused: FusedHSTU, step: int = 512, capture_lock: contextlib.AbstractContextManager | None = None) -> None:
-        if fused.model.item_emb.weight.device.type != "cuda":
-            raise ValueError(f"GraphedPrefill needs the model on a CUDA device, got {fused.model.item_emb.weight.device}")
+        require_cuda(fused, "GraphedPrefill")
         if isinstance(step, bool) or not isinstance(step, int) or step < 1:
             raise ValueError(f"GraphedPrefill step must be an int >= 1, got {step!r}")
         self.fused = fused
         self.step = step
-        self._capture_lock = capture_lock if capture_lock is not None else contextlib.nullcontext()
+        self._capture_lock = capture_lock
         self._graphs: dict[int, _PrefillGraph] = {}
 
     def bucket(self, n: int) -> int:
         """Tokens the graph for an n-token history runs: n rounded up to `step`, capped at max_seq_len."""
-        return min(-(-n // self.step) * self.step, self.fused.model.config.max_seq_len)
+        return min(round_up(n, self.step), self.fused.model.config.max_seq_len)
 
     def prefill(self, hist_emb: torch.Tensor, hist_ts: torch.Tensor, hist_actions: torch.Tensor) -> torch.Tensor:
         """Same result as `FusedHSTU.prefill` (kv [L, n, W], a fresh tensor); inputs on the model's device."""
@@ -68,8 +60,7 @@ class GraphedPrefill:
         key = self.bucket(n)
         graph = self._graphs.get(key)
         if graph is None:
-            with self._capture_lock:
-                graph = self._graphs[key] = _PrefillGraph(self.fused, key)
+            graph = self._graphs[key] = _PrefillGraph(self.fused, key, self._capture_lock)
         with torch.inference_mode():
             graph.emb[:n].copy_(hist_emb)
             graph.emb[n:].zero_()

@@ -14,12 +14,7 @@ price of fixed addresses and is part of every measured latency.
 One `GraphedRank` serves one stream at a time: its static buffers are shared
 by every replay, so concurrent callers each need their own.
 
-Capturing a graph must not overlap another thread's CUDA calls (a copy, an
-event sync, an allocation): CUDA then invalidates the capture and the request
-fails. Graphs are captured lazily, on the first request of a new bucket, while
-a pool's background thread may be refilling; so capture runs under
-`capture_lock`, which the owner of any such thread also holds around its CUDA
-work, and in "thread_local" capture mode for everything else.
+Graphs are captured lazily under `capture_lock` (see `cuda_graphs.capture`).
 """
 
 from __future__ import annotations
@@ -28,9 +23,9 @@ import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-
 import torch
 
+from python_backend.kernels.cuda_graphs import capture, require_cuda, round_up
 from python_backend.kernels.fused_model import FusedHSTU
 
 
@@ -50,7 +45,7 @@ class RankBuckets:
 
     def of(self, batch: int, n: int, c: int) -> tuple[int, int, int]:
         b = 1 << max(0, (batch - 1).bit_length())
-        return b, max(1, -(-n // self.history_step)) * self.history_step, -(-c // self.candidate_step) * self.candidate_step
+        return b, max(self.history_step, round_up(n, self.history_step)), round_up(c, self.candidate_step)
 
 
 @dataclass(frozen=True)
@@ -66,7 +61,7 @@ class RankInput:
 class _Graph:
     """One captured (batched) rank step and its static inputs/outputs."""
 
-    def __init__(self, fused: FusedHSTU, batch: int, n: int, c: int) -> None:
+    def __init__(self, fused: FusedHSTU, batch: int, n: int, c: int, lock: contextlib.AbstractContextManager | None) -> None:
         model = fused.model
         w = model.item_emb.weight
         cfg = model.config
@@ -74,15 +69,9 @@ class _Graph:
         self.cand_emb = w.new_zeros(batch, c, cfg.d_model)
         self.length_gap = torch.zeros(2, batch, dtype=torch.int64, device=w.device)
         self.filled = 0  # history rows that may be non-zero from an earlier request
-        side = torch.cuda.Stream(w.device)
-        side.wait_stream(torch.cuda.current_stream(w.device))
-        with torch.cuda.stream(side), torch.inference_mode():
-            for _ in range(2):  # compile the Triton kernels and settle the allocator before capture
-                fused.rank_core(self.kv, self.length_gap[0], self.length_gap[1], self.cand_emb)
-        torch.cuda.current_stream(w.device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
-            self.scores = fused.rank_core(self.kv, self.length_gap[0], self.length_gap[1], self.cand_emb)
+        self.graph, self.scores = capture(
+            lambda: fused.rank_core(self.kv, self.length_gap[0], self.length_gap[1], self.cand_emb), w.device, lock
+        )
 
 
 class GraphedRank:
@@ -91,11 +80,10 @@ class GraphedRank:
     def __init__(
         self, fused: FusedHSTU, buckets: RankBuckets = RankBuckets(), capture_lock: contextlib.AbstractContextManager | None = None
     ) -> None:
-        if fused.model.item_emb.weight.device.type != "cuda":
-            raise ValueError(f"GraphedRank needs the model on a CUDA device, got {fused.model.item_emb.weight.device}")
+        require_cuda(fused, "GraphedRank")
         self.fused = fused
         self.buckets = buckets
-        self._capture_lock = capture_lock if capture_lock is not None else contextlib.nullcontext()
+        self._capture_lock = capture_lock
         self._graphs: dict[tuple[int, int, int], _Graph] = {}
 
     def rank(self, kv: torch.Tensor, hist_ts: torch.Tensor, cand_emb: torch.Tensor, query_ts: int) -> torch.Tensor:
@@ -118,8 +106,7 @@ class GraphedRank:
         key = self.buckets.of(len(requests), max(lengths), max(counts))
         graph = self._graphs.get(key)
         if graph is None:
-            with self._capture_lock:
-                graph = self._graphs[key] = _Graph(self.fused, *key)
+            graph = self._graphs[key] = _Graph(self.fused, *key, self._capture_lock)
         batch, n = len(requests), max(lengths)
         with torch.inference_mode():
             for b, r in enumerate(requests):  # straight into the slot: no stacked temporary to copy twice

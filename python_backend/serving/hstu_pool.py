@@ -122,4 +122,3 @@ class TritonPythonModel:
         if self.mode == "inprocess":
             self.control.stop()
             self.ranker.close()
-

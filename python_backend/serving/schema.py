@@ -51,7 +51,7 @@ class Limits:
 def _vector(name: str, t: torch.Tensor) -> torch.Tensor:
     """The tensor on the host: the rules run there, on numpy views of it (at request sizes a
     numpy reduction costs a few microseconds, a torch CPU op several times that), and the pool
-    hashes and matches ids on the host anyway."""
+    matches histories on the host anyway."""
     if t.dim() != 1:
         raise RequestError(name, f"must be a 1-D tensor, got shape {list(t.shape)}")
     return t.cpu()

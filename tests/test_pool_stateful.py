@@ -90,6 +90,7 @@ class PoolMachine(RuleBasedStateMachine):
         full = expected_kv(ids, ts, acts)
         # Served prefix: a true prefix of this history, byte-equal to its K/V; reused whenever valid.
         assert 0 <= n0 <= ids.numel()
+        assert found.kv_hit_less <= (n0 > 0) <= found.kv_hit_more, "a neighbouring KV size disagrees with this one"
         if old is not None and cached and cached <= ids.numel() and mode in ("same", "extend"):
             assert n0 == cached, "a valid cached prefix was not reused"
         if mode == "flip" and n0:
@@ -135,6 +136,7 @@ class PoolMachine(RuleBasedStateMachine):
     def read_stats(self):
         s = self.pool.stats()
         assert s.emb_hits <= s.emb_lookups and s.kv_partial_hits <= s.kv_hits <= s.kv_requests
+        assert s.kv_hits_less <= s.kv_hits <= s.kv_hits_more <= s.kv_requests  # the ghost's neighbours bracket it
         assert s.kv_hit_tokens <= s.kv_tokens and s.hot_user_requests <= s.requests
         assert s.emb_pages + s.kv_pages == self.pool.num_pages
 

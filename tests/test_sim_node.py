@@ -21,11 +21,11 @@ def small_config(pages: int = 100, **kw: object) -> SimConfig:
 
 def test_returning_user_reuses_its_prefix_and_extends_it_in_place() -> None:
     pool = NodePool(small_config(), zipf_cdf(1000, 0.7), alpha=0.5)  # 50 KV pages = 200 tokens
-    assert pool.kv_serve(7, 40) == 0
+    assert pool.kv_serve(7, 40)[0] == 0
     assert pool.kv_pages_used == 10
-    assert pool.kv_serve(7, 43) == 40  # prefix reused, one page added for the 3 new tokens
+    assert pool.kv_serve(7, 43)[0] == 40  # prefix reused, one page added for the 3 new tokens
     assert pool.kv_pages_used == 11
-    assert pool.kv_serve(7, 43) == 43
+    assert pool.kv_serve(7, 43)[0] == 43
 
 
 def test_lru_user_is_evicted_first_and_pages_never_exceed_the_kv_side() -> None:
@@ -34,8 +34,8 @@ def test_lru_user_is_evicted_first_and_pages_never_exceed_the_kv_side() -> None:
         pool.kv_serve(user, 40)
     pool.kv_serve(0, 40)  # user 0 becomes most recent
     pool.kv_serve(99, 40)  # needs 10 pages: evicts user 1, the least recently used
-    assert pool.kv_serve(1, 40) == 0
-    assert pool.kv_serve(0, 40) == 40
+    assert pool.kv_serve(1, 40)[0] == 0
+    assert pool.kv_serve(0, 40)[0] == 40
     assert pool.kv_pages_used <= pool.kv_pages
     rng = np.random.default_rng(0)
     for user, length in zip(rng.integers(0, 30, 500), rng.integers(1, 120, 500)):
@@ -47,9 +47,9 @@ def test_lru_user_is_evicted_first_and_pages_never_exceed_the_kv_side() -> None:
 def test_history_larger_than_the_kv_side_is_not_cached() -> None:
     pool = NodePool(small_config(), zipf_cdf(1000, 0.7), alpha=0.5)
     pool.kv_serve(1, 40)
-    assert pool.kv_serve(2, 4 * 51) == 0
+    assert pool.kv_serve(2, 4 * 51)[0] == 0
     assert pool.cached_users == 0  # user 1 was evicted trying to make room; 2 never fit
-    assert pool.kv_serve(2, 4 * 51) == 0
+    assert pool.kv_serve(2, 4 * 51)[0] == 0
 
 
 def test_shrinking_kv_evicts_lru_users_and_growing_emb_fills_at_the_refill_rate() -> None:
@@ -61,7 +61,7 @@ def test_shrinking_kv_evicts_lru_users_and_growing_emb_fills_at_the_refill_rate(
         pool.kv_serve(user, 40)  # 80 pages over 8 users
     pool.set_alpha(0.5, now=0.0)  # KV side 50 pages: the 3 oldest users go
     assert pool.kv_pages_used <= pool.kv_pages == 50
-    assert pool.kv_serve(0, 40) == 0 and pool.kv_serve(7, 40) == 40
+    assert pool.kv_serve(0, 40)[0] == 0 and pool.kv_serve(7, 40)[0] == 40
     assert pool.emb_hit_prob_at(0.0) == 0.0  # nothing refilled yet
     assert pool.emb_hit_prob_at(1.0) == pytest.approx(cdf[rows_per_s - 1])
     assert pool.emb_hit_prob_at(100.0) == pytest.approx(cdf[50 * 32 - 1])  # capped by the EMB side

@@ -9,7 +9,9 @@ Pool model (the real pool's policies, replayed over ids instead of tensors):
   is) and prefills only the suffix; the entry is then extended in place, LRU
   users are evicted to make room (never the requester), and a prefix that does
   not fit even in an empty KV side is not cached. Shrinking the KV side evicts
-  LRU users until the held pages fit.
+  LRU users until the held pages fit. The real cache's `KVGhost` mirrors the
+  LRU order, so each request also says whether it would have hit with
+  COUNTERFACTUAL_SHARE of the pool more or less for KV.
   The real classes are not reused because they store K/V in torch pages and
   hash every history token: 32 nodes x 4 GB of page storage and a digest per
   request token do not fit a CPU simulation of millions of requests.
@@ -34,8 +36,9 @@ from collections import OrderedDict, deque
 
 import numpy as np
 
-from allocator.observation import Observation
+from allocator.observation import COUNTERFACTUAL_SHARE, Observation
 from load.sim.config import SimConfig
+from python_backend.pool.kv_ghost import KVGhost
 
 
 class NodePool:
@@ -49,6 +52,7 @@ class NodePool:
         self._refill_rows_per_s = config.refill_bytes_per_s / cost.emb_row_bytes
         self._item_cdf = item_cdf
         self._entries: OrderedDict[int, tuple[int, int]] = OrderedDict()  # user -> (tokens, pages), LRU first
+        self._ghost: KVGhost[int] = KVGhost(max(1, round(COUNTERFACTUAL_SHARE * self.total_pages)))  # entry: tokens
         self.kv_pages_used = 0
         self.emb_rows = 0.0  # resident rows (the hottest ranks)
         self.emb_hit_prob = 0.0
@@ -80,28 +84,39 @@ class NodePool:
         while self.kv_pages_used > self.kv_pages and self._entries:
             self._drop_oldest()
 
-    def kv_serve(self, user: int, history_len: int) -> int:
-        """Tokens of the request's history reused from this user's cached prefix; stores the new prefix."""
+    def kv_serve(self, user: int, history_len: int) -> tuple[int, bool, bool]:
+        """(tokens reused from this user's cached prefix, would hit with COUNTERFACTUAL_SHARE more KV,
+        with that much less); stores the new prefix."""
         entry = self._entries.get(user)
         reused, have = 0, 0
         if entry is not None:
             if 0 < entry[0] <= history_len:
                 reused, have = entry
+                more, less = True, not self._ghost.in_bottom(user, self.kv_pages - self.kv_pages_used)
                 self._entries.move_to_end(user)
+                self._ghost.touched(user, have)
             else:
+                more = less = False
                 self.kv_pages_used -= entry[1]
                 del self._entries[user]
+                self._ghost.forgotten(user)
+        else:
+            ghost = self._ghost.ghost(user)
+            more, less = ghost is not None and 0 < ghost <= history_len, False
         if history_len == 0:
-            return reused
+            return reused, more, less
+        if entry is None:
+            self._ghost.forgotten(user)  # before the evictions below (see KVGhost.forgotten)
         need = -(-history_len // self.tokens_per_page) - have
         keep = 1 if have else 0  # the requester's own entry sits at the MRU end; never evict it
         while self.kv_pages - self.kv_pages_used < need and len(self._entries) > keep:
             self._drop_oldest()
         if self.kv_pages - self.kv_pages_used < need:
-            return reused  # does not fit even alone: the old prefix (if any) stays, the new one is not cached
+            return reused, more, less  # does not fit even alone: the old prefix (if any) stays, the new one is not cached
         self.kv_pages_used += need
         self._entries[user] = (history_len, have + need)
-        return reused
+        self._ghost.touched(user, have + need)
+        return reused, more, less
 
     def emb_hit_prob_at(self, now: float) -> float:
         """Probability that a row lookup hits at time `now` (after the refill up to then)."""
@@ -121,9 +136,10 @@ class NodePool:
         self.emb_hit_prob = float(self._item_cdf[min(rows, self._item_cdf.shape[0]) - 1]) if rows > 0 else 0.0
 
     def _drop_oldest(self) -> None:
-        _, (_, pages) = self._entries.popitem(last=False)
+        user, (tokens, pages) = self._entries.popitem(last=False)
         self.kv_pages_used -= pages
         self.kv_evictions_total += 1
+        self._ghost.evicted(user, pages, tokens)
 
 
 class WindowStats:
@@ -132,6 +148,8 @@ class WindowStats:
     def __init__(self) -> None:
         self.requests = 0
         self.kv_hits = 0
+        self.kv_hits_more = 0
+        self.kv_hits_less = 0
         self.emb_lookups = 0.0
         self.emb_hits = 0.0
         self.history_tokens = 0
@@ -154,7 +172,7 @@ class SimNode:
 
     def serve(self, now: float, user: int, history_len: int) -> tuple[float, bool, int, float]:
         """Admit a request arriving at `now`: (completion time, KV hit, EMB row lookups, row hit probability)."""
-        reused = self.pool.kv_serve(user, history_len)
+        reused, more, less = self.pool.kv_serve(user, history_len)
         computed = history_len - reused
         hit_p = self.pool.emb_hit_prob_at(now)
         lookups = computed + self.candidates
@@ -169,6 +187,8 @@ class SimNode:
         w = self.window
         w.requests += 1
         w.kv_hits += reused > 0
+        w.kv_hits_more += more
+        w.kv_hits_less += less
         w.emb_lookups += lookups
         w.emb_hits += lookups * hit_p
         w.history_tokens += history_len
@@ -199,6 +219,8 @@ class SimNode:
             queue_depth=float(self.waiting(now)),
             alpha=self.pool.alpha,
             p99_ms=float(np.percentile(w.latency_ms, 99)) if n else 0.0,
+            kv_hit_rate_more=w.kv_hits_more / n if n else 0.0,
+            kv_hit_rate_less=w.kv_hits_less / n if n else 0.0,
         )
         self.window = WindowStats()
         return obs

@@ -7,6 +7,10 @@ same length-n token prefix, checked by comparing the (item id, timestamp,
 action) bytes of every position with those stored with the entry (24 bytes a
 token on the host next to ~10 KiB of K/V on the device for `large`), so a
 changed action or timestamp anywhere in the prefix is a miss, never a wrong answer.
+
+A `KVGhost` mirrors the LRU order so that every request also tells whether it
+would have hit with `ghost_pages` more or fewer KV pages (`counterfactual`):
+the controller's measured view of the neighbouring splits.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from python_backend.pool.kv_ghost import KVGhost
 from python_backend.pool.pages import PageAllocator, Side
 
 _TOKEN_BYTES = 3 * 8  # (item id, timestamp, action) as int64
@@ -47,12 +52,14 @@ class KVEntry:
 
 
 class KVCache:
-    def __init__(self, allocator: PageAllocator, pages: torch.Tensor) -> None:
-        """`pages` is the pool viewed as [num_pages, L, tokens_per_page, W] (a strided view, no copy)."""
+    def __init__(self, allocator: PageAllocator, pages: torch.Tensor, ghost_pages: int) -> None:
+        """`pages` is the pool viewed as [num_pages, L, tokens_per_page, W] (a strided view, no copy);
+        `ghost_pages` is the capacity difference `counterfactual` answers for."""
         self._alloc = allocator
         self._pages = pages
         self.tokens_per_page = pages.shape[2]
         self._entries: OrderedDict[int, KVEntry] = OrderedDict()
+        self._ghost: KVGhost[KVEntry] = KVGhost(ghost_pages)
 
     @property
     def cached_users(self) -> int:
@@ -61,10 +68,20 @@ class KVCache:
     def match(self, user_id: int, tokens: HistoryTokens) -> int:
         """Length of this user's cached prefix if it is a prefix of `tokens`, else 0."""
         entry = self._entries.get(user_id)
-        if entry is None or entry.length > tokens.length or tokens.prefix(entry.length) != entry.tokens:
+        if entry is None or not _reusable(entry, tokens):
             return 0
         self._entries.move_to_end(user_id)
+        self._ghost.touched(user_id, len(entry.pages))
         return entry.length
+
+    def counterfactual(self, user_id: int, tokens: HistoryTokens) -> tuple[bool, bool]:
+        """(would hit with `ghost_pages` more KV pages, would hit with that many fewer); call before `match`."""
+        entry = self._entries.get(user_id)
+        if entry is not None:
+            hit = _reusable(entry, tokens)
+            return hit, hit and not self._ghost.in_bottom(user_id, self._alloc.free_count(Side.KV))
+        ghost = self._ghost.ghost(user_id)
+        return ghost is not None and _reusable(ghost, tokens), False
 
     def read(self, user_id: int, length: int) -> torch.Tensor:
         """Copy the first `length` cached tokens out of the pool as [L, length, W]."""
@@ -89,10 +106,12 @@ class KVCache:
         entry = self._entries.get(user_id)
         extendable = entry is not None and reused > 0 and entry.length == reused and entry.tokens == tokens.prefix(reused)
         if entry is not None and not extendable:
-            self._drop(user_id)  # the user's history changed: the old prefix will not be asked for again
+            self._drop(user_id, evicted=False)  # the user's history changed: the old prefix will not be asked for again
             entry = None
         if length == 0:
             return 0  # an empty history has nothing to reuse
+        if entry is None:
+            self._ghost.forgotten(user_id)  # its ghost, if any, was this request's counterfactual hit
         start = reused if extendable else 0
         have = len(entry.pages) if entry is not None else 0
         need = -(-length // self.tokens_per_page) - have
@@ -114,6 +133,7 @@ class KVCache:
             self._pages[page_index, :, slot_index] = kv[:, start:length].permute(1, 0, 2).to(self._pages.dtype)
         entry.length, entry.tokens = length, tokens.prefix(length)
         self._entries.move_to_end(user_id)
+        self._ghost.touched(user_id, len(entry.pages))
         return evicted
 
     def release_pages(self, count: int) -> int:
@@ -157,6 +177,16 @@ class KVCache:
             evicted += 1
         return evicted
 
-    def _drop(self, user_id: int) -> None:
-        for page in self._entries.pop(user_id).pages:
+    def _drop(self, user_id: int, evicted: bool = True) -> None:
+        entry = self._entries.pop(user_id)
+        for page in entry.pages:
             self._alloc.release(Side.KV, page)
+        if evicted:
+            self._ghost.evicted(user_id, len(entry.pages), entry)
+        else:
+            self._ghost.forgotten(user_id)
+
+
+def _reusable(entry: KVEntry, tokens: HistoryTokens) -> bool:
+    """The entry's tokens are a prefix of the request's history."""
+    return entry.length <= tokens.length and tokens.prefix(entry.length) == entry.tokens

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from allocator.observation import COUNTERFACTUAL_SHARE
 from python_backend.pool.config import PoolConfig
 from python_backend.pool.emb_cache import EmbCache
 from python_backend.pool.host_table import HostTable
@@ -54,6 +55,9 @@ class PoolLookup:
     cand_emb: torch.Tensor  # [c, D]
     miss_ids: np.ndarray  # ids gathered from the host table (queued for admission at commit)
     lookup_s: float
+    # Would the KV prefix have been reused with COUNTERFACTUAL_SHARE of the pool more / less for KV?
+    kv_hit_more: bool
+    kv_hit_less: bool
 
 
 class Pool:
@@ -96,7 +100,7 @@ class Pool:
         self.emb_cache = EmbCache(
             self._alloc, emb_rows, host_table.num_items, aging_lookups=_AGING_LOOKUPS_PER_SLOT * num_slots
         )
-        self.kv_cache = KVCache(self._alloc, kv_pages)
+        self.kv_cache = KVCache(self._alloc, kv_pages, ghost_pages=max(1, round(COUNTERFACTUAL_SHARE * self.num_pages)))
         self._target_emb_pages = emb_pages
         self._admit_queue: deque[int] = deque(maxlen=_ADMIT_QUEUE_PER_SLOT * num_slots)
         self._stats = StatsRecorder()
@@ -156,6 +160,7 @@ class Pool:
         """
         start = time.perf_counter()
         with self.lock:
+            kv_hit_more, kv_hit_less = self.kv_cache.counterfactual(user_id, tokens)
             prefix_len = self.kv_cache.match(user_id, tokens)
             need = torch.cat([hist_ids[prefix_len:], cand_ids]).cpu().numpy()
             slots = self.emb_cache.lookup(need)
@@ -185,6 +190,8 @@ class Pool:
             cand_emb=emb[suffix:],
             miss_ids=miss_ids,
             lookup_s=time.perf_counter() - start,
+            kv_hit_more=kv_hit_more,
+            kv_hit_less=kv_hit_less,
         )
 
     def commit(self, user_id: int, tokens: HistoryTokens, lookup: PoolLookup, kv: torch.Tensor) -> None:
@@ -197,6 +204,8 @@ class Pool:
             stats.kv_requests += 1
             stats.kv_tokens += tokens.length
             stats.kv_hit_tokens += lookup.prefix_len
+            stats.kv_hits_more += lookup.kv_hit_more
+            stats.kv_hits_less += lookup.kv_hit_less
             if lookup.prefix_len:
                 stats.kv_hits += 1
                 stats.kv_partial_hits += int(lookup.prefix_len < tokens.length)

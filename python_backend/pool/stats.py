@@ -18,6 +18,8 @@ class PoolStats:
 
     A KV hit is a request whose cached user prefix was reused, fully or in
     part (`kv_partial_hits` counts the partial ones among `kv_hits`).
+    `kv_hits_more` / `kv_hits_less` count the requests that would have been KV
+    hits with COUNTERFACTUAL_SHARE of the pool more / less for KV (`KVGhost`).
     EMB evictions count rows; KV evictions count user prefixes. Page counts,
     cached users and alpha are the values when the window closed.
     """
@@ -31,6 +33,8 @@ class PoolStats:
     kv_requests: int
     kv_hits: int
     kv_partial_hits: int
+    kv_hits_more: int
+    kv_hits_less: int
     kv_tokens: int
     kv_hit_tokens: int
     emb_evictions: int
@@ -51,6 +55,14 @@ class PoolStats:
     @property
     def kv_hit_rate(self) -> float:
         return self.kv_hits / self.kv_requests if self.kv_requests else 0.0
+
+    @property
+    def kv_hit_rate_more(self) -> float:
+        return self.kv_hits_more / self.kv_requests if self.kv_requests else 0.0
+
+    @property
+    def kv_hit_rate_less(self) -> float:
+        return self.kv_hits_less / self.kv_requests if self.kv_requests else 0.0
 
     @property
     def kv_token_hit_rate(self) -> float:
@@ -90,6 +102,8 @@ class StatsRecorder:
         self.kv_requests = 0
         self.kv_hits = 0
         self.kv_partial_hits = 0
+        self.kv_hits_more = 0
+        self.kv_hits_less = 0
         self.kv_tokens = 0
         self.kv_hit_tokens = 0
         self.emb_evictions = 0
@@ -122,6 +136,8 @@ class StatsRecorder:
             kv_requests=self.kv_requests,
             kv_hits=self.kv_hits,
             kv_partial_hits=self.kv_partial_hits,
+            kv_hits_more=self.kv_hits_more,
+            kv_hits_less=self.kv_hits_less,
             kv_tokens=self.kv_tokens,
             kv_hit_tokens=self.kv_hit_tokens,
             emb_evictions=self.emb_evictions,

@@ -4,18 +4,19 @@ The full controller's gap to alpha* is about 0.02. To tell a weak policy from
 a weak signal, this fits the best memoryless predictor we can train offline —
 an MLP regressing the next window's alpha* with an L1 loss, trained on the
 training seeds and scored on the held-out seeds of `eval-allocator` — from
-four signal sets, all recorded along the PPO controller's own trajectory:
+five signal sets, all recorded along the PPO controller's own trajectory:
 
-- observation: the 8 `Observation` fields, scaled as the policy sees them;
+- without ghost: the first 8 `Observation` fields, without the measured
+  KV hit rates at alpha -/+ 0.1 (the observation the issue first specified);
+- observation: all `Observation` fields, scaled as the policy sees them;
 - observation+past: plus the 3 previous observations (a frame stack);
 - observation+workload: plus what the node could count about its traffic over
   the simulator's 10 s lookback: the share of requests whose user came back
   within 0.5 ... 64 s (the reuse-time CDF that sets KV hit rates under Che's
   approximation), history-length P50/P90/P99 and the request count;
-- observation+counterfactual: plus the window's P99 and hit rates at
-  alpha +/- 0.1 read from the simulator. No node measures these today; they
-  show what the gap would be if it could (ghost caches and a service-time
-  model would be the way).
+- observation+p99 slope: plus the window's P99 at alpha +/- 0.1 read from
+  the simulator's cost model. No node measures that; it shows what a
+  measured latency slope could still add.
 
 A predictor with the same inputs as the policy that cannot beat the policy
 says the remaining gap lives in alpha* itself, not in training.
@@ -32,7 +33,7 @@ import numpy as np
 
 from allocator.controller import Controller, ControllerConfig
 from allocator.evaluate import EVAL_SEEDS, replay
-from allocator.observation import features
+from allocator.observation import COUNTERFACTUAL_SHARE, LESS_COLUMN, MORE_COLUMN, features
 from allocator.oracle import alpha_star
 from allocator.policy import Policy
 from allocator.sim_env import NodeConfig, WindowTable, build_table
@@ -40,12 +41,16 @@ from allocator.train import TRAIN_SEEDS
 from load.traces import REGIMES, Trace, make_trace
 
 REUSE_TAUS_S = np.array([0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0])
-COUNTERFACTUAL_DELTA = 0.1
 STACK = 3
 
 
+def _without_ghost(obs: np.ndarray, trace: Trace, table: WindowTable, alphas: np.ndarray, node: NodeConfig) -> np.ndarray:
+    assert MORE_COLUMN == LESS_COLUMN - 1 == obs.shape[1] - 2  # the ghost columns are the last two
+    return obs[:, :MORE_COLUMN]
+
+
 def _past(obs: np.ndarray, trace: Trace, table: WindowTable, alphas: np.ndarray, node: NodeConfig) -> np.ndarray:
-    return np.concatenate([np.concatenate([np.repeat(obs[:1], k, 0), obs[:-k]]) for k in range(1, STACK + 1)], 1)
+    return np.concatenate([obs] + [np.concatenate([np.repeat(obs[:1], k, 0), obs[:-k]]) for k in range(1, STACK + 1)], 1)
 
 
 def _workload(obs: np.ndarray, trace: Trace, table: WindowTable, alphas: np.ndarray, node: NodeConfig) -> np.ndarray:
@@ -58,23 +63,24 @@ def _workload(obs: np.ndarray, trace: Trace, table: WindowTable, alphas: np.ndar
         cdf = (reuse[None, :] <= REUSE_TAUS_S[:, None]).mean(axis=1) if reuse.size else np.zeros(REUSE_TAUS_S.size)
         pct = np.percentile(lengths, [50, 90, 99]) if lengths.size else np.zeros(3)
         rows.append(np.concatenate([2 * cdf - 1, pct / 2000 - 1, [np.log1p(reuse.size) - 7]]))
-    return np.asarray(rows)
+    return np.concatenate([obs, np.asarray(rows)], 1)
 
 
-def _counterfactual(obs: np.ndarray, trace: Trace, table: WindowTable, alphas: np.ndarray, node: NodeConfig) -> np.ndarray:
+def _p99_slope(obs: np.ndarray, trace: Trace, table: WindowTable, alphas: np.ndarray, node: NodeConfig) -> np.ndarray:
     rows = []
     for w, alpha in enumerate(alphas):
-        emb, kv, _, p99 = table.at(w, alpha)
-        up, down = table.at(w, alpha + COUNTERFACTUAL_DELTA), table.at(w, alpha - COUNTERFACTUAL_DELTA)
-        rows.append([10 * (up[0] - emb), 10 * (down[1] - kv), (up[3] - down[3]) / max(p99, 1e-3)])
-    return np.asarray(rows)
+        p99 = table.at(w, alpha)[3]
+        up, down = table.at(w, alpha + COUNTERFACTUAL_SHARE)[3], table.at(w, alpha - COUNTERFACTUAL_SHARE)[3]
+        rows.append([(up - down) / max(p99, 1e-3)])
+    return np.concatenate([obs, np.asarray(rows)], 1)
 
 
 SIGNALS: dict[str, Callable[..., np.ndarray] | None] = {
+    "without ghost": _without_ghost,
     "observation": None,
     "observation+past": _past,
     "observation+workload": _workload,
-    "observation+counterfactual": _counterfactual,
+    "observation+p99 slope": _p99_slope,
 }
 
 
@@ -87,7 +93,7 @@ def dataset(regime: str, seed: int, duration_s: float, policy: Policy, node: Nod
     decided, _, seen = replay(table, Controller(policy, ControllerConfig(layers="ppo")))
     lived = np.concatenate([[0.5], decided[:-1]])
     obs = features(np.stack([o.to_array() for o in seen]).astype(np.float64)).astype(np.float64)
-    inputs = {name: obs if extra is None else np.concatenate([obs, extra(obs, trace, table, lived, node)], 1) for name, extra in SIGNALS.items()}
+    inputs = {name: obs if signal is None else signal(obs, trace, table, lived, node) for name, signal in SIGNALS.items()}
     return inputs, star[1:]
 
 

@@ -13,6 +13,14 @@ last control window:
 - queue_depth: requests waiting at the node when the window closed
 - alpha: the EMB share of the pool during the window
 - p99_ms: P99 request latency over the window, milliseconds
+- kv_hit_rate_more / kv_hit_rate_less: the KV hit rate the window would have had
+  with COUNTERFACTUAL_SHARE of the pool more / less for KV (alpha -/+ that
+  share), measured on the node by `python_backend.pool.kv_ghost.KVGhost`
+  (ghost entries of recent evictions, LRU stack position of hits)
+
+The last two are what lets a controller tell which way the optimum lies: from
+the first eight alone no predictor we could fit gets within 0.02 of alpha* in
+every regime (docs/allocator.md, `python -m allocator.bound`).
 """
 
 from __future__ import annotations
@@ -22,21 +30,28 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-OBS_DIM = 8
+OBS_DIM = 10
+# The capacity difference the counterfactual hit rates are measured at: a share of the pool.
+COUNTERFACTUAL_SHARE = 0.1
 # Columns that enter the policy as log1p(value): queue depth and P99 span orders of magnitude in a
 # burst, and a 100x spike must move the MLP's input, not saturate it.
 LOG_COLUMNS = (5, 7)
 # The policy's input is (transform(to_array()) - FEATURE_SHIFT) / FEATURE_SCALE, every feature O(1).
 # Fixed constants, not statistics of a training run, so serving and training can never disagree;
 # policy.npz stores them too and the runtime checks them on load.
-FEATURE_SHIFT = np.array([0.5, 0.5, 0.3, 1000.0, 1000.0, 1.0, 0.5, 1.0], dtype=np.float64)
-FEATURE_SCALE = np.array([0.5, 0.5, 0.3, 1000.0, 1000.0, 2.0, 0.5, 1.0], dtype=np.float64)
+# The counterfactual columns enter as hit-rate gains: (more - kv_hit_rate) and (kv_hit_rate - less),
+# a few hundredths, scaled up so they weigh like the other features.
+MORE_COLUMN, LESS_COLUMN, KV_COLUMN = 8, 9, 1
+FEATURE_SHIFT = np.array([0.5, 0.5, 0.3, 1000.0, 1000.0, 1.0, 0.5, 1.0, 0.0, 0.0], dtype=np.float64)
+FEATURE_SCALE = np.array([0.5, 0.5, 0.3, 1000.0, 1000.0, 2.0, 0.5, 1.0, 0.1, 0.1], dtype=np.float64)
 
 
 def features(raw: np.ndarray) -> np.ndarray:
-    """Policy input from raw observation arrays [..., 8] (the same map the numpy runtime applies)."""
+    """Policy input from raw observation arrays [..., OBS_DIM] (the same map the numpy runtime applies)."""
     x = np.array(raw, dtype=np.float64, copy=True)
     x[..., LOG_COLUMNS] = np.log1p(np.maximum(x[..., LOG_COLUMNS], 0.0))
+    x[..., MORE_COLUMN] -= x[..., KV_COLUMN]
+    x[..., LESS_COLUMN] = x[..., KV_COLUMN] - x[..., LESS_COLUMN]
     return ((x - FEATURE_SHIFT) / FEATURE_SCALE).astype(np.float32)
 
 
@@ -52,13 +67,15 @@ class Observation:
     queue_depth: float
     alpha: float
     p99_ms: float
+    kv_hit_rate_more: float
+    kv_hit_rate_less: float
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
             if not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"Observation.{f.name} must be a finite float, got {value!r}")
-        for name in ("emb_hit_rate", "kv_hit_rate", "hot_user_share", "alpha"):
+        for name in ("emb_hit_rate", "kv_hit_rate", "hot_user_share", "alpha", "kv_hit_rate_more", "kv_hit_rate_less"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"Observation.{name} must be in [0, 1], got {getattr(self, name)}")
         for name in ("mean_history_len", "request_rate", "queue_depth", "p99_ms"):
@@ -66,7 +83,7 @@ class Observation:
                 raise ValueError(f"Observation.{name} must be >= 0, got {getattr(self, name)}")
 
     def to_array(self) -> np.ndarray:
-        """The 8 fields in declaration order as float32 (the policy's raw input)."""
+        """The fields in declaration order as float32 (the policy's raw input)."""
         return np.array(
             [
                 self.emb_hit_rate,
@@ -77,6 +94,8 @@ class Observation:
                 self.queue_depth,
                 self.alpha,
                 self.p99_ms,
+                self.kv_hit_rate_more,
+                self.kv_hit_rate_less,
             ],
             dtype=np.float32,
         )

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from allocator.observation import FEATURE_SCALE, FEATURE_SHIFT, LOG_COLUMNS, OBS_DIM, Observation
+from allocator.observation import FEATURE_SCALE, FEATURE_SHIFT, KV_COLUMN, LESS_COLUMN, LOG_COLUMNS, MORE_COLUMN, OBS_DIM, Observation
 
 DEFAULT_POLICY = Path(__file__).with_name("policy.npz")
 
@@ -54,6 +54,8 @@ class Policy:
         x[:] = raw
         for c in LOG_COLUMNS:
             x[c] = math.log1p(max(x[c], 0.0))
+        x[MORE_COLUMN] -= x[KV_COLUMN]
+        x[LESS_COLUMN] = x[KV_COLUMN] - x[LESS_COLUMN]
         return self._forward()
 
     def alpha(self, obs: Observation) -> float:
@@ -67,6 +69,8 @@ class Policy:
         x[5] = math.log1p(obs.queue_depth)
         x[6] = obs.alpha
         x[7] = math.log1p(obs.p99_ms)
+        x[8] = obs.kv_hit_rate_more - obs.kv_hit_rate
+        x[9] = obs.kv_hit_rate - obs.kv_hit_rate_less
         a = self._forward()
         return self.alpha_min + (a + 1.0) * 0.5 * (self.alpha_max - self.alpha_min)
 

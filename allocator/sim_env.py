@@ -33,7 +33,7 @@ import gymnasium as gym
 import numpy as np
 
 from allocator.cost_model import CostModel
-from allocator.observation import OBS_DIM, Observation, features
+from allocator.observation import COUNTERFACTUAL_SHARE, OBS_DIM, Observation, features
 from load.traces import Trace
 
 ALPHA_GRID = np.round(np.arange(0.0, 1.0001, 0.01), 2)
@@ -198,8 +198,15 @@ class NodeState:
 
 
 def step_node(table: WindowTable, w: int, state: NodeState) -> Observation:
-    """Run window `w` at `state.alpha`: update the backlog, return what the controller observes."""
+    """Run window `w` at `state.alpha`: update the backlog, return what the controller observes.
+
+    The counterfactual KV hit rates are the table's at alpha -/+ COUNTERFACTUAL_SHARE: the same
+    Che approximation that gives `kv_hit_rate`, at the neighbouring KV capacities, which is what
+    the node's ghost accounting measures (alpha clipped to [0, 1], where the pool ends).
+    """
     emb_hit, kv_hit, mean_s_us, p99_ms = table.at(w, state.alpha)
+    kv_more = table.at(w, state.alpha - COUNTERFACTUAL_SHARE)[1]
+    kv_less = table.at(w, state.alpha + COUNTERFACTUAL_SHARE)[1]
     rate = float(table.requests[w]) / table.interval_s
     work_us = rate * table.interval_s * mean_s_us
     state.backlog_us = max(0.0, state.backlog_us + work_us - table.interval_s * 1e6)
@@ -215,6 +222,8 @@ def step_node(table: WindowTable, w: int, state: NodeState) -> Observation:
         queue_depth=float(queue),
         alpha=float(state.alpha),
         p99_ms=float(p99_ms + state.backlog_us / 1e3),
+        kv_hit_rate_more=min(max(kv_more, 0.0), 1.0),
+        kv_hit_rate_less=min(max(kv_less, 0.0), 1.0),
     )
 
 
@@ -228,7 +237,7 @@ class NodeEnv(gym.Env):
     """Gymnasium env over precomputed window tables; one step = one control interval.
 
     Action: the next alpha as a number in [-1, 1] (mapped onto [alpha_min, alpha_max]).
-    Observation: `features(Observation.to_array())`, the scaled 8 floats the policy reads.
+    Observation: `features(Observation.to_array())`, the scaled floats the policy reads.
     Reward: minus the latency regret of the chosen alpha against the window's optimum, in units of
     the optimum's P99, minus `gap_weight` x |alpha - alpha*|. The gap term shapes the reward toward
     the oracle offline only; at run time the policy sees nothing but the observation.

@@ -34,6 +34,7 @@ def _sample_observations(n: int) -> list[Observation]:
             emb_hit_rate=float(rng.uniform()), kv_hit_rate=float(rng.uniform()), hot_user_share=float(rng.uniform(0, 0.8)),
             mean_history_len=float(rng.uniform(10, 4000)), request_rate=float(rng.uniform(0, 3000)),
             queue_depth=float(rng.exponential(20)), alpha=float(rng.uniform()), p99_ms=float(rng.exponential(10)),
+            kv_hit_rate_more=float(rng.uniform()), kv_hit_rate_less=float(rng.uniform()),
         )
         for _ in range(n)
     ]
@@ -62,7 +63,7 @@ def test_packaged_policy_loads_without_torch_or_sb3() -> None:
     assert DEFAULT_POLICY.exists(), "allocator/policy.npz must be committed (helmrec train-allocator)"
     code = (
         "import sys; from allocator.controller import Controller; from allocator.observation import Observation;"
-        "c = Controller.load(); a = c.decide(Observation(0.9, 0.3, 0.2, 1000.0, 1700.0, 1.0, 0.5, 5.0));"
+        "c = Controller.load(); a = c.decide(Observation(0.9, 0.3, 0.2, 1000.0, 1700.0, 1.0, 0.5, 5.0, 0.35, 0.27));"
         "assert 0.0 <= a <= 1.0, a;"
         "bad = [m for m in ('torch', 'stable_baselines3') if m in sys.modules]; assert not bad, bad"
     )

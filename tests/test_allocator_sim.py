@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from allocator.observation import Observation, features
+from allocator.observation import OBS_DIM, Observation, features
 from allocator.oracle import alpha_star, smoothed_p99
 from allocator.sim_env import ALPHA_GRID, NodeConfig, NodeEnv, NodeState, build_table, step_node
 from load.traces import make_trace
@@ -24,7 +24,7 @@ def test_env_passes_gymnasium_checker(tables) -> None:
     env = NodeEnv(tables, NODE, episode_windows=16)
     check_env(env, skip_render_check=True)
     obs, _ = env.reset(seed=0)
-    assert obs.shape == (8,) and obs.dtype == np.float32
+    assert obs.shape == (OBS_DIM,) and obs.dtype == np.float32
     _, reward, terminated, truncated, info = env.step(np.array([0.0], dtype=np.float32))
     assert reward <= 0.0 and not terminated and 0.0 <= info["alpha_star"] <= 1.0
 
@@ -61,11 +61,16 @@ def test_step_node_observation_follows_the_contract(tables) -> None:
     obs = step_node(tables[1], 3, NodeState(alpha=0.4))
     assert isinstance(obs, Observation) and obs.alpha == pytest.approx(0.4)
     assert obs.request_rate > 0 and obs.p99_ms > 0 and obs.mean_history_len > 0
-    assert features(obs.to_array()).shape == (8,)
+    assert features(obs.to_array()).shape == (OBS_DIM,)
+    # A tenth of the pool more for KV hits at least as often, a tenth less at most as often.
+    assert obs.kv_hit_rate_less <= obs.kv_hit_rate <= obs.kv_hit_rate_more
+    assert obs.kv_hit_rate_more - obs.kv_hit_rate_less > 0.0
 
 
 def test_bad_node_config_names_the_field() -> None:
     with pytest.raises(ValueError, match="pool_bytes"):
         NodeConfig(pool_bytes=0)
     with pytest.raises(ValueError, match="Observation.kv_hit_rate"):
-        Observation(0.5, 1.5, 0.1, 100.0, 10.0, 0.0, 0.5, 1.0)
+        Observation(0.5, 1.5, 0.1, 100.0, 10.0, 0.0, 0.5, 1.0, 1.0, 0.5)
+    with pytest.raises(ValueError, match="Observation.kv_hit_rate_less"):
+        Observation(0.5, 0.5, 0.1, 100.0, 10.0, 0.0, 0.5, 1.0, 1.0, -0.1)

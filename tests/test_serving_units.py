@@ -68,7 +68,7 @@ def test_bare_network_requests_need_no_user() -> None:
 def window(**overrides: float) -> PoolStats:
     base = dict(
         window_s=0.1, requests=20, history_len_sum=1000, hot_user_requests=5, emb_lookups=400, emb_hits=300,
-        kv_requests=20, kv_hits=10, kv_partial_hits=4, kv_tokens=1000, kv_hit_tokens=600, emb_evictions=0,
+        kv_requests=20, kv_hits=10, kv_partial_hits=4, kv_hits_more=13, kv_hits_less=8, kv_tokens=1000, kv_hit_tokens=600, emb_evictions=0,
         kv_evictions=0, emb_pages=10, kv_pages=10, kv_cached_users=7, h2d_critical_bytes=0,
         h2d_background_bytes=0, lookup_s=0.001, alpha=0.5, target_alpha=0.5,
     )
@@ -82,6 +82,7 @@ def test_observation_of_a_window_follows_the_shared_definitions() -> None:
     assert obs.hot_user_share == pytest.approx(0.25) and obs.mean_history_len == pytest.approx(50)
     assert obs.request_rate == pytest.approx(200) and obs.p99_ms == pytest.approx(2.5)
     assert obs.queue_depth == pytest.approx(0.5)  # rho^2 / (1 - rho)
+    assert obs.kv_hit_rate_more == pytest.approx(0.65) and obs.kv_hit_rate_less == pytest.approx(0.4)
 
 
 def test_queue_estimate_grows_with_load_and_stays_finite_at_saturation() -> None:

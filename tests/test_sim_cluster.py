@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from allocator.controller import Controller, ControllerConfig
-from allocator.observation import FEATURE_SCALE, FEATURE_SHIFT, Observation
+from allocator.observation import FEATURE_SCALE, FEATURE_SHIFT, OBS_DIM, Observation
 from allocator.policy import Policy
 from load.sim.alpha_gap import alpha_gap, node_trace
 from load.sim.cluster import RunResult, simulate
@@ -32,7 +32,7 @@ def write_policy(path: Path, action: float) -> Path:
     h = 4
     np.savez(
         path,
-        w1=np.zeros((h, 8)), b1=np.zeros(h), w2=np.zeros((h, h)), b2=np.zeros(h),
+        w1=np.zeros((h, OBS_DIM)), b1=np.zeros(h), w2=np.zeros((h, h)), b2=np.zeros(h),
         w3=np.zeros((1, h)), b3=np.array([action]),
         feature_shift=FEATURE_SHIFT, feature_scale=FEATURE_SCALE,
         alpha_range=np.array([0.02, 0.98]), meta_burst_alpha=np.array(0.25),

@@ -63,6 +63,8 @@ def observe(stats: PoolStats, service_ms: np.ndarray) -> Observation:
         queue_depth=rho * rho / (1.0 - rho),
         alpha=min(max(stats.alpha, 0.0), 1.0),
         p99_ms=float(np.percentile(service_ms, 99)) if service_ms.size else 0.0,
+        kv_hit_rate_more=stats.kv_hit_rate_more,
+        kv_hit_rate_less=stats.kv_hit_rate_less,
     )
 
 

@@ -56,6 +56,8 @@ def test_returning_user_hits_kv_cache_with_identical_scores(triton_server, tiny_
     )
     assert after["helmrec_kv_requests_total"] - before.get("helmrec_kv_requests_total", 0) >= 3
     assert after["helmrec_kv_hits_total"] - before.get("helmrec_kv_hits_total", 0) >= 2
+    more = 'helmrec_kv_counterfactual_hits_total{kv="more"}'  # a larger KV side hits whenever this one does
+    assert after[more] - before.get(more, 0) >= 2
     assert 0.0 <= after["helmrec_pool_alpha"] <= 1.0
     # The repository's hstu_pool runs the adaptive controller: it has decided at least once.
     decided = wait_for(triton_server.metrics_url, lambda s: "helmrec_controller_decision_us" in s)

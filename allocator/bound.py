@@ -1,13 +1,14 @@
 """`python -m allocator.bound`: how close to alpha* can a controller that sees a given signal get?
 
-The full controller's gap to alpha* is about 0.02. To tell a weak policy from
-a weak signal, this fits the best memoryless predictor we can train offline —
+The full controller's gap to alpha* was about 0.02 from the first eight
+observation fields and is 0.013-0.017 with the measured counterfactual KV hit
+rates (docs/allocator.md). To tell a weak policy from a weak signal, this fits the best memoryless predictor we can train offline —
 an MLP regressing the next window's alpha* with an L1 loss, trained on the
 training seeds and scored on the held-out seeds of `eval-allocator` — from
-five signal sets, all recorded along the PPO controller's own trajectory:
+four signal sets, all recorded along the PPO controller's own trajectory
+(so a row says what a controller on that trajectory could add, not what a
+controller with less to see would reach: its trajectory would differ):
 
-- without ghost: the first 8 `Observation` fields, without the measured
-  KV hit rates at alpha -/+ 0.1 (the observation the issue first specified);
 - observation: all `Observation` fields, scaled as the policy sees them;
 - observation+past: plus the 3 previous observations (a frame stack);
 - observation+workload: plus what the node could count about its traffic over
@@ -33,7 +34,7 @@ import numpy as np
 
 from allocator.controller import Controller, ControllerConfig
 from allocator.evaluate import EVAL_SEEDS, replay
-from allocator.observation import COUNTERFACTUAL_SHARE, LESS_COLUMN, MORE_COLUMN, features
+from allocator.observation import COUNTERFACTUAL_SHARE, features
 from allocator.oracle import alpha_star
 from allocator.policy import Policy
 from allocator.sim_env import NodeConfig, WindowTable, build_table
@@ -42,11 +43,6 @@ from load.traces import REGIMES, Trace, make_trace
 
 REUSE_TAUS_S = np.array([0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0])
 STACK = 3
-
-
-def _without_ghost(obs: np.ndarray, trace: Trace, table: WindowTable, alphas: np.ndarray, node: NodeConfig) -> np.ndarray:
-    assert MORE_COLUMN == LESS_COLUMN - 1 == obs.shape[1] - 2  # the ghost columns are the last two
-    return obs[:, :MORE_COLUMN]
 
 
 def _past(obs: np.ndarray, trace: Trace, table: WindowTable, alphas: np.ndarray, node: NodeConfig) -> np.ndarray:
@@ -76,7 +72,6 @@ def _p99_slope(obs: np.ndarray, trace: Trace, table: WindowTable, alphas: np.nda
 
 
 SIGNALS: dict[str, Callable[..., np.ndarray] | None] = {
-    "without ghost": _without_ghost,
     "observation": None,
     "observation+past": _past,
     "observation+workload": _workload,

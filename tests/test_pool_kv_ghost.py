@@ -32,10 +32,9 @@ def history(user: int, length: int, version: int = 0) -> HistoryTokens:
 
 def serve(cache: KVCache, user: int, tokens: HistoryTokens) -> tuple[bool, bool, bool]:
     """(hit, would hit with more, would hit with less) of one request, which is then stored."""
-    more, less = cache.counterfactual(user, tokens)
-    reused = cache.match(user, tokens)
-    cache.store(user, torch.ones(1, tokens.length, 2), reused, tokens)
-    return reused > 0, more, less
+    found = cache.match(user, tokens)
+    cache.store(user, torch.ones(1, tokens.length, 2), found.length, tokens)
+    return found.length > 0, found.hit_more, found.hit_less
 
 
 @pytest.mark.parametrize("length", [8, None], ids=["uniform", "growing"])
@@ -62,13 +61,13 @@ def test_counterfactual_hits_match_caches_that_really_are_larger_and_smaller(len
 def test_a_changed_history_is_no_counterfactual_hit_either() -> None:
     cache = kv_cache(8, 4)
     serve(cache, 1, history(1, 8))
-    assert cache.counterfactual(1, history(1, 8, version=1)) == (False, False)
+    assert cache.match(1, history(1, 8, version=1)) == (0, False, False)
     serve(cache, 1, history(1, 8, version=1))  # rewritten entry
     for user in (2, 3, 4, 5):
         serve(cache, user, history(user, 8))  # evict user 1 into the ghost
     assert cache.cached_length(1) == 0
-    assert cache.counterfactual(1, history(1, 12, version=1)) == (True, False)  # its prefix would still be reusable
-    assert cache.counterfactual(1, history(1, 12, version=0)) == (False, False)  # not the stored prefix
+    assert cache.match(1, history(1, 12, version=1)) == (0, True, False)  # its prefix would still be reusable
+    assert cache.match(1, history(1, 12, version=0)) == (0, False, False)  # not the stored prefix
 
 
 def test_ghost_keeps_only_the_last_delta_pages_of_evictions() -> None:

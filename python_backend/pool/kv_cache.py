@@ -9,7 +9,7 @@ token on the host next to ~10 KiB of K/V on the device for `large`), so a
 changed action or timestamp anywhere in the prefix is a miss, never a wrong answer.
 
 A `KVGhost` mirrors the LRU order so that every request also tells whether it
-would have hit with `ghost_pages` more or fewer KV pages (`counterfactual`):
+would have hit with `ghost_pages` more or fewer KV pages (`KVMatch`):
 the controller's measured view of the neighbouring splits.
 """
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -51,10 +52,18 @@ class KVEntry:
     pages: list[int]
 
 
+class KVMatch(NamedTuple):
+    """What `KVCache.match` found for a request, and what the neighbouring KV sizes would have."""
+
+    length: int  # tokens of the cached prefix the request reuses (0: a miss)
+    hit_more: bool  # a cache `ghost_pages` larger would have had a reusable prefix
+    hit_less: bool  # a cache `ghost_pages` smaller would have had it
+
+
 class KVCache:
     def __init__(self, allocator: PageAllocator, pages: torch.Tensor, ghost_pages: int) -> None:
         """`pages` is the pool viewed as [num_pages, L, tokens_per_page, W] (a strided view, no copy);
-        `ghost_pages` is the capacity difference `counterfactual` answers for."""
+        `ghost_pages` is the capacity difference `match` also answers for."""
         self._alloc = allocator
         self._pages = pages
         self.tokens_per_page = pages.shape[2]
@@ -65,23 +74,21 @@ class KVCache:
     def cached_users(self) -> int:
         return len(self._entries)
 
-    def match(self, user_id: int, tokens: HistoryTokens) -> int:
-        """Length of this user's cached prefix if it is a prefix of `tokens`, else 0."""
+    def match(self, user_id: int, tokens: HistoryTokens) -> KVMatch:
+        """This user's reusable cached prefix, and whether a cache `ghost_pages` larger / smaller would have one.
+
+        A reusable entry becomes the most recently used; nothing else changes.
+        """
         entry = self._entries.get(user_id)
-        if entry is None or not _reusable(entry, tokens):
-            return 0
+        if entry is None:
+            ghost = self._ghost.ghost(user_id)
+            return KVMatch(0, ghost is not None and _reusable(ghost, tokens), False)
+        if not _reusable(entry, tokens):
+            return KVMatch(0, False, False)
+        in_bottom = self._ghost.in_bottom(user_id, self._alloc.free_count(Side.KV))
         self._entries.move_to_end(user_id)
         self._ghost.touched(user_id, len(entry.pages))
-        return entry.length
-
-    def counterfactual(self, user_id: int, tokens: HistoryTokens) -> tuple[bool, bool]:
-        """(would hit with `ghost_pages` more KV pages, would hit with that many fewer); call before `match`."""
-        entry = self._entries.get(user_id)
-        if entry is not None:
-            hit = _reusable(entry, tokens)
-            return hit, hit and not self._ghost.in_bottom(user_id, self._alloc.free_count(Side.KV))
-        ghost = self._ghost.ghost(user_id)
-        return ghost is not None and _reusable(ghost, tokens), False
+        return KVMatch(entry.length, True, not in_bottom)
 
     def read(self, user_id: int, length: int) -> torch.Tensor:
         """Copy the first `length` cached tokens out of the pool as [L, length, W]."""

@@ -160,8 +160,8 @@ class Pool:
         """
         start = time.perf_counter()
         with self.lock:
-            kv_hit_more, kv_hit_less = self.kv_cache.counterfactual(user_id, tokens)
-            prefix_len = self.kv_cache.match(user_id, tokens)
+            kv = self.kv_cache.match(user_id, tokens)
+            prefix_len = kv.length
             need = torch.cat([hist_ids[prefix_len:], cand_ids]).cpu().numpy()
             slots = self.emb_cache.lookup(need)
             hit = slots >= 0
@@ -190,8 +190,8 @@ class Pool:
             cand_emb=emb[suffix:],
             miss_ids=miss_ids,
             lookup_s=time.perf_counter() - start,
-            kv_hit_more=kv_hit_more,
-            kv_hit_less=kv_hit_less,
+            kv_hit_more=kv.hit_more,
+            kv_hit_less=kv.hit_less,
         )
 
     def commit(self, user_id: int, tokens: HistoryTokens, lookup: PoolLookup, kv: torch.Tensor) -> None:

@@ -74,3 +74,18 @@ def test_bad_node_config_names_the_field() -> None:
         Observation(0.5, 1.5, 0.1, 100.0, 10.0, 0.0, 0.5, 1.0, 1.0, 0.5)
     with pytest.raises(ValueError, match="Observation.kv_hit_rate_less"):
         Observation(0.5, 0.5, 0.1, 100.0, 10.0, 0.0, 0.5, 1.0, 1.0, -0.1)
+
+
+def test_simulated_kv_hit_rates_agree_with_an_exact_replay() -> None:
+    """Che's approximation (what the policy learns from) against the LRU rule and ghost a node runs."""
+    from allocator.replay import FIELDS, compare, replay_kv
+
+    trace = make_trace("trend", 7, duration_s=180.0)
+    table = build_table(trace, NODE)
+    result = compare(trace, table, 0.5, replay_kv(trace, 0.5, NODE), NODE)
+    assert set(result) == set(FIELDS)
+    for field in FIELDS:
+        assert result[field]["mean_abs_error"] < 0.01, (field, result[field])
+    more = result["kv_hit_rate_more"]["replay_mean"] - result["kv_hit_rate"]["replay_mean"]
+    less = result["kv_hit_rate"]["replay_mean"] - result["kv_hit_rate_less"]["replay_mean"]
+    assert more > 0.01 and less > 0.01  # the neighbouring sizes do differ, so the agreement means something

@@ -53,9 +53,13 @@ def policies(policy: Policy) -> dict[str, Callable[[], Decider]]:
     return out
 
 
-def replay(table: WindowTable, decider: Decider, start_alpha: float = 0.5) -> tuple[np.ndarray, np.ndarray, list[Observation]]:
-    """Alphas chosen for windows 1..W-1, their P99 (ms) and the observations the decider saw."""
-    state = NodeState(alpha=start_alpha)
+def replay(table: WindowTable, decider: Decider, start_alpha: float = 0.5, seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[Observation]]:
+    """Alphas chosen for windows 1..W-1, their P99 (ms) and the observations the decider saw.
+
+    The KV hit rates are counted over the lookback's requests (`NodeState.rng`, seeded by `seed`),
+    as a node observes them, not the simulator's expectations.
+    """
+    state = NodeState(alpha=start_alpha, rng=np.random.default_rng(seed))
     obs = step_node(table, 0, state)
     alphas, p99, seen = [], [], []
     for w in range(1, table.num_windows):

@@ -2,7 +2,8 @@
 
 The simulator (`allocator/sim_env.py`) and the serving glue (pool stats in
 `hstu_pool`) both build an `Observation` with the same definitions, over the
-last control window:
+last control window, except the three KV hit rates, which are over the last
+KV_LOOKBACK_S (`KVLookback`):
 
 - emb_hit_rate: EMB row hits / row lookups
 - kv_hit_rate: requests whose user prefix was reused (fully or partly) / requests
@@ -20,17 +21,23 @@ last control window:
 
 The last two are what lets a controller tell which way the optimum lies: from
 the first eight alone no predictor we could fit gets within 0.02 of alpha* in
-every regime (docs/allocator.md, `python -m allocator.bound`).
+every regime (docs/allocator.md, `python -m allocator.bound`). What the policy
+reads of them is a difference of a few hundredths, so they are counted over
+10 s, not one window: over one 1 s window (~1700 requests) binomial noise alone
+took the controller's gap from 0.013-0.017 to 0.021-0.025 in the simulator.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, fields
 
 import numpy as np
 
 OBS_DIM = 10
+# The span the three KV hit rates are counted over: the simulator's lookback (NodeConfig.lookback_s).
+KV_LOOKBACK_S = 10.0
 # The capacity difference the counterfactual hit rates are measured at: a share of the pool.
 COUNTERFACTUAL_SHARE = 0.1
 # Columns that enter the policy as log1p(value): queue depth and P99 span orders of magnitude in a
@@ -100,3 +107,35 @@ class Observation:
             dtype=np.float32,
         )
 
+
+
+class KVLookback:
+    """The three KV hit rates over the trailing KV_LOOKBACK_S of control windows.
+
+    The node's pool stats are per window; this keeps the last windows' counts
+    and sums them over the fewest newest windows that together span at least
+    `lookback_s` (all of them until then), as the simulator's observation
+    averages over its lookback.
+    """
+
+    def __init__(self, lookback_s: float = KV_LOOKBACK_S) -> None:
+        if not lookback_s > 0:
+            raise ValueError(f"KVLookback.lookback_s must be > 0, got {lookback_s}")
+        self.lookback_s = lookback_s
+        self._windows: deque[tuple[float, int, int, int, int]] = deque()
+        self._sums = [0.0, 0, 0, 0, 0]  # window_s, requests, hits, hits_more, hits_less
+
+    def add(self, window_s: float, requests: int, hits: int, hits_more: int, hits_less: int) -> tuple[float, float, float]:
+        """Record one window's counts; returns (kv_hit_rate, kv_hit_rate_more, kv_hit_rate_less)."""
+        if not hits_less <= hits <= hits_more <= requests:
+            raise ValueError(f"KVLookback needs hits_less <= hits <= hits_more <= requests, got {hits_less}, {hits}, {hits_more}, {requests}")
+        row = (window_s, requests, hits, hits_more, hits_less)
+        self._windows.append(row)
+        self._sums = [a + b for a, b in zip(self._sums, row)]
+        while self._sums[0] - self._windows[0][0] >= self.lookback_s:  # the rest still covers it
+            old = self._windows.popleft()
+            self._sums = [a - b for a, b in zip(self._sums, old)]
+        n = self._sums[1]
+        if n == 0:
+            return 0.0, 0.0, 0.0
+        return self._sums[2] / n, self._sums[3] / n, self._sums[4] / n

@@ -33,7 +33,7 @@ import gymnasium as gym
 import numpy as np
 
 from allocator.cost_model import CostModel
-from allocator.observation import COUNTERFACTUAL_SHARE, OBS_DIM, Observation, features
+from allocator.observation import COUNTERFACTUAL_SHARE, KV_LOOKBACK_S, OBS_DIM, Observation, features
 from load.traces import Trace
 
 ALPHA_GRID = np.round(np.arange(0.0, 1.0001, 0.01), 2)
@@ -54,7 +54,7 @@ class NodeConfig:
     # Hit rates and latency of a window are expectations over the requests of the last `lookback_s`
     # (a rate-weighted sample of users, as in Che's approximation), not over the window's own few
     # hundred requests: otherwise alpha* would mostly track which users happened to arrive.
-    lookback_s: float = 10.0
+    lookback_s: float = KV_LOOKBACK_S
     # Requests per lookback (at the trace's mean rate) that per-alpha latency is computed over. The
     # sample is every k-th request of the whole trace, so consecutive windows share almost all of it:
     # a fresh sample per window would make alpha* jitter with the sampling, not with the workload.
@@ -81,6 +81,7 @@ class WindowTable:
     regime: str
     t0_s: np.ndarray  # [W] window start times
     requests: np.ndarray  # [W] requests in the window
+    lookback_requests: np.ndarray  # [W] requests in the lookback that ends with the window
     hot_user_share: np.ndarray  # [W] (Observation definition)
     mean_history_len: np.ndarray  # [W]
     in_burst: np.ndarray  # [W] bool: the trace's burst schedule (ground truth, for offline fitting only)
@@ -148,6 +149,7 @@ def build_table(trace: Trace, node: NodeConfig = NodeConfig()) -> WindowTable:
     shape = (starts.shape[0], ALPHA_GRID.shape[0])
     out = {k: np.zeros(shape) for k in ("emb_hit", "kv_hit", "mean_service_us", "p99_ms")}
     requests = np.zeros(starts.shape[0], dtype=np.int64)
+    lookback_requests = np.zeros(starts.shape[0], dtype=np.int64)
     hot = np.zeros(starts.shape[0])
     mean_len = np.zeros(starts.shape[0])
     for w, t0 in enumerate(starts):
@@ -156,6 +158,7 @@ def build_table(trace: Trace, node: NodeConfig = NodeConfig()) -> WindowTable:
         requests[w] = n
         t1 = t0 + node.interval_s
         lb = trace.window(t1 - node.lookback_s, t1)
+        lookback_requests[w] = lb.stop - lb.start
         t_char = _characteristic_time(trace, lb, min(node.lookback_s, t1), kv_capacity_tokens)
         sample = np.arange(-(-lb.start // stride) * stride, lb.stop, stride)
         out["emb_hit"][w] = emb_hit_row
@@ -181,6 +184,7 @@ def build_table(trace: Trace, node: NodeConfig = NodeConfig()) -> WindowTable:
         regime=cfg.regime,
         t0_s=starts,
         requests=requests,
+        lookback_requests=lookback_requests,
         hot_user_share=hot,
         mean_history_len=mean_len,
         in_burst=cfg.in_burst(starts + 0.5 * node.interval_s),
@@ -191,10 +195,16 @@ def build_table(trace: Trace, node: NodeConfig = NodeConfig()) -> WindowTable:
 
 @dataclass
 class NodeState:
-    """What carries over between windows of one node: the alpha in force and unfinished work."""
+    """What carries over between windows of one node: the alpha in force and unfinished work.
+
+    With `rng`, the KV hit rates the node observes are counted, not expected: the lookback's
+    requests fall into (hit even with less KV, hit, hit only with more KV, miss) by one multinomial
+    draw at the table's probabilities, as a node counting its requests sees them.
+    """
 
     alpha: float
     backlog_us: float = 0.0
+    rng: np.random.Generator | None = None
 
 
 def step_node(table: WindowTable, w: int, state: NodeState) -> Observation:
@@ -207,6 +217,8 @@ def step_node(table: WindowTable, w: int, state: NodeState) -> Observation:
     emb_hit, kv_hit, mean_s_us, p99_ms = table.at(w, state.alpha)
     kv_more = table.at(w, state.alpha - COUNTERFACTUAL_SHARE)[1]
     kv_less = table.at(w, state.alpha + COUNTERFACTUAL_SHARE)[1]
+    if state.rng is not None:
+        kv_hit, kv_more, kv_less = _counted(state.rng, int(table.lookback_requests[w]), kv_hit, kv_more, kv_less)
     rate = float(table.requests[w]) / table.interval_s
     work_us = rate * table.interval_s * mean_s_us
     state.backlog_us = max(0.0, state.backlog_us + work_us - table.interval_s * 1e6)
@@ -225,6 +237,16 @@ def step_node(table: WindowTable, w: int, state: NodeState) -> Observation:
         kv_hit_rate_more=min(max(kv_more, 0.0), 1.0),
         kv_hit_rate_less=min(max(kv_less, 0.0), 1.0),
     )
+
+
+def _counted(rng: np.random.Generator, n: int, hit: float, more: float, less: float) -> tuple[float, float, float]:
+    """(hit, more, less) rates of `n` requests drawn at these probabilities (nested: less <= hit <= more)."""
+    if n <= 0:
+        return hit, more, less
+    less, hit, more = (min(max(p, 0.0), 1.0) for p in (less, hit, more))
+    hit, more = max(hit, less), max(more, hit, less)
+    counts = rng.multinomial(n, [less, hit - less, more - hit, 1.0 - more])
+    return (counts[0] + counts[1]) / n, (counts[0] + counts[1] + counts[2]) / n, counts[0] / n
 
 
 def alpha_from_action(action: float, node: NodeConfig) -> float:
@@ -277,7 +299,7 @@ class NodeEnv(gym.Env):
         table = self.tables[self._table]
         self._w = int(self.np_random.integers(0, table.num_windows - self.episode_windows))
         self._end = self._w + self.episode_windows
-        self._state = NodeState(alpha=float(self.np_random.uniform(self.node.alpha_min, self.node.alpha_max)))
+        self._state = NodeState(alpha=float(self.np_random.uniform(self.node.alpha_min, self.node.alpha_max)), rng=self.np_random)
         obs = step_node(table, self._w, self._state)
         self._w += 1
         return features(obs.to_array()), {}

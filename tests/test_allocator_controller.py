@@ -103,3 +103,7 @@ def test_eval_allocator_quick_writes_the_report_shape(tmp_path) -> None:
     assert set(report["decision_latency_us"]) == {"median", "p99"}
     assert 0 < report["decision_latency_us"]["median"] <= report["decision_latency_us"]["p99"]
     assert (tmp_path / "alpha.png").stat().st_size > 10_000
+    # The packaged controller is closer to alpha* than every static split and PID, in every regime.
+    for name, regime in report["regimes"].items():
+        rivals = {k: v for k, v in regime["gap"].items() if k.startswith("static_") or k == "pid"}
+        assert regime["gap"]["full"] < min(rivals.values()), (name, regime["gap"])

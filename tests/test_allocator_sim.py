@@ -89,3 +89,20 @@ def test_simulated_kv_hit_rates_agree_with_an_exact_replay() -> None:
     more = result["kv_hit_rate_more"]["replay_mean"] - result["kv_hit_rate"]["replay_mean"]
     less = result["kv_hit_rate"]["replay_mean"] - result["kv_hit_rate_less"]["replay_mean"]
     assert more > 0.01 and less > 0.01  # the neighbouring sizes do differ, so the agreement means something
+
+
+def test_counted_kv_rates_scatter_around_the_table_and_stay_nested(tables) -> None:
+    """With an rng the node counts its lookback's requests: binomial scatter, never less > hit > more."""
+    table, w = tables[1], 5
+    expected = step_node(table, w, NodeState(alpha=0.4))
+    rng = np.random.default_rng(0)
+    draws = np.array([
+        (o.kv_hit_rate_less, o.kv_hit_rate, o.kv_hit_rate_more)
+        for o in (step_node(table, w, NodeState(alpha=0.4, rng=rng)) for _ in range(400))
+    ])
+    assert np.all(draws[:, 0] <= draws[:, 1]) and np.all(draws[:, 1] <= draws[:, 2])
+    truth = np.array([expected.kv_hit_rate_less, expected.kv_hit_rate, expected.kv_hit_rate_more])
+    n = int(table.lookback_requests[w])
+    sd = np.sqrt(truth * (1 - truth) / n)
+    assert np.all(np.abs(draws.mean(axis=0) - truth) < 4 * sd / np.sqrt(len(draws)) + 1e-9)
+    np.testing.assert_allclose(draws.std(axis=0), sd, rtol=0.2)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from allocator.observation import KVLookback
 from python_backend.launcher.repository import set_parameters
 from python_backend.pool.stats import PoolStats
 from python_backend.serving import schema
@@ -77,7 +78,9 @@ def window(**overrides: float) -> PoolStats:
 
 
 def test_observation_of_a_window_follows_the_shared_definitions() -> None:
-    obs = observe(window(), np.full(20, 2.5))  # 20 x 2.5 ms busy in 100 ms: utilisation 0.5
+    stats = window()
+    kv = KVLookback().add(stats.window_s, stats.kv_requests, stats.kv_hits, stats.kv_hits_more, stats.kv_hits_less)
+    obs = observe(stats, np.full(20, 2.5), kv)  # 20 x 2.5 ms busy in 100 ms: utilisation 0.5
     assert obs.emb_hit_rate == pytest.approx(0.75) and obs.kv_hit_rate == pytest.approx(0.5)
     assert obs.hot_user_share == pytest.approx(0.25) and obs.mean_history_len == pytest.approx(50)
     assert obs.request_rate == pytest.approx(200) and obs.p99_ms == pytest.approx(2.5)
@@ -86,9 +89,25 @@ def test_observation_of_a_window_follows_the_shared_definitions() -> None:
 
 
 def test_queue_estimate_grows_with_load_and_stays_finite_at_saturation() -> None:
-    depths = [observe(window(), np.full(20, ms)).queue_depth for ms in (0.5, 2.5, 4.5, 50.0)]
+    depths = [observe(window(), np.full(20, ms), (0.5, 0.6, 0.4)).queue_depth for ms in (0.5, 2.5, 4.5, 50.0)]
     assert depths == sorted(depths) and np.isfinite(depths[-1])
-    assert observe(replace(window(), requests=0), np.zeros(0)).p99_ms == 0.0
+    assert observe(replace(window(), requests=0), np.zeros(0), (0.0, 0.0, 0.0)).p99_ms == 0.0
+
+
+def test_kv_hit_rates_are_counted_over_the_trailing_lookback() -> None:
+    lookback = KVLookback(lookback_s=10.0)
+    for _ in range(10):
+        assert lookback.add(1.0, 100, 50, 60, 40) == pytest.approx((0.5, 0.6, 0.4))
+    rates = lookback.add(1.0, 100, 0, 0, 0)  # the oldest of 11 windows drops out: 9 of them at 0.5
+    assert rates == pytest.approx((0.45, 0.54, 0.36))
+    for _ in range(9):
+        lookback.add(1.0, 100, 0, 0, 0)
+    assert lookback.add(0.5, 0, 0, 0, 0) == pytest.approx((0.0, 0.0, 0.0))  # no request left with a hit
+    assert KVLookback().add(1.0, 0, 0, 0, 0) == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="hits_less <= hits <= hits_more <= requests"):
+        lookback.add(1.0, 10, 5, 4, 1)
+    with pytest.raises(ValueError, match="lookback_s must be > 0"):
+        KVLookback(0.0)
 
 
 def test_set_parameters_changes_known_keys_and_refuses_unknown(tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ from collections import OrderedDict, deque
 
 import numpy as np
 
-from allocator.observation import COUNTERFACTUAL_SHARE, Observation
+from allocator.observation import COUNTERFACTUAL_SHARE, KVLookback, Observation
 from load.sim.config import SimConfig
 from python_backend.pool.kv_ghost import KVGhost
 
@@ -169,6 +169,7 @@ class SimNode:
         self.free_at = 0.0  # when the server finishes everything admitted so far
         self._starts: deque[float] = deque()  # start times of admitted requests not yet started
         self.window = WindowStats()
+        self._kv_lookback = KVLookback()
 
     def serve(self, now: float, user: int, history_len: int) -> tuple[float, bool, int, float]:
         """Admit a request arriving at `now`: (completion time, KV hit, EMB row lookups, row hit probability)."""
@@ -207,20 +208,22 @@ class SimNode:
         return len(starts)
 
     def observation(self, now: float, interval_s: float) -> Observation:
-        """The Observation of the window that closes at `now` (contract definitions), then reset it."""
+        """The Observation of the window that closes at `now` (contract definitions: the KV hit rates
+        over the trailing lookback), then reset the window."""
         w = self.window
         n = w.requests
+        kv_hit, kv_more, kv_less = self._kv_lookback.add(interval_s, n, w.kv_hits, w.kv_hits_more, w.kv_hits_less)
         obs = Observation(
             emb_hit_rate=min(1.0, w.emb_hits / w.emb_lookups) if w.emb_lookups else 0.0,
-            kv_hit_rate=w.kv_hits / n if n else 0.0,
+            kv_hit_rate=kv_hit,
             hot_user_share=w.hot / n if n else 0.0,
             mean_history_len=w.history_tokens / n if n else 0.0,
             request_rate=n / interval_s,
             queue_depth=float(self.waiting(now)),
             alpha=self.pool.alpha,
             p99_ms=float(np.percentile(w.latency_ms, 99)) if n else 0.0,
-            kv_hit_rate_more=w.kv_hits_more / n if n else 0.0,
-            kv_hit_rate_less=w.kv_hits_less / n if n else 0.0,
+            kv_hit_rate_more=kv_more,
+            kv_hit_rate_less=kv_less,
         )
         self.window = WindowStats()
         return obs

@@ -16,7 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
-from allocator.observation import Observation
+from allocator.observation import KVLookback, Observation
 from python_backend.pool.stats import PoolStats
 
 # Utilisation is capped below 1 so the queue estimate stays finite when the node saturates.
@@ -44,8 +44,9 @@ class ServiceTimes:
         return out
 
 
-def observe(stats: PoolStats, service_ms: np.ndarray) -> Observation:
-    """The controller's observation of one window.
+def observe(stats: PoolStats, service_ms: np.ndarray, kv_rates: tuple[float, float, float]) -> Observation:
+    """The controller's observation of one window; `kv_rates` are the KV hit rates
+    (hit, with more KV, with less) over the trailing lookback (`KVLookback`).
 
     The Python backend does not see Triton's queue, so queue depth is the
     M/M/1 mean queue length rho^2 / (1 - rho) at the window's measured
@@ -56,15 +57,15 @@ def observe(stats: PoolStats, service_ms: np.ndarray) -> Observation:
     rho = min(float(service_ms.sum()) / 1e3 / window_s, MAX_UTILISATION)
     return Observation(
         emb_hit_rate=stats.emb_hit_rate,
-        kv_hit_rate=stats.kv_hit_rate,
+        kv_hit_rate=kv_rates[0],
         hot_user_share=stats.hot_user_share,
         mean_history_len=stats.mean_history_len,
         request_rate=stats.request_rate,
         queue_depth=rho * rho / (1.0 - rho),
         alpha=min(max(stats.alpha, 0.0), 1.0),
         p99_ms=float(np.percentile(service_ms, 99)) if service_ms.size else 0.0,
-        kv_hit_rate_more=stats.kv_hit_rate_more,
-        kv_hit_rate_less=stats.kv_hit_rate_less,
+        kv_hit_rate_more=kv_rates[1],
+        kv_hit_rate_less=kv_rates[2],
     )
 
 
@@ -86,6 +87,7 @@ class NodeControl:
         self._service_times = service_times
         self._controller = controller
         self._interval_s = interval_s
+        self._kv_lookback = KVLookback()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="helmrec-node-control", daemon=True)
         self.error: BaseException | None = None
@@ -102,9 +104,10 @@ class NodeControl:
         """One control interval's work (also what the thread runs)."""
         stats = self._read_stats()
         service_ms = self._service_times.drain()
+        kv_rates = self._kv_lookback.add(stats.window_s, stats.kv_requests, stats.kv_hits, stats.kv_hits_more, stats.kv_hits_less)
         decision_us = None
         if self._controller is not None and stats.requests:
-            obs = observe(stats, service_ms)
+            obs = observe(stats, service_ms, kv_rates)
             t0 = time.perf_counter()
             alpha = self._controller.decide(obs)
             decision_us = (time.perf_counter() - t0) * 1e6

@@ -1,7 +1,7 @@
 """`python -m allocator.bound`: how close to alpha* can a controller that sees a given signal get?
 
 The full controller's gap to alpha* was about 0.02 from the first eight
-observation fields and is 0.013-0.017 with the measured counterfactual KV hit
+observation fields and is 0.015-0.017 with the measured counterfactual KV hit
 rates (docs/allocator.md). To tell a weak policy from a weak signal, this fits the best memoryless predictor we can train offline —
 an MLP regressing the next window's alpha* with an L1 loss, trained on the
 training seeds and scored on the held-out seeds of `eval-allocator` — from

@@ -65,11 +65,12 @@ def timed_infer(client, module, arrays: dict[str, np.ndarray]) -> tuple[np.ndarr
     return scores, (time.perf_counter() - t0) * 1e3
 
 
-def kv_counts(metrics_url: str) -> tuple[int, int]:
-    """(KV hits, KV requests) a node reports on its metrics port."""
+def kv_counts(metrics_url: str) -> dict[str, int]:
+    """KV requests and hits a node reports on its metrics port, and its counterfactual hits
+    (`more` / `less`: with a tenth of the pool more / less for KV)."""
     text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()  # noqa: S310 - loopback
-    found = dict(re.findall(r"^(helmrec_kv_(?:hits|requests)_total) ([0-9.e+]+)$", text, re.M))
-    return int(float(found.get("helmrec_kv_hits_total", 0))), int(float(found.get("helmrec_kv_requests_total", 0)))
+    pattern = r'^helmrec_kv_(requests|hits|counterfactual_hits)_total(?:\{kv="(more|less)"\})? ([0-9.e+]+)$'
+    return {side or name: int(float(value)) for name, side, value in re.findall(pattern, text, re.M)}
 
 
 def main() -> None:
@@ -147,8 +148,11 @@ def main() -> None:
     summary.add_row("first request of a user", f"{np.median(first_ms):.2f}", f"{np.max(first_ms):.2f}")
     summary.add_row("returning user (history + 1)", f"{np.median(return_ms):.2f}", f"{np.max(return_ms):.2f}")
     console.print(summary)
-    for i, (hits, lookups) in enumerate(nodes):
-        console.print(f"node {i}: {hits} of {lookups} requests reused a cached KV prefix")
+    for i, kv in enumerate(nodes):
+        console.print(
+            f"node {i}: {kv.get('hits', 0)} of {kv.get('requests', 0)} requests reused a cached KV prefix"
+            f" ({kv.get('more', 0)} would have with a tenth of the pool more for KV, {kv.get('less', 0)} with a tenth less)"
+        )
     console.print(
         f"mean rank of the movie watched next: {np.mean(ranks):.1f} of {args.candidates} "
         f"(a random order would give {(args.candidates + 1) / 2:.1f})"

@@ -71,6 +71,24 @@ def _accumulate(
 
 
 @triton.jit
+def _query_tile(
+    q_ptr, rows, heads, stride_qb, stride_qm, stride_qh,
+    DQK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    """The prologue both kernels share: this program's request b, head h and tile of query rows, the
+    row/feature masks, and its queries loaded (zeros past `rows` and DQK)."""
+    pid_m, bh = tl.program_id(0), tl.program_id(1)
+    b, h = bh // heads, bh % heads
+    offs_q = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_dk = tl.arange(0, BLOCK_DK)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    q_ok, dk_ok, dv_ok = offs_q < rows, offs_dk < DQK, offs_dv < DV
+    q = tl.load(q_ptr + b * stride_qb + offs_q[:, None] * stride_qm + h * stride_qh + offs_dk[None, :],
+                mask=q_ok[:, None] & dk_ok[None, :], other=0.0)
+    return b, h, offs_q, offs_dk, offs_dv, q_ok, dk_ok, dv_ok, q
+
+
+@triton.jit
 def _causal_kernel(
     q_ptr, kc_ptr, vc_ptr, kn_ptr, vn_ptr, out_ptr,
     m, n0, chunk, heads, qk_scale, norm_scale,
@@ -80,14 +98,9 @@ def _causal_kernel(
     DQK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    pid_m, bh, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    b, h = bh // heads, bh % heads
-    offs_q = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_dk = tl.arange(0, BLOCK_DK)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    q_ok, dk_ok, dv_ok = offs_q < m, offs_dk < DQK, offs_dv < DV
-    q = tl.load(q_ptr + b * stride_qb + offs_q[:, None] * stride_qm + h * stride_qh + offs_dk[None, :],
-                mask=q_ok[:, None] & dk_ok[None, :], other=0.0)
+    pid_m, split = tl.program_id(0), tl.program_id(2)
+    b, h, offs_q, offs_dk, offs_dv, q_ok, dk_ok, dv_ok, q = _query_tile(
+        q_ptr, m, heads, stride_qb, stride_qm, stride_qh, DQK, DV, BLOCK_DK, BLOCK_DV, BLOCK_M)
     acc = tl.zeros((BLOCK_M, BLOCK_DV), dtype=tl.float32)
     # This program's chunk [g0, g1) of the global key order: n0 cached keys, then the m new ones.
     g0 = split * chunk
@@ -119,14 +132,10 @@ def _candidate_kernel(
     DQK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    pid_m, bh, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    b, h = bh // heads, bh % heads
-    offs_q = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_dk = tl.arange(0, BLOCK_DK)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    q_ok, dk_ok, dv_ok = offs_q < c, offs_dk < DQK, offs_dv < DV
+    split = tl.program_id(2)
+    b, h, offs_q, offs_dk, offs_dv, q_ok, dk_ok, dv_ok, q = _query_tile(
+        q_ptr, c, heads, stride_qb, stride_qm, stride_qh, DQK, DV, BLOCK_DK, BLOCK_DV, BLOCK_M)
     qmask = q_ok[:, None] & dk_ok[None, :]
-    q = tl.load(q_ptr + b * stride_qb + offs_q[:, None] * stride_qm + h * stride_qh + offs_dk[None, :], mask=qmask, other=0.0)
     acc = tl.zeros((BLOCK_M, BLOCK_DV), dtype=tl.float32)
     g0 = split * chunk
     acc = _accumulate(acc, q, kh_ptr + b * stride_khb + h * stride_khh, vh_ptr + b * stride_vhb + h * stride_vhh,

@@ -38,6 +38,8 @@ import numpy as np
 OBS_DIM = 10
 # The span the three KV hit rates are counted over: the simulator's lookback (NodeConfig.lookback_s).
 KV_LOOKBACK_S = 10.0
+# Windows KVLookback keeps at most, whatever their length (10 ms windows over 10 s).
+_MAX_WINDOWS = 1000
 # The capacity difference the counterfactual hit rates are measured at: a share of the pool.
 COUNTERFACTUAL_SHARE = 0.1
 # Columns that enter the policy as log1p(value): queue depth and P99 span orders of magnitude in a
@@ -127,12 +129,16 @@ class KVLookback:
 
     def add(self, window_s: float, requests: int, hits: int, hits_more: int, hits_less: int) -> tuple[float, float, float]:
         """Record one window's counts; returns (kv_hit_rate, kv_hit_rate_more, kv_hit_rate_less)."""
+        if not window_s >= 0:
+            raise ValueError(f"KVLookback needs window_s >= 0, got {window_s}")
         if not hits_less <= hits <= hits_more <= requests:
             raise ValueError(f"KVLookback needs hits_less <= hits <= hits_more <= requests, got {hits_less}, {hits}, {hits_more}, {requests}")
         row = (window_s, requests, hits, hits_more, hits_less)
         self._windows.append(row)
         self._sums = [a + b for a, b in zip(self._sums, row)]
-        while self._sums[0] - self._windows[0][0] >= self.lookback_s:  # the rest still covers it
+        # Drop the oldest while the rest still covers the lookback (or there are absurdly many:
+        # windows of ~0 s must not grow the history without bound).
+        while self._sums[0] - self._windows[0][0] >= self.lookback_s or len(self._windows) > _MAX_WINDOWS:
             old = self._windows.popleft()
             self._sums = [a - b for a, b in zip(self._sums, old)]
         n = self._sums[1]

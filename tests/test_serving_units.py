@@ -108,6 +108,15 @@ def test_kv_hit_rates_are_counted_over_the_trailing_lookback() -> None:
         lookback.add(1.0, 10, 5, 4, 1)
     with pytest.raises(ValueError, match="lookback_s must be > 0"):
         KVLookback(0.0)
+    with pytest.raises(ValueError, match="window_s >= 0"):
+        lookback.add(-1.0, 0, 0, 0, 0)
+    zero = KVLookback()
+    for _ in range(5000):  # windows of no length never cover the lookback: their number is capped instead
+        zero.add(0.0, 1, 1, 1, 0)
+    for _ in range(999):
+        rates = zero.add(0.0, 1, 0, 0, 0)
+    assert rates[0] > 0.0  # one hit window is still inside the last 1000
+    assert zero.add(0.0, 1, 0, 0, 0) == (0.0, 0.0, 0.0)
 
 
 def test_set_parameters_changes_known_keys_and_refuses_unknown(tmp_path: Path) -> None:

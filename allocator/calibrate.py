@@ -1,8 +1,11 @@
 """Measure the cost-model constants on this machine: `python -m allocator.calibrate`.
 
-Times real torch ops of HSTU layer shape (the `CALIBRATION_SHAPE` below, one
-thread, fp32 on CPU) and fits the per-token and per-candidate costs that
-`allocator/cost_model.py` records. The layer is written out here from its
+Times real torch ops of HSTU layer shape (the `CALIBRATION_SHAPE` below; one
+thread, fp32 on the CPU, or `--device cuda` in bf16 on a GPU, eager kernels
+synchronised around each timing) and fits the per-token and per-candidate
+costs that `allocator/cost_model.py` records. On a GPU the EMB row costs are
+the node's: a missed row is gathered from a pinned host table and copied to
+the device, a hit row is gathered from a device slab. The layer is written out here from its
 published equations (DESIGN.md, "HSTU reference", research variant) rather than
 imported from python_backend.hstu, so calibration never depends on trained
 weights or on the model package's import graph; the FLOP shape is the same.
@@ -64,21 +67,35 @@ class _Layer(torch.nn.Module):
         return x + self.out(u * F.layer_norm(y, (y.shape[-1],)))
 
 
-def _time_us(fn, repeats: int) -> float:
+def _time_us(fn, repeats: int, device: torch.device) -> float:
+    """Median wall time of `fn` in microseconds, the device drained before and after each call."""
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     fn()
     samples = []
     for _ in range(repeats):
+        sync()
         t0 = time.perf_counter()
         fn()
+        sync()
         samples.append(time.perf_counter() - t0)
     return float(np.median(samples)) * 1e6
 
 
-def measure(shape: CalibrationShape = CALIBRATION_SHAPE, repeats: int = 7) -> dict[str, float]:
-    """Fit the compute and gather constants of `cost_model.CostModel` from timings on this CPU."""
+def measure(shape: CalibrationShape = CALIBRATION_SHAPE, repeats: int = 7, device: str = "cpu") -> dict[str, float]:
+    """Fit the compute and gather constants of `cost_model.CostModel` from timings on `device`."""
+    dev = torch.device(device)
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    layers = [_Layer(shape).eval() for _ in range(shape.num_layers)]
+    layers = [_Layer(shape).eval().to(dev, dtype) for _ in range(shape.num_layers)]
+
+    def randn(*size: int) -> torch.Tensor:
+        return torch.randn(*size).to(dev, dtype)
+
     out: dict[str, float] = {}
     with torch.inference_mode():
         # Prefill of n tokens through every layer: fit t = a + b n + c n^2 in relative error, so the
@@ -86,7 +103,7 @@ def measure(shape: CalibrationShape = CALIBRATION_SHAPE, repeats: int = 7) -> di
         ns = np.array([4, 16, 64, 256, 1024])
         tp = []
         for n in ns:
-            x = torch.randn(int(n), shape.d_model)
+            x = randn(int(n), shape.d_model)
 
             def prefill(x=x) -> None:
                 h = x
@@ -94,36 +111,46 @@ def measure(shape: CalibrationShape = CALIBRATION_SHAPE, repeats: int = 7) -> di
                     _, v, _, k = layer.project(h)
                     h = layer.attend(h, k, v)
 
-            tp.append(_time_us(prefill, repeats))
+            tp.append(_time_us(prefill, repeats, dev))
         c2, c1, c0 = np.polyfit(ns, tp, 2, w=1.0 / np.array(tp))
         out.update(prefill_fixed_us=float(c0), prefill_token_us=float(c1), prefill_token2_us=float(c2))
         # Rank of c candidates against an n-token cached history: fit t = a + b c + d c n.
         grid = [(c, n) for c in (64, 256) for n in (128, 512, 1024)]
         tr = []
         for c, n in grid:
-            cand = torch.randn(c, shape.d_model)
-            kv = [(torch.randn(n, shape.num_heads * shape.d_qk), torch.randn(n, shape.num_heads * shape.d_v))
-                  for _ in layers]
+            cand = randn(c, shape.d_model)
+            kv = [(randn(n, shape.num_heads * shape.d_qk), randn(n, shape.num_heads * shape.d_v)) for _ in layers]
 
             def rank(cand=cand, kv=kv) -> None:
                 h = cand
                 for layer, (k, v) in zip(layers, kv):
                     h = layer.attend(h, k, v)
 
-            tr.append(_time_us(rank, repeats))
+            tr.append(_time_us(rank, repeats, dev))
         design = np.array([[1.0, c, c * n] for c, n in grid])
         weight = 1.0 / np.array(tr)[:, None]
         (r0, r1, r2), *_ = np.linalg.lstsq(design * weight, np.ones(len(tr)), rcond=None)
         out.update(rank_fixed_us=float(r0), rank_candidate_us=float(r1), rank_candidate_token_us=float(r2))
-        # Host gather of random rows from a table larger than the CPU caches.
-        table = torch.randn(shape.table_rows, shape.d_model)
+        # A missed row: host gather of random rows from a table larger than the CPU caches (on a GPU
+        # node from pinned memory, then copied to the device).
+        table = torch.randn(shape.table_rows, shape.d_model).to(dtype)
         rows = 4096
         idx = torch.randint(0, shape.table_rows, (rows,))
-        out["host_gather_row_us"] = _time_us(lambda: table.index_select(0, idx), repeats) / rows
-        # The same gather from a small, cache-resident slab: what a pool hit costs.
-        slab = table[:8192].clone()
-        idx_hot = torch.randint(0, 8192, (rows,))
-        out["pool_gather_row_us"] = _time_us(lambda: slab.index_select(0, idx_hot), repeats) / rows
+        if dev.type == "cuda":
+            table = table.pin_memory()
+            staging = torch.empty(rows, shape.d_model, dtype=dtype).pin_memory()
+
+            def miss() -> None:
+                torch.index_select(table, 0, idx, out=staging)
+                staging.to(dev, non_blocking=True)
+
+            out["host_gather_row_us"] = _time_us(miss, repeats, dev) / rows
+        else:
+            out["host_gather_row_us"] = _time_us(lambda: table.index_select(0, idx), repeats, dev) / rows
+        # A hit row: the same gather from a small slab where the pool lives (cache- or HBM-resident).
+        slab = table[:8192].to(dev).clone()
+        idx_hot = torch.randint(0, 8192, (rows,), device=dev)
+        out["pool_gather_row_us"] = _time_us(lambda: slab.index_select(0, idx_hot), repeats, dev) / rows
     out["raw_prefill_us"] = dict(zip(ns.tolist(), [round(t, 1) for t in tp]))  # type: ignore[assignment]
     out["raw_rank_us"] = {f"c={c},n={n}": round(t, 1) for (c, n), t in zip(grid, tr)}  # type: ignore[assignment]
     return out
@@ -132,9 +159,10 @@ def measure(shape: CalibrationShape = CALIBRATION_SHAPE, repeats: int = 7) -> di
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m allocator.calibrate", description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--device", default="cpu", help="cpu (fp32, one thread) or cuda (bf16)")
     args = parser.parse_args(argv)
-    result = measure(repeats=args.repeats)
-    print(f"shape: {CALIBRATION_SHAPE}")
+    result = measure(repeats=args.repeats, device=args.device)
+    print(f"shape: {CALIBRATION_SHAPE}, device {args.device}")
     for key, value in result.items():
         print(f"{key:26s} {value if isinstance(value, dict) else f'{value:.4f}'}")
     return 0

@@ -14,6 +14,11 @@ Per-kernel launch overhead replaces the CPU's per-call Python overhead. The
 host-side gather of a missed row is measured here (it runs on the host CPU in
 the real node too); its H2D copy uses the cited PCIe figure.
 
+`python -m allocator.calibrate --device cuda` measured the EMB row costs on an
+H100 host within 10% of the values below (docs/allocator.md, "Gaps"); its
+compute timings there are launch-bound at this shape, so they cannot replace
+the scaled per-token costs.
+
 Only relative costs matter to alpha*: the split trades EMB misses (host gather
 + PCIe per row) against KV misses (recomputing a user's prefix, and gathering
 the embeddings of that whole prefix again).

@@ -110,7 +110,6 @@ class Observation:
         )
 
 
-
 class KVLookback:
     """The three KV hit rates over the trailing KV_LOOKBACK_S of control windows.
 

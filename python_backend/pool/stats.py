@@ -57,14 +57,6 @@ class PoolStats:
         return self.kv_hits / self.kv_requests if self.kv_requests else 0.0
 
     @property
-    def kv_hit_rate_more(self) -> float:
-        return self.kv_hits_more / self.kv_requests if self.kv_requests else 0.0
-
-    @property
-    def kv_hit_rate_less(self) -> float:
-        return self.kv_hits_less / self.kv_requests if self.kv_requests else 0.0
-
-    @property
     def kv_token_hit_rate(self) -> float:
         return self.kv_hit_tokens / self.kv_tokens if self.kv_tokens else 0.0
 

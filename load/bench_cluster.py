@@ -25,7 +25,7 @@ import tritonclient.grpc as grpcclient
 
 from load.client import infer_inputs
 from python_backend.launcher import LauncherError, TritonServer, free_port
-from python_backend.launcher.repository import WEIGHTS, get_parameter, stage_repository
+from python_backend.launcher.repository import WEIGHTS, control_window_s, stage_repository
 from python_backend.serving.network import read_limits
 from python_backend.serving.schema import Limits
 from router.config import POLICIES
@@ -118,7 +118,7 @@ class Cluster:
             pool_parameters=self.config.pool_parameters(),
         )
         self.limits = read_limits(repo / WEIGHTS)
-        self.control_interval_s = read_control_interval_s(repo / "hstu_pool" / "config.pbtxt")
+        self.control_interval_s = control_window_s(repo)
         try:
             with ThreadPoolExecutor(self.config.nodes) as pool:
                 # Consumed in full: every node is started (or failed) before an error propagates.
@@ -221,12 +221,3 @@ class Cluster:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
-
-
-def read_control_interval_s(config: Path) -> float:
-    """The nodes' control window (`control_interval_ms` of hstu_pool's config.pbtxt), in seconds.
-
-    The nodes publish their metrics once per window, so the benchmark's scrapes must wait one
-    window around a run to see all of its requests; the config is the one place it is set.
-    """
-    return float(get_parameter(config, "control_interval_ms")) / 1e3

@@ -13,14 +13,11 @@ from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable, Callable, NoReturn
 
 import grpc
-from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2
 
 from router.config import RouterConfig
 from router.dispatch import BackendFailure, Dispatcher, RouteFailure
-from router.grpc_stream import StreamAborted, StreamSession
-from router.request_features import Features, from_grpc
-from router.state import RouteRequest
+from router.grpc_stream import StreamAborted, StreamSession, failed_before_answer, parse
 
 SERVICE = "inference.GRPCInferenceService"
 # Forwarded to one healthy backend: every backend serves the same repository.
@@ -81,11 +78,6 @@ def _metadata(context: grpc.aio.ServicerContext) -> tuple[tuple[str, str | bytes
     )
 
 
-def _failed_before_answer(err: grpc.aio.AioRpcError) -> bool:
-    """UNAVAILABLE is what gRPC reports for refused, reset and closed connections."""
-    return err.code() == grpc.StatusCode.UNAVAILABLE
-
-
 class GrpcFront:
     """Forwards every GRPCInferenceService call of the clients to the backends."""
 
@@ -122,7 +114,7 @@ class GrpcFront:
         try:
             return await self._unary[index][method](raw, timeout=self._timeout(context), metadata=_metadata(context))
         except grpc.aio.AioRpcError as err:
-            if _failed_before_answer(err):
+            if failed_before_answer(err):
                 raise BackendFailure(f"{err.code().name}: {err.details()}") from None
             return BackendError(err.code(), err.details() or "")
 
@@ -136,16 +128,9 @@ class GrpcFront:
     async def _refuse(failure: RouteFailure, context: grpc.aio.ServicerContext) -> NoReturn:
         await context.abort(getattr(grpc.StatusCode, failure.code), failure.message)
 
-    @staticmethod
-    def _features(raw: bytes) -> Features:
-        try:
-            return from_grpc(service_pb2.ModelInferRequest.FromString(raw))
-        except DecodeError:
-            return Features(RouteRequest())
-
     # -- ModelInfer ----------------------------------------------------------------
     async def model_infer(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        features = self._features(raw)
+        features = parse(raw).features
         try:
             answer = await self.dispatcher.dispatch(features, lambda i: self._unary_call(i, "ModelInfer", raw, context))
         except RouteFailure as failure:

@@ -33,6 +33,12 @@ from router.state import RouteRequest
 OpenCall = Callable[[int, AsyncIterator[bytes]], grpc.aio.StreamStreamCall]
 
 
+def failed_before_answer(err: grpc.aio.AioRpcError) -> bool:
+    """UNAVAILABLE is what gRPC reports for refused, reset and closed connections: the backend
+    did not answer, so the request may go once more elsewhere."""
+    return err.code() == grpc.StatusCode.UNAVAILABLE
+
+
 class StreamAborted(Exception):
     """A backend ended its stream with a status other than UNAVAILABLE: the client's stream ends with it."""
 
@@ -87,6 +93,8 @@ class _Link:
 
 
 def parse(raw: bytes) -> _Message:
+    """A ModelInferRequest as the router reads it (for ModelInfer too): bytes it cannot decode
+    route without features, and the backend's own error reaches the client."""
     try:
         request = service_pb2.ModelInferRequest.FromString(raw)
     except DecodeError:
@@ -180,7 +188,7 @@ class StreamSession:
             unanswered = list(link.pending)
             link.pending.clear()
             link.closed = True
-            if err.code() != grpc.StatusCode.UNAVAILABLE:
+            if not failed_before_answer(err):
                 for message in unanswered:
                     self.dispatcher.finish(message.features, link.index, ok=False)
                 await self._answers.put(StreamAborted(err.code(), err.details() or ""))

@@ -33,7 +33,6 @@ from python_backend.launcher import LauncherError
 from router.config import POLICIES
 
 
-
 @dataclass(frozen=True)
 class RunSize:
     """Defaults of the flags that set how long a benchmark takes."""

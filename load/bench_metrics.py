@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from router.backend_metrics import BackendReport, parse_report
 
 
-
 @dataclass(frozen=True)
 class MetricsSample:
     """One scrape of one node; `t_unix_s` is when the scrape returned."""

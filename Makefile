@@ -26,7 +26,7 @@ $(WEIGHTS): $(VENV)/.installed
 weights: $(WEIGHTS)
 
 demo: $(VENV)/.installed $(WEIGHTS)
-	$(PY) -m load.demo --model-repository model_repository
+	$(PY) -m helmrec.load.demo --model-repository model_repository
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -ra

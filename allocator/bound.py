@@ -1,4 +1,4 @@
-"""`python -m allocator.bound`: how close to alpha* can a controller that sees a given signal get?
+"""`python -m helmrec.allocator.bound`: how close to alpha* can a controller that sees a given signal get?
 
 The full controller's gap to alpha* was about 0.02 from the first eight
 observation fields and is 0.015-0.017 with the measured counterfactual KV hit
@@ -32,14 +32,14 @@ from pathlib import Path
 
 import numpy as np
 
-from allocator.controller import Controller, ControllerConfig
-from allocator.evaluate import EVAL_SEEDS, replay
-from allocator.observation import COUNTERFACTUAL_SHARE, features
-from allocator.oracle import alpha_star
-from allocator.policy import Policy
-from allocator.sim_env import NodeConfig, WindowTable, build_table
-from allocator.train import TRAIN_SEEDS
-from load.traces import REGIMES, Trace, make_trace
+from helmrec.allocator.controller import Controller, ControllerConfig
+from helmrec.allocator.evaluate import EVAL_SEEDS, replay
+from helmrec.allocator.observation import COUNTERFACTUAL_SHARE, features
+from helmrec.allocator.oracle import alpha_star
+from helmrec.allocator.policy import Policy
+from helmrec.allocator.sim_env import NodeConfig, WindowTable, build_table
+from helmrec.allocator.train import TRAIN_SEEDS
+from helmrec.workload.traces import REGIMES, Trace, make_trace
 
 REUSE_TAUS_S = np.array([0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0])
 STACK = 3

@@ -1,4 +1,4 @@
-"""Measure the cost-model constants on this machine: `python -m allocator.calibrate`.
+"""Measure the cost-model constants on this machine: `python -m helmrec.allocator.calibrate`.
 
 Times real torch ops of HSTU layer shape (the `CALIBRATION_SHAPE` below; one
 thread, fp32 on the CPU, or `--device cuda` in bf16 on a GPU, eager kernels
@@ -7,7 +7,7 @@ costs that `allocator/cost_model.py` records. On a GPU the EMB row costs are
 the node's: a missed row is gathered from a pinned host table and copied to
 the device, a hit row is gathered from a device slab. The layer is written out here from its
 published equations (DESIGN.md, "HSTU reference", research variant) rather than
-imported from python_backend.hstu, so calibration never depends on trained
+imported from helmrec.hstu, so calibration never depends on trained
 weights or on the model package's import graph; the FLOP shape is the same.
 
 Prints the fitted constants and the raw timings, so a reviewer can re-run it
@@ -157,7 +157,7 @@ def measure(shape: CalibrationShape = CALIBRATION_SHAPE, repeats: int = 7, devic
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m allocator.calibrate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m helmrec.allocator.calibrate", description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--device", default="cpu", help="cpu (fp32, one thread) or cuda (bf16)")
     args = parser.parse_args(argv)

@@ -22,10 +22,10 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from allocator.burst import BurstConfig, BurstDetector
-from allocator.observation import Observation
-from allocator.policy import Policy
-from allocator.residual import ResidualAdapter, ResidualConfig
+from helmrec.allocator.burst import BurstConfig, BurstDetector
+from helmrec.allocator.observation import Observation
+from helmrec.allocator.policy import Policy
+from helmrec.allocator.residual import ResidualAdapter, ResidualConfig
 
 LAYERS = ("ppo", "ppo_residual", "full")
 

@@ -4,7 +4,7 @@ The node simulator (`allocator/sim_env.py`) turns cache hit rates into latency
 with this model. The node modelled is the design's target: one H100 whose HBM
 pool holds the EMB and KV caches, with the item table in pinned host DRAM.
 
-Where the numbers come from. `python -m allocator.calibrate` times real torch
+Where the numbers come from. `python -m helmrec.allocator.calibrate` times real torch
 ops of HSTU layer shape (d_model 256, 4 layers, 4 heads, d_qk = d_v = 64) on
 this CPU; its output on 2026-11-24 is in `CPU_MEASURED` below. This CI machine
 has no GPU, so the compute constants of the H100 node are the measured CPU
@@ -14,7 +14,7 @@ Per-kernel launch overhead replaces the CPU's per-call Python overhead. The
 host-side gather of a missed row is measured here (it runs on the host CPU in
 the real node too); its H2D copy uses the cited PCIe figure.
 
-`python -m allocator.calibrate --device cuda` measured the EMB row costs on an
+`python -m helmrec.allocator.calibrate --device cuda` measured the EMB row costs on an
 H100 host within 10% of the values below (docs/allocator.md, "Gaps"); its
 compute timings there are launch-bound at this shape, so they cannot replace
 the scaled per-token costs.
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Output of `python -m allocator.calibrate` (median of 7, one thread, fp32, this CPU, 2026-11-24).
+# Output of `python -m helmrec.allocator.calibrate` (median of 7, one thread, fp32, this CPU, 2026-11-24).
 CPU_MEASURED = {
     "prefill_token_us": 43.78,  # fitted slope of prefill time vs tokens (4..1024 tokens)
     "prefill_token2_us": 0.0889,  # fitted n^2 term (pointwise attention over the prefix)

@@ -19,14 +19,14 @@ from typing import Callable
 
 import numpy as np
 
-from allocator.controller import Controller, ControllerConfig
-from allocator.loop import Decider
-from allocator.observation import Observation
-from allocator.oracle import alpha_star
-from allocator.pid import PIDConfig, PIDController
-from allocator.policy import Policy
-from allocator.sim_env import NodeConfig, NodeState, WindowTable, build_table, step_node
-from load.traces import REGIMES, make_trace
+from helmrec.allocator.controller import Controller, ControllerConfig
+from helmrec.allocator.loop import Decider
+from helmrec.allocator.observation import Observation
+from helmrec.allocator.oracle import alpha_star
+from helmrec.allocator.pid import PIDConfig, PIDController
+from helmrec.allocator.policy import Policy
+from helmrec.allocator.sim_env import NodeConfig, NodeState, WindowTable, build_table, step_node
+from helmrec.workload.traces import REGIMES, make_trace
 
 EVAL_SEEDS = (100, 101)
 STATIC = tuple(round(0.1 * k, 1) for k in range(1, 10))

@@ -17,7 +17,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from allocator.observation import Observation
+from helmrec.allocator.observation import Observation
 
 log = logging.getLogger(__name__)
 

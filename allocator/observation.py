@@ -16,12 +16,12 @@ KV_LOOKBACK_S (`KVLookback`):
 - p99_ms: P99 request latency over the window, milliseconds
 - kv_hit_rate_more / kv_hit_rate_less: the KV hit rate the window would have had
   with COUNTERFACTUAL_SHARE of the pool more / less for KV (alpha -/+ that
-  share), measured on the node by `python_backend.pool.kv_ghost.KVGhost`
+  share), measured on the node by `helmrec.pool.kv_ghost.KVGhost`
   (ghost entries of recent evictions, LRU stack position of hits)
 
 The last two are what lets a controller tell which way the optimum lies: from
 the first eight alone no predictor we could fit gets within 0.02 of alpha* in
-every regime (docs/allocator.md, `python -m allocator.bound`). What the policy
+every regime (docs/allocator.md, `python -m helmrec.allocator.bound`). What the policy
 reads of them is a difference of a few hundredths, so they are counted over
 10 s, not one window: over one 1 s window (~1700 requests) binomial noise alone
 took the controller's gap from 0.013-0.017 to 0.021-0.025 in the simulator.

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from allocator.observation import Observation
+from helmrec.allocator.observation import Observation
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from allocator.observation import FEATURE_SCALE, FEATURE_SHIFT, KV_COLUMN, LESS_COLUMN, LOG_COLUMNS, MORE_COLUMN, OBS_DIM, Observation
+from helmrec.allocator.observation import FEATURE_SCALE, FEATURE_SHIFT, KV_COLUMN, LESS_COLUMN, LOG_COLUMNS, MORE_COLUMN, OBS_DIM, Observation
+from helmrec.resources import default_policy
 
-DEFAULT_POLICY = Path(__file__).with_name("policy.npz")
+DEFAULT_POLICY = default_policy()
 
 
 class Policy:
@@ -26,7 +27,7 @@ class Policy:
             if key not in weights:
                 raise ValueError(f"policy weights lack '{key}'")
         if not (np.allclose(weights["feature_shift"], FEATURE_SHIFT) and np.allclose(weights["feature_scale"], FEATURE_SCALE)):
-            raise ValueError("policy feature_shift/feature_scale differ from allocator.observation's: retrain or re-export")
+            raise ValueError("policy feature_shift/feature_scale differ from helmrec.allocator.observation's: retrain or re-export")
         w1 = np.asarray(weights["w1"], dtype=np.float64)
         if w1.shape[1] != OBS_DIM or weights["w3"].shape[0] != 1:
             raise ValueError(f"policy w1 must be [h, {OBS_DIM}] and w3 [1, h], got {w1.shape}, {weights['w3'].shape}")

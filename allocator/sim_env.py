@@ -32,9 +32,9 @@ from dataclasses import dataclass
 import gymnasium as gym
 import numpy as np
 
-from allocator.cost_model import CostModel
-from allocator.observation import COUNTERFACTUAL_SHARE, KV_LOOKBACK_S, OBS_DIM, Observation, features
-from load.traces import Trace
+from helmrec.allocator.cost_model import CostModel
+from helmrec.allocator.observation import COUNTERFACTUAL_SHARE, KV_LOOKBACK_S, OBS_DIM, Observation, features
+from helmrec.workload.traces import Trace
 
 ALPHA_GRID = np.round(np.arange(0.0, 1.0001, 0.01), 2)
 # Utilisation above which the M/G/1 formula is replaced by the backlog model: the stationary
@@ -278,7 +278,7 @@ class NodeEnv(gym.Env):
             raise ValueError("NodeEnv needs at least one WindowTable")
         if episode_windows < 2 or any(t.num_windows <= episode_windows for t in tables):
             raise ValueError(f"NodeEnv.episode_windows ({episode_windows}) must be >= 2 and < every table's windows")
-        from allocator.oracle import alpha_star  # oracle imports this module's types
+        from helmrec.allocator.oracle import alpha_star  # oracle imports this module's types
 
         self.tables = tables
         self.node = node

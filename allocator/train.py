@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from allocator.policy import DEFAULT_POLICY
-from allocator.sim_env import NodeConfig, NodeEnv, WindowTable, build_table
-from load.traces import REGIMES, make_trace
+from helmrec.allocator.policy import DEFAULT_POLICY
+from helmrec.allocator.sim_env import NodeConfig, NodeEnv, WindowTable, build_table
+from helmrec.workload.traces import REGIMES, make_trace
 
 TRAIN_SEEDS = (0, 1, 2)
 
@@ -35,7 +35,7 @@ def fit_constants(tables: list[WindowTable], node: NodeConfig = NodeConfig()) ->
     windows (the EMB share that is enough for nine bursts in ten);
     meta_pid_setpoint: the PID baseline's EMB hit-rate target, the mean EMB hit rate at alpha*.
     """
-    from allocator.oracle import alpha_star
+    from helmrec.allocator.oracle import alpha_star
 
     burst, hits = [], []
     for table in tables:
@@ -92,7 +92,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from allocator.export import export_policy
+    from helmrec.allocator.export import export_policy
 
     t0 = time.perf_counter()
     tables = training_tables(duration_s=args.duration)

@@ -1,6 +1,6 @@
 """`make demo`: real MovieLens-100K users ranked by real tritonservers behind the router.
 
-    python -m load.demo --model-repository model_repository [--nodes 2] [--users 5] [--device cpu]
+    python -m helmrec.load.demo --model-repository model_repository [--nodes 2] [--users 5] [--device cpu]
 
 Starts `--nodes` bundled tritonservers on the repository (each its own pool)
 and the router (`helm` policy) in front of them, then for a few users sends
@@ -27,13 +27,13 @@ import tritonclient.http as httpclient
 from rich.console import Console
 from rich.table import Table
 
-from load.client import infer_inputs
-from python_backend.hstu.data import UserHistory, load_ml100k, ml100k_path
-from python_backend.launcher import TritonServer
-from python_backend.launcher.repository import control_window_s
-from python_backend.serving.network import read_limits
-from router.config import BackendAddress, RouterConfig
-from router.server import RouterThread
+from helmrec.load.client import infer_inputs
+from helmrec.hstu.data import UserHistory, load_ml100k, ml100k_path
+from helmrec.launcher import TritonServer
+from helmrec.launcher.repository import control_window_s
+from helmrec.serving.network import read_limits
+from helmrec.router.config import BackendAddress, RouterConfig
+from helmrec.router.server import RouterThread
 
 MODEL = "hstu_ensemble"
 

@@ -5,9 +5,9 @@
 
 `--host` is the gRPC address of one tritonserver or of `helmrec route`
 ("grpc://" is optional). Every request is a row of one seeded trace
-(`load.bench_workload`): returning users send longer prefixes of the same
+(`helmrec.load.bench.workload`): returning users send longer prefixes of the same
 history, so KV prefixes are reused and extended. The run's length and user
-count come from the shape `--shape` picks (`load.shapes`), not from -u/-t.
+count come from the shape `--shape` picks (`helmrec.load.shapes`), not from -u/-t.
 
 gevent: tritonclient's gRPC client is grpcio, whose blocking calls would
 stall every greenlet; `init_gevent()` makes grpcio cooperate with gevent's
@@ -34,10 +34,10 @@ from locust import LoadTestShape, User, constant_throughput, events, task  # noq
 from locust.env import Environment  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-from load.bench_latency import LatencyLog  # noqa: E402
-from load.bench_workload import TraceFeed, add_workload_options, make_feed, request_arrays, workload_from_options  # noqa: E402
-from load.client import infer_inputs  # noqa: E402
-from load.shapes import ShapeSchedule, add_shape_options, schedule_from_options  # noqa: E402
+from helmrec.load.bench.latency import LatencyLog  # noqa: E402
+from helmrec.load.bench.workload import TraceFeed, add_workload_options, make_feed, request_arrays, workload_from_options  # noqa: E402
+from helmrec.load.client import infer_inputs  # noqa: E402
+from helmrec.load.shapes import ShapeSchedule, add_shape_options, schedule_from_options  # noqa: E402
 
 MODEL = "hstu_ensemble"
 STOP_TIMEOUT_S = "30"  # Locust's --stop-timeout default here (a timespan string, like the flag)
@@ -174,7 +174,7 @@ class HstuUser(User):
 
 
 class WorkloadShape(LoadTestShape):
-    """The Steady, Trend or Burst shape `--shape` picks: users over time from `load.shapes.ShapeSchedule`.
+    """The Steady, Trend or Burst shape `--shape` picks: users over time from `helmrec.load.shapes.ShapeSchedule`.
 
     One class, not three: Locust runs the first shape class a locustfile defines.
     """

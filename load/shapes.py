@@ -19,7 +19,7 @@ import argparse
 import math
 from dataclasses import dataclass
 
-from load.bench_workload import WorkloadConfig, workload_from_options
+from helmrec.load.bench.workload import WorkloadConfig, workload_from_options
 
 DEFAULT_PER_USER_RPS = 2.0
 

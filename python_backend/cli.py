@@ -18,16 +18,16 @@ from typing import Sequence
 
 # subcommand -> (module, one-line help). Modules are imported lazily.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("python_backend.launcher.cli", "start the bundled tritonserver on a model repository"),
-    "train-model": ("python_backend.hstu.train", "train the HSTU ml100k preset on MovieLens-100K"),
-    "eval-model": ("python_backend.hstu.evaluate", "HR@10/NDCG@10 of the served model vs most-popular"),
-    "export-onnx": ("python_backend.hstu.export", "export the prefill and rank graphs to ONNX"),
-    "build-engine": ("python_backend.hstu.engine", "build TensorRT engines (model.plan) from the ONNX graphs"),
-    "route": ("router.cli", "the KServe-v2 front door for several Triton instances"),
-    "train-allocator": ("allocator.train", "train the PPO base policy offline on the node simulator"),
-    "eval-allocator": ("allocator.evaluate", "compare alpha controllers against the offline-optimal alpha"),
-    "sim": ("load.sim.cli", "discrete-event simulation of an N-node cluster"),
-    "bench": ("load.bench", "local benchmark: N tritonservers, the router and a Locust run"),
+    "serve": ("helmrec.launcher.cli", "start the bundled tritonserver on a model repository"),
+    "train-model": ("helmrec.hstu.train", "train the HSTU ml100k preset on MovieLens-100K"),
+    "eval-model": ("helmrec.hstu.evaluate", "HR@10/NDCG@10 of the served model vs most-popular"),
+    "export-onnx": ("helmrec.hstu.export", "export the prefill and rank graphs to ONNX"),
+    "build-engine": ("helmrec.hstu.engine", "build TensorRT engines (model.plan) from the ONNX graphs"),
+    "route": ("helmrec.router.cli", "the KServe-v2 front door for several Triton instances"),
+    "train-allocator": ("helmrec.allocator.train", "train the PPO base policy offline on the node simulator"),
+    "eval-allocator": ("helmrec.allocator.evaluate", "compare alpha controllers against the offline-optimal alpha"),
+    "sim": ("helmrec.load.sim.cli", "discrete-event simulation of an N-node cluster"),
+    "bench": ("helmrec.load.bench.cli", "local benchmark: N tritonservers, the router and a Locust run"),
 }
 
 

@@ -8,8 +8,8 @@ import logging
 import signal
 import sys
 
-from router.config import POLICIES, BackendAddress, ConfigError, RouterConfig
-from router.server import RouterServer
+from helmrec.router.config import POLICIES, BackendAddress, ConfigError, RouterConfig
+from helmrec.router.server import RouterServer
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -15,10 +15,10 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Sequence, TypeVar
 
-from router.config import RouterConfig
-from router.policies import AllBackendsBusy, NoHealthyBackend, RoutingPolicy, make_policy
-from router.request_features import Features
-from router.state import BackendState
+from helmrec.router.config import RouterConfig
+from helmrec.router.policies import AllBackendsBusy, NoHealthyBackend, RoutingPolicy, make_policy
+from helmrec.router.request_features import Features
+from helmrec.router.state import BackendState
 
 T = TypeVar("T")
 # Sticky sequences remembered at once; the oldest is forgotten past this (a

@@ -15,9 +15,9 @@ from typing import AsyncIterator, Awaitable, Callable, NoReturn
 import grpc
 from tritonclient.grpc import service_pb2
 
-from router.config import RouterConfig
-from router.dispatch import BackendFailure, Dispatcher, RouteFailure
-from router.grpc_stream import StreamAborted, StreamSession, failed_before_answer, parse
+from helmrec.router.config import RouterConfig
+from helmrec.router.dispatch import BackendFailure, Dispatcher, RouteFailure
+from helmrec.router.grpc_stream import StreamAborted, StreamSession, failed_before_answer, parse
 
 SERVICE = "inference.GRPCInferenceService"
 # Forwarded to one healthy backend: every backend serves the same repository.

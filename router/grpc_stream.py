@@ -25,9 +25,9 @@ import grpc
 from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2
 
-from router.dispatch import Dispatcher, RouteFailure
-from router.request_features import Features, from_grpc
-from router.state import RouteRequest
+from helmrec.router.dispatch import Dispatcher, RouteFailure
+from helmrec.router.request_features import Features, from_grpc
+from helmrec.router.state import RouteRequest
 
 # (backend index, outgoing messages) -> the backend stream call carrying them.
 OpenCall = Callable[[int, AsyncIterator[bytes]], grpc.aio.StreamStreamCall]

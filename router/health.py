@@ -16,10 +16,10 @@ import aiohttp
 import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from router.backend_metrics import BackendReport, parse_report
-from router.config import RouterConfig
-from router.dispatch import Dispatcher
-from router.grpc_front import CHANNEL_OPTIONS
+from helmrec.router.backend_metrics import BackendReport, parse_report
+from helmrec.router.config import RouterConfig
+from helmrec.router.dispatch import Dispatcher
+from helmrec.router.grpc_front import CHANNEL_OPTIONS
 
 log = logging.getLogger("helmrec.router")
 

@@ -14,9 +14,9 @@ import json
 import aiohttp
 from aiohttp import web
 
-from router.config import RouterConfig
-from router.dispatch import BackendFailure, Dispatcher, RouteFailure
-from router.request_features import from_http
+from helmrec.router.config import RouterConfig
+from helmrec.router.dispatch import BackendFailure, Dispatcher, RouteFailure
+from helmrec.router.request_features import from_http
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 # Headers that describe a body; they travel with it in both directions.

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from bisect import bisect_left
 from typing import Callable, Protocol, Sequence
 
-from router.state import BackendState, RouteRequest
+from helmrec.router.state import BackendState, RouteRequest
 
 
 class RoutingError(Exception):

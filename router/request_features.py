@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from tritonclient.grpc import service_pb2
 
-from router.state import RouteRequest
+from helmrec.router.state import RouteRequest
 
 USER_ID = "USER_ID"
 HISTORY_ITEM_IDS = "HISTORY_ITEM_IDS"

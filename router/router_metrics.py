@@ -11,7 +11,7 @@ from typing import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from router.dispatch import Dispatcher
+from helmrec.router.dispatch import Dispatcher
 
 
 class RouterCollector(Collector):

@@ -16,12 +16,12 @@ import grpc
 from aiohttp import web
 from prometheus_client import CollectorRegistry, start_http_server
 
-from router.config import RouterConfig
-from router.dispatch import Dispatcher
-from router.grpc_front import MESSAGE_OPTIONS, GrpcFront
-from router.health import HealthMonitor
-from router.http_front import HttpFront
-from router.router_metrics import RouterCollector
+from helmrec.router.config import RouterConfig
+from helmrec.router.dispatch import Dispatcher
+from helmrec.router.grpc_front import MESSAGE_OPTIONS, GrpcFront
+from helmrec.router.health import HealthMonitor
+from helmrec.router.http_front import HttpFront
+from helmrec.router.router_metrics import RouterCollector
 
 
 class RouterServer:

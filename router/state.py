@@ -13,8 +13,8 @@ from functools import cached_property
 
 import numpy as np
 
-from router.emb_locality import HotItemSketch, item_slots
-from router.kv_residency import KVResidency
+from helmrec.router.emb_locality import HotItemSketch, item_slots
+from helmrec.router.kv_residency import KVResidency
 
 _NO_ITEMS = np.zeros(0, dtype=np.int64)
 

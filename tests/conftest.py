@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from python_backend.launcher import TritonServer
-from python_backend.launcher.repository import stage_repository
+from helmrec.launcher import TritonServer
+from helmrec.launcher.repository import stage_repository
 
 
 @pytest.fixture(scope="session")

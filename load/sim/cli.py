@@ -16,9 +16,9 @@ import shlex
 import sys
 from pathlib import Path
 
-from load.sim.config import SimConfig
-from load.sim.grid import GridConfig, run_grid
-from load.traces import REGIMES
+from helmrec.load.sim.config import SimConfig
+from helmrec.load.sim.grid import GridConfig, run_grid
+from helmrec.workload.traces import REGIMES
 
 FULL_SWEEP = tuple(round(0.1 * k, 1) for k in range(1, 10))
 QUICK_SWEEP = (0.3, 0.7)
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
     if args.report is not None:
-        from load.sim.report import existing_discussion, plot, plot_hits, render
+        from helmrec.load.sim.report import existing_discussion, plot, plot_hits, render
 
         stem = args.report.stem
         alpha_png = args.report.with_name(f"{stem}_alpha.png")

@@ -5,13 +5,13 @@ Events are request arrivals (the trace, in time order), request completions
 Before each arrival every completion up to its time is delivered, exactly
 where the live router calls `release`/`on_done`; at each tick every node's
 window closes, the router scrapes what a backend's metrics port would say
-(alpha, pending requests, KV cached users and evictions, as `router.health`
+(alpha, pending requests, KV cached users and evictions, as `helmrec.router.health`
 does), and the node's controller decides the next alpha from the window's
 `Observation`. The routing policy objects and `BackendState`s are the ones
 `helmrec route` uses, unchanged.
 
 Candidates: the router's EMB sketch reads at most 64 evenly strided candidate
-ids of a request (`router.emb_locality.sample`). The simulator hands it 64 ids
+ids of a request (`helmrec.router.emb_locality.sample`). The simulator hands it 64 ids
 drawn from the trace's own item law (`item_cdf`, `item_of_rank`) for each
 request, vectorised per chunk: materialising all 512 through
 `Trace.candidate_ids` costs about a millisecond a request.
@@ -26,13 +26,13 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from allocator.observation import Observation
-from load.sim.config import SimConfig
-from load.sim.node import SimNode
-from load.traces import Trace
-from router.emb_locality import MAX_SAMPLED_ITEMS
-from router.policies import AllBackendsBusy, make_policy
-from router.state import BackendState, RouteRequest
+from helmrec.allocator.observation import Observation
+from helmrec.load.sim.config import SimConfig
+from helmrec.load.sim.node import SimNode
+from helmrec.workload.traces import Trace
+from helmrec.router.emb_locality import MAX_SAMPLED_ITEMS
+from helmrec.router.policies import AllBackendsBusy, make_policy
+from helmrec.router.state import BackendState, RouteRequest
 
 _CHUNK = 32768  # requests whose routing candidates are drawn in one vectorised batch
 

@@ -25,15 +25,15 @@ from typing import Callable
 
 import numpy as np
 
-from allocator.controller import Controller, ControllerConfig
-from allocator.observation import Observation
-from allocator.policy import Policy
-from load.sim.alpha_gap import alpha_gap
-from load.sim.cluster import Decider, simulate
-from load.sim.config import SimConfig
-from load.sim.metrics import measured, refused_share, summarize
-from load.traces import REGIMES, Trace, make_trace
-from router.config import POLICIES as ROUTERS
+from helmrec.allocator.controller import Controller, ControllerConfig
+from helmrec.allocator.observation import Observation
+from helmrec.allocator.policy import Policy
+from helmrec.load.sim.alpha_gap import alpha_gap
+from helmrec.load.sim.cluster import Decider, simulate
+from helmrec.load.sim.config import SimConfig
+from helmrec.load.sim.metrics import measured, refused_share, summarize
+from helmrec.workload.traces import REGIMES, Trace, make_trace
+from helmrec.router.config import POLICIES as ROUTERS
 
 ABLATION_ROUTERS = ("emb_aware", "kv_aware", "helm")
 # Relative cost of one request under each router (32 backends): the EMB-sketch policies score every

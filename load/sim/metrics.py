@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from load.sim.cluster import RunResult
-from load.sim.config import SimConfig
-from load.traces import Trace
+from helmrec.load.sim.cluster import RunResult
+from helmrec.load.sim.config import SimConfig
+from helmrec.workload.traces import Trace
 
 
 def measured(trace: Trace, config: SimConfig) -> slice:

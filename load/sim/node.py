@@ -2,7 +2,7 @@
 
 Pool model (the real pool's policies, replayed over ids instead of tensors):
 
-- KV: exactly `python_backend.pool.kv_cache.KVCache`'s policy, by replay of every
+- KV: exactly `helmrec.pool.kv_cache.KVCache`'s policy, by replay of every
   request: one entry per user holding its last history length in
   ceil(len / tokens_per_page) pages; a request reuses the entry when it is a
   prefix of its history (trace histories only grow, so a resident entry always
@@ -25,7 +25,7 @@ Pool model (the real pool's policies, replayed over ids instead of tensors):
   once. Per-item replay is out of reach here (512 candidates x 54k requests/s
   is 28M row lookups per simulated second).
 
-Service time per request comes from `allocator.cost_model.CostModel` (the
+Service time per request comes from `helmrec.allocator.cost_model.CostModel` (the
 constants and their sources live there), queueing from a FIFO single server:
 start = max(arrival, previous completion).
 """
@@ -36,9 +36,9 @@ from collections import OrderedDict, deque
 
 import numpy as np
 
-from allocator.observation import COUNTERFACTUAL_SHARE, KVLookback, Observation
-from load.sim.config import SimConfig
-from python_backend.pool.kv_ghost import KVGhost
+from helmrec.allocator.observation import COUNTERFACTUAL_SHARE, KVLookback, Observation
+from helmrec.load.sim.config import SimConfig
+from helmrec.pool.kv_ghost import KVGhost
 
 
 class NodePool:

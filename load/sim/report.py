@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from load.sim.grid import TaskResult
+from helmrec.load.sim.grid import TaskResult
 
 # HELM (arXiv 2605.04450), 32-node A100 cluster: ranges over its three workloads.
 PAPER = {
@@ -176,12 +176,12 @@ def render(report: dict, command: str, alpha_png: str, hits_png: str, discussion
         f"control interval ({cfg['interval_s']:g} s) the simulated router scrapes what a backend's metrics "
         f"port says (alpha, pending requests, KV cached users and evictions); at {cfg['max_in_flight']} "
         "requests in flight on every backend it refuses (RESOURCE_EXHAUSTED), counted as an SLO miss.",
-        "- Control: each node runs its own `allocator.controller.Controller` (the packaged `policy.npz`) on "
+        "- Control: each node runs its own `helmrec.allocator.controller.Controller` (the packaged `policy.npz`) on "
         "the window's `Observation`; `static_*` hold the best alpha of a sweep "
         f"({', '.join(f'{a:g}' for a in cfg['sweep_alphas'])}, on a {cfg['sweep_nodes']}-node slice at the same "
         "per-node load), found per router.",
         f"- SLO: a request within {cfg['slo_ms']:g} ms (see `load/sim/config.py` for why). alpha* per node "
-        "and window: `allocator.oracle.alpha_star` on the traffic the router sent to that node.",
+        "and window: `helmrec.allocator.oracle.alpha_star` on the traffic the router sent to that node.",
         "",
         "## Against the paper",
         "",

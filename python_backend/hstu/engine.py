@@ -20,10 +20,11 @@ import re
 import shutil
 from pathlib import Path
 
-from python_backend.hstu.config import HSTUConfig
-from python_backend.hstu.export import GraphSpec, TensorSpec, graph_specs
+from helmrec.hstu.config import HSTUConfig
+from helmrec.hstu.export import GraphSpec, TensorSpec, graph_specs
+from helmrec.resources import model_repository
 
-SOURCE_REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
+SOURCE_REPOSITORY = model_repository()
 PRECISIONS = ("fp16", "bf16")
 NO_TENSORRT = 3  # exit status when the TensorRT builder is not installed
 _TRITON_TYPES = {"fp32": "TYPE_FP32", "int64": "TYPE_INT64"}
@@ -120,7 +121,7 @@ def tensorrt_available() -> bool:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from python_backend.hstu.weights import DEFAULT_WEIGHTS
+    from helmrec.hstu.weights import DEFAULT_WEIGHTS
 
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS, help="weights file (default: %(default)s)")
     parser.add_argument("--onnx", type=Path, default=Path("build/onnx"), help="ONNX directory (exported if missing)")
@@ -133,8 +134,8 @@ def run(args: argparse.Namespace) -> int:
         print("build-engine: the TensorRT builder is absent (`import tensorrt` failed). Run this inside NVIDIA's "
               "Triton/TensorRT container or install the `tensorrt` wheel; `helmrec export-onnx` works without it.")
         return NO_TENSORRT
-    from python_backend.hstu.export import export_onnx
-    from python_backend.hstu.weights import load
+    from helmrec.hstu.export import export_onnx
+    from helmrec.hstu.weights import load
 
     model = load(args.weights)
     cfg = model.config

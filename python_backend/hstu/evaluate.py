@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from python_backend.hstu.data import MovieLens, UserHistory, load_ml100k
-from python_backend.hstu.model import HSTU
-from python_backend.hstu.weights import DEFAULT_WEIGHTS, load
+from helmrec.hstu.data import MovieLens, UserHistory, load_ml100k
+from helmrec.hstu.model import HSTU
+from helmrec.hstu.weights import DEFAULT_WEIGHTS, load
 
 TOP_K = 10
 SPLITS = ("test", "validation")

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from python_backend.hstu.config import HSTUConfig
-from python_backend.hstu.model import HSTU
-from python_backend.hstu.weights import DEFAULT_WEIGHTS, load
+from helmrec.hstu.config import HSTUConfig
+from helmrec.hstu.model import HSTU
+from helmrec.hstu.weights import DEFAULT_WEIGHTS, load
 
 OPSET = 18
 DYNAMIC = ("n", "c")  # symbolic dims: history tokens, candidates

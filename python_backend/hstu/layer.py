@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from python_backend.hstu.config import HSTUConfig
-from python_backend.kernels.attention import candidate_attention, causal_attention, supported
+from helmrec.hstu.config import HSTUConfig
+from helmrec.kernels.attention import candidate_attention, causal_attention, supported
 
 # The fused kernels pay off in half precision; in fp32 (no tensor-core path for their dot
 # products) they measured slower than cuBLAS einsums on the H100 (rank at 16k: 40 vs 16.6 ms).

@@ -30,9 +30,9 @@ import math
 import torch
 from torch import nn
 
-from python_backend.hstu.config import HSTUConfig
-from python_backend.hstu.features import log_time_bucket, previous_event_gaps, sqrt_time_bucket
-from python_backend.hstu.layer import HSTULayer
+from helmrec.hstu.config import HSTUConfig
+from helmrec.hstu.features import log_time_bucket, previous_event_gaps, sqrt_time_bucket
+from helmrec.hstu.layer import HSTULayer
 
 
 class HSTU(nn.Module):

@@ -23,11 +23,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from python_backend.hstu.config import HSTUConfig, preset
-from python_backend.hstu.data import MovieLens, UserHistory, load_ml100k
-from python_backend.hstu.evaluate import evaluate
-from python_backend.hstu.model import HSTU
-from python_backend.hstu.weights import DEFAULT_WEIGHTS, save
+from helmrec.hstu.config import HSTUConfig, preset
+from helmrec.hstu.data import MovieLens, UserHistory, load_ml100k
+from helmrec.hstu.evaluate import evaluate
+from helmrec.hstu.model import HSTU
+from helmrec.hstu.weights import DEFAULT_WEIGHTS, save
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from python_backend.hstu.config import HSTUConfig
-from python_backend.hstu.model import HSTU
+from helmrec.hstu.config import HSTUConfig
+from helmrec.hstu.model import HSTU
 
 DEFAULT_WEIGHTS = Path("model_repository/hstu/1/weights.pt")
 

@@ -17,7 +17,7 @@ import os
 
 import torch
 
-from python_backend.kernels.reference import candidate_attention_reference, causal_attention_reference
+from helmrec.kernels.reference import candidate_attention_reference, causal_attention_reference
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -89,7 +89,7 @@ def causal_attention(
     if q.numel() == 0:
         return q.new_zeros(*q.shape[:-1], v_ctx.shape[-1])
     if supported(q):
-        from python_backend.kernels.triton_attention import causal_attention_triton
+        from helmrec.kernels.triton_attention import causal_attention_triton
 
         return causal_attention_triton(q, k_ctx, v_ctx, k_new, v_new, qk_scale, norm_scale, splits)
     return causal_attention_reference(q, k_ctx, v_ctx, k_new, v_new, qk_scale, norm_scale).to(q.dtype)
@@ -115,7 +115,7 @@ def candidate_attention(
     if q.numel() == 0:
         return q.new_zeros(*q.shape[:-1], v_hist.shape[-1])
     if supported(q):
-        from python_backend.kernels.triton_attention import candidate_attention_triton
+        from helmrec.kernels.triton_attention import candidate_attention_triton
 
         return candidate_attention_triton(q, k_hist, v_hist, k_self, v_self, qk_scale, norm_scale, splits)
     return candidate_attention_reference(q, k_hist, v_hist, k_self, v_self, qk_scale, norm_scale).to(q.dtype)

@@ -18,7 +18,7 @@ Two kernels share one inner loop:
 Both take an optional leading batch dim (requests of one padded size; the
 grid's second axis runs over batch x heads). K/V may be strided views of the
 cache's `[n, kv_width]` rows; only the last (feature) dim must be contiguous. Importing this module needs `triton`; use
-`python_backend.kernels.attention`, which checks for it.
+`helmrec.kernels.attention`, which checks for it.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Start the Triton server bundled in nvidia-pytriton (or another binary) on a model repository."""
 
-from python_backend.launcher.binary import LauncherError, TritonDistribution, locate
-from python_backend.launcher.server import TritonServer, free_port
+from helmrec.launcher.binary import LauncherError, TritonDistribution, locate
+from helmrec.launcher.server import TritonServer, free_port
 
 __all__ = ["LauncherError", "TritonDistribution", "TritonServer", "free_port", "locate"]

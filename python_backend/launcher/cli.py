@@ -7,8 +7,8 @@ import signal
 import sys
 import threading
 
-from python_backend.launcher.binary import LauncherError
-from python_backend.launcher.server import DEVICES, TritonServer
+from helmrec.launcher.binary import LauncherError
+from helmrec.launcher.server import DEVICES, TritonServer
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import torch
 
-from python_backend.hstu.config import preset
-from python_backend.hstu.model import HSTU
-from python_backend.hstu.weights import save
+from helmrec.hstu.config import preset
+from helmrec.hstu.model import HSTU
+from helmrec.hstu.weights import save
+from helmrec.resources import model_repository
 
-SOURCE = Path(__file__).resolve().parents[2] / "model_repository"
+SOURCE = model_repository()
 WEIGHTS = Path("hstu") / "1" / "weights.pt"
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from python_backend.launcher.binary import LauncherError, TritonDistribution, locate
+from helmrec.launcher.binary import LauncherError, TritonDistribution, locate
 
 DEVICES = ("cpu", "cuda", "auto")
 PORT_RETRIES = 3

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from python_backend.pool.pages import PageAllocator, Side
+from helmrec.pool.pages import PageAllocator, Side
 
 UNMAPPED = -3  # slot_item: the slot lies on a page the EMB cache does not hold
 RESERVED = -2  # item_slot: a background copy of this item is in flight

@@ -21,8 +21,8 @@ from typing import NamedTuple
 
 import torch
 
-from python_backend.pool.kv_ghost import KVGhost
-from python_backend.pool.pages import PageAllocator, Side
+from helmrec.pool.kv_ghost import KVGhost
+from helmrec.pool.pages import PageAllocator, Side
 
 _TOKEN_BYTES = 3 * 8  # (item id, timestamp, action) as int64
 

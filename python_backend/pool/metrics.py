@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from python_backend.pool.stats import PoolStats
+from helmrec.pool.stats import PoolStats
 
 MetricKey = tuple[str, tuple[tuple[str, str], ...]]  # (name, sorted label pairs)
 

@@ -24,13 +24,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from allocator.observation import COUNTERFACTUAL_SHARE
-from python_backend.pool.config import PoolConfig
-from python_backend.pool.emb_cache import EmbCache
-from python_backend.pool.host_table import HostTable
-from python_backend.pool.kv_cache import HistoryTokens, KVCache
-from python_backend.pool.pages import PageAllocator, Side
-from python_backend.pool.stats import PoolStats, StatsRecorder
+from helmrec.allocator.observation import COUNTERFACTUAL_SHARE
+from helmrec.pool.config import PoolConfig
+from helmrec.pool.emb_cache import EmbCache
+from helmrec.pool.host_table import HostTable
+from helmrec.pool.kv_cache import HistoryTokens, KVCache
+from helmrec.pool.pages import PageAllocator, Side
+from helmrec.pool.stats import PoolStats, StatsRecorder
 
 # Frequencies are halved after this many row lookups per slot of the whole
 # pool: long enough that a row's count reflects many requests, short enough

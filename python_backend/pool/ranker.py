@@ -15,18 +15,18 @@ from dataclasses import dataclass
 
 import torch
 
-from python_backend.hstu.model import HSTU
-from python_backend.kernels.attention import triton_importable
-from python_backend.kernels.fused_model import FusedHSTU
-from python_backend.kernels.graphed_extend import GraphedExtend
-from python_backend.kernels.graphed_prefill import GraphedPrefill
-from python_backend.kernels.graphed_rank import GraphedRank
-from python_backend.pool.background import BackgroundWorker, RefillThrottle
-from python_backend.pool.config import PoolConfig
-from python_backend.pool.host_table import HostTable
-from python_backend.pool.kv_cache import HistoryTokens
-from python_backend.pool.pool import Pool, PoolLookup
-from python_backend.pool.stats import PoolStats
+from helmrec.hstu.model import HSTU
+from helmrec.kernels.attention import triton_importable
+from helmrec.fastpath.fused_model import FusedHSTU
+from helmrec.fastpath.graphed_extend import GraphedExtend
+from helmrec.fastpath.graphed_prefill import GraphedPrefill
+from helmrec.fastpath.graphed_rank import GraphedRank
+from helmrec.pool.background import BackgroundWorker, RefillThrottle
+from helmrec.pool.config import PoolConfig
+from helmrec.pool.host_table import HostTable
+from helmrec.pool.kv_cache import HistoryTokens
+from helmrec.pool.pool import Pool, PoolLookup
+from helmrec.pool.stats import PoolStats
 
 # How often the background thread wakes: short enough that a new alpha starts
 # moving within milliseconds, long enough to cost nothing when idle.

@@ -12,9 +12,9 @@ from typing import Any
 import torch
 import triton_python_backend_utils as pb_utils
 
-from python_backend.serving import schema
-from python_backend.serving.network import load_network, resolve_device, serving_dtype
-from python_backend.serving.triton_io import ModelArgs, error_response, input_tensor, output_tensor
+from helmrec import schema
+from helmrec.serving.network import load_network, resolve_device, serving_dtype
+from helmrec.serving.triton_io import ModelArgs, error_response, input_tensor, output_tensor
 
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:

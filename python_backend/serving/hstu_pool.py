@@ -21,13 +21,13 @@ from typing import Any
 import torch
 import triton_python_backend_utils as pb_utils
 
-from python_backend.pool.config import PoolConfig
-from python_backend.pool.metrics import PoolMetrics
-from python_backend.pool.ranker import PooledRanker, RankRequest
-from python_backend.serving import schema
-from python_backend.serving.network import load_network, read_limits, resolve_device, serving_dtype
-from python_backend.serving.node_control import AlphaController, NodeControl, ServiceTimes
-from python_backend.serving.triton_io import ModelArgs, error_response, input_tensor, output_tensor, to_torch
+from helmrec.pool.config import PoolConfig
+from helmrec.pool.metrics import PoolMetrics
+from helmrec.pool.ranker import PooledRanker, RankRequest
+from helmrec import schema
+from helmrec.serving.network import load_network, read_limits, resolve_device, serving_dtype
+from helmrec.serving.node_control import AlphaController, NodeControl, ServiceTimes
+from helmrec.serving.triton_io import ModelArgs, error_response, input_tensor, output_tensor, to_torch
 
 NETWORK_MODEL = "hstu"
 NETWORK_MODES = ("inprocess", "bls")
@@ -40,7 +40,7 @@ def _controller(kind: str) -> AlphaController | None:
         raise pb_utils.TritonModelException(f"hstu_pool: parameter 'controller' must be one of {CONTROLLERS}, got {kind!r}")
     if kind == "static":
         return None
-    from allocator.controller import Controller  # noqa: PLC0415 - only nodes that adapt load it
+    from helmrec.allocator.controller import Controller  # noqa: PLC0415 - only nodes that adapt load it
 
     return Controller.load()
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-from python_backend.hstu.config import HSTUConfig
-from python_backend.hstu.model import HSTU
-from python_backend.hstu.weights import load
-from python_backend.serving.schema import Limits
+from helmrec.hstu.config import HSTUConfig
+from helmrec.hstu.model import HSTU
+from helmrec.hstu.weights import load
+from helmrec.schema import Limits
 
 
 def resolve_device(requested: str, instance_kind: str, device_id: int) -> torch.device:

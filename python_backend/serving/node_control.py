@@ -16,8 +16,8 @@ from typing import Protocol
 
 import numpy as np
 
-from allocator.observation import KVLookback, Observation
-from python_backend.pool.stats import PoolStats
+from helmrec.allocator.observation import KVLookback, Observation
+from helmrec.pool.stats import PoolStats
 
 # Utilisation is capped below 1 so the queue estimate stays finite when the node saturates.
 MAX_UTILISATION = 0.99

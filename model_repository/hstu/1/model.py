@@ -1,5 +1,5 @@
-"""Triton shim for `hstu`: the logic lives in python_backend.serving.hstu_net."""
+"""Triton shim for `hstu`: the logic lives in helmrec.serving.hstu_net."""
 
-from python_backend.serving.hstu_net import TritonPythonModel
+from helmrec.serving.hstu_net import TritonPythonModel
 
 __all__ = ["TritonPythonModel"]

@@ -1,5 +1,5 @@
-"""Triton shim for `hstu_pool`: the logic lives in python_backend.serving.hstu_pool."""
+"""Triton shim for `hstu_pool`: the logic lives in helmrec.serving.hstu_pool."""
 
-from python_backend.serving.hstu_pool import TritonPythonModel
+from helmrec.serving.hstu_pool import TritonPythonModel
 
 __all__ = ["TritonPythonModel"]

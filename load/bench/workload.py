@@ -1,0 +1,192 @@
+"""What a load test sends: a seeded trace sized for the served model, replayed in time order.
+
+The Locust users and the benchmark draw every request from one `helmrec.workload.traces`
+trace, so a returning user's history is a longer prefix of the same item
+stream (the KV cache can reuse and extend it) and two runs on the same seed
+send the same requests. The trace is generated for the served network's
+limits (catalogue size, longest history, most candidates), so every request
+is valid, and with the run's duration so Burst's bursts and Trend's drift
+happen inside the run rather than minutes after it ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+from helmrec.workload.traces import REGIMES, Trace, TraceConfig, generate, regime_config
+
+# Requests older than this (trace time behind the run's clock) are skipped: when the servers
+# fall behind, the replay stays on the trace's schedule (bursts stay where they belong) instead
+# of sending a backlog late. Skipping is safe: a user's later rows only extend earlier histories.
+MAX_LAG_S = 0.5
+
+
+@dataclass(frozen=True)
+class WorkloadConfig:
+    """A regime's trace, scaled to one small cluster and one run.
+
+    Defaults suit the `tiny` network on a 2-core CPU; `base_rate` is what the
+    cluster must sustain outside bursts (bursts multiply it by `burst_rate_mult`).
+    """
+
+    regime: str = "steady"
+    seed: int = 0
+    duration_s: float = 30.0
+    base_rate: float = 40.0  # requests per second outside bursts
+    num_users: int = 3000
+    hot_users: int = 60
+    mean_history_len: float = 24.0
+    candidates: int = 32
+    burst_rate_mult: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.regime not in REGIMES:
+            raise ValueError(f"WorkloadConfig.regime must be one of {REGIMES}, got {self.regime!r}")
+        for name in ("duration_s", "base_rate", "mean_history_len", "burst_rate_mult"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"WorkloadConfig.{name} must be > 0, got {getattr(self, name)}")
+        for name in ("num_users", "hot_users", "candidates"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"WorkloadConfig.{name} must be >= 1, got {getattr(self, name)}")
+
+    def trace_config(self, num_items: int, max_history_len: int, max_candidates: int) -> TraceConfig:
+        """The trace config for a network with these limits.
+
+        Bursts: two per run, the first a quarter of the way in, each a sixth of
+        the run long, so a short run still sees the rise and the recovery twice;
+        Trend drifts over the whole run, however short.
+        """
+        if self.candidates > max_candidates:
+            raise ValueError(
+                f"WorkloadConfig.candidates ({self.candidates}) exceeds the served model's "
+                f"max_candidates ({max_candidates})"
+            )
+        return regime_config(
+            self.regime,
+            self.seed,
+            num_users=self.num_users,
+            hot_users=min(self.hot_users, self.num_users),
+            num_items=num_items,
+            mean_history_len=min(self.mean_history_len, float(max_history_len)),
+            max_history_len=max_history_len,
+            candidates=self.candidates,
+            **self._timing(),
+        )
+
+    def rate_at(self, t_s: np.ndarray | float) -> np.ndarray:
+        """Arrival rate (req/s) of the trace at run times `t_s` (the same schedule the rows follow)."""
+        return regime_config(self.regime, self.seed, **self._timing()).rate_at(np.asarray(t_s, dtype=np.float64))
+
+    def _timing(self) -> dict[str, float]:
+        return {
+            "arrival_rate": self.base_rate,
+            "duration_s": self.duration_s,
+            "burst_every_s": self.duration_s / 2,
+            "burst_len_s": self.duration_s / 6,
+            "burst_rate_mult": self.burst_rate_mult,
+            "trend_period_s": self.duration_s,
+        }
+
+    def with_regime(self, regime: str) -> "WorkloadConfig":
+        return dataclasses.replace(self, regime=regime)
+
+
+def request_arrays(trace: Trace, row: int) -> dict[str, np.ndarray]:
+    """The `hstu_ensemble` inputs of trace row `row` (HISTORY_ACTIONS left out: the trace has none)."""
+    return {
+        "USER_ID": np.array([int(trace.user_id[row])], dtype=np.int64),
+        "HISTORY_ITEM_IDS": trace.history_ids(row).astype(np.int64),
+        "HISTORY_TIMESTAMPS": trace.history_timestamps(row).astype(np.int64),
+        "CANDIDATE_ITEM_IDS": trace.candidate_ids(row).astype(np.int64),
+    }
+
+
+class TraceFeed:
+    """Hands out trace rows in time order to many concurrent senders.
+
+    `take(elapsed_s)` returns the next row and how long to wait before sending
+    it (its arrival time may still be ahead of the run's clock). Rows more than
+    `max_lag_s` behind the clock are skipped. Not locked: Locust's users are
+    greenlets on one thread, and `take` never yields.
+    """
+
+    def __init__(self, trace: Trace, max_lag_s: float = MAX_LAG_S) -> None:
+        if max_lag_s < 0:
+            raise ValueError(f"TraceFeed.max_lag_s must be >= 0, got {max_lag_s}")
+        self.trace = trace
+        self.max_lag_s = max_lag_s
+        self._cursor = 0
+        self.skipped = 0
+
+    def take(self, elapsed_s: float) -> tuple[int, float] | None:
+        """(row, wait_s) of the next request, or None once the trace is used up."""
+        first_fresh = int(np.searchsorted(self.trace.t_s, elapsed_s - self.max_lag_s, side="left"))
+        if first_fresh > self._cursor:
+            self.skipped += first_fresh - self._cursor
+            self._cursor = first_fresh
+        if self._cursor >= len(self.trace):
+            return None
+        row = self._cursor
+        self._cursor += 1
+        return row, max(0.0, float(self.trace.t_s[row]) - elapsed_s)
+
+
+def make_feed(workload: WorkloadConfig, num_items: int, max_history_len: int, max_candidates: int) -> TraceFeed:
+    """The feed of a workload for a network with these limits."""
+    return TraceFeed(generate(workload.trace_config(num_items, max_history_len, max_candidates)))
+
+
+def add_workload_options(parser: argparse.ArgumentParser) -> None:
+    """The workload's flags, on Locust's parser (an argparse subclass) or the bench's."""
+    d = WorkloadConfig()
+    add = parser.add_argument
+    add("--shape", choices=REGIMES, default="steady", help="workload regime: steady, trend or burst")
+    add("--trace-seed", type=int, default=d.seed, help="seed of the trace (same seed, same requests)")
+    add("--shape-duration", type=float, default=d.duration_s, help="seconds; the shape stops the run after it")
+    add("--base-rate", type=float, default=d.base_rate, help="requests/s outside bursts")
+    add_trace_shape_options(parser)
+
+
+def add_trace_shape_options(parser: argparse.ArgumentParser) -> None:
+    """The trace's shape flags, shared by Locust's parser and `helmrec bench`."""
+    d = WorkloadConfig()
+    add = parser.add_argument
+    add("--burst-rate-mult", type=float, default=d.burst_rate_mult, help="rate multiplier inside a burst")
+    add("--trace-users", type=int, default=d.num_users, help="distinct users in the trace")
+    add("--hot-users", type=int, default=d.hot_users, help="size of the hot user set")
+    add("--mean-history", type=float, default=d.mean_history_len, help="mean first-visit history length")
+    add("--candidates", type=int, default=d.candidates, help="candidate items per request")
+
+
+def workload_from_options(options: argparse.Namespace) -> WorkloadConfig:
+    """The WorkloadConfig the flags of `add_workload_options` describe."""
+    return WorkloadConfig(
+        regime=options.shape,
+        seed=options.trace_seed,
+        duration_s=options.shape_duration,
+        base_rate=options.base_rate,
+        num_users=options.trace_users,
+        hot_users=options.hot_users,
+        mean_history_len=options.mean_history,
+        candidates=options.candidates,
+        burst_rate_mult=options.burst_rate_mult,
+    )
+
+
+def workload_flags(workload: WorkloadConfig) -> list[str]:
+    """The command-line flags that rebuild `workload` in a Locust process (inverse of the above)."""
+    return [
+        f"--shape={workload.regime}",
+        f"--trace-seed={workload.seed}",
+        f"--shape-duration={workload.duration_s}",
+        f"--base-rate={workload.base_rate}",
+        f"--burst-rate-mult={workload.burst_rate_mult}",
+        f"--trace-users={workload.num_users}",
+        f"--hot-users={workload.hot_users}",
+        f"--mean-history={workload.mean_history_len}",
+        f"--candidates={workload.candidates}",
+    ]

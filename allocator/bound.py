@@ -125,12 +125,12 @@ def bound(duration_s: float, train_seeds: tuple[int, ...], test_seeds: tuple[int
     return {name: fit_gap(train[name], test[name], epochs, seed=0) for name in SIGNALS}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=600.0, help="seconds of each trace")
     parser.add_argument("--epochs", type=int, default=3000)
     parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     report = bound(args.duration, TRAIN_SEEDS, EVAL_SEEDS, args.epochs, Policy.load())
     print(f"{'signal':28s}" + "".join(f"{r + ' gap':>13s}" for r in REGIMES))
     for name, gaps in report.items():

@@ -539,7 +539,7 @@ def run_in_process(args: argparse.Namespace) -> dict:
     return report
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--preset", default="large")
@@ -561,7 +561,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200, help="--triton: timed requests per side")
     parser.add_argument("--pool-bytes", type=int, default=8 << 30, help="--triton: hstu_pool pool_bytes")
     parser.add_argument("--page-bytes", type=int, default=1 << 20, help="--triton: hstu_pool page_bytes")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.concurrency[0] != 1:
         parser.error("--concurrency must start with 1 (the baseline of the headline ratio)")
     if args.triton:

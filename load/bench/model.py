@@ -38,7 +38,7 @@ def _time_ms(fn: Callable[[], object], device: torch.device, repeats: int) -> fl
     return sorted(samples)[len(samples) // 2]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--device", default="cpu")
@@ -47,7 +47,7 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=None, help="default: the preset's max_candidates")
     parser.add_argument("--new", type=int, default=16, help="tokens appended since the cached prefix")
     parser.add_argument("--repeats", type=int, default=10)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     device = torch.device(args.device)
     torch.manual_seed(0)

@@ -153,7 +153,7 @@ def decision_cost_us(policy: str, nodes: int, candidates: int, n: int = 20_000) 
     return (time.perf_counter() - t0) / n * 1e6
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=30)
@@ -162,7 +162,7 @@ def main() -> None:
     parser.add_argument("--policy", choices=POLICIES, default="helm")
     parser.add_argument("--history", type=int, default=32)
     parser.add_argument("--candidates", type=int, default=32)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     console = Console()
 
     with tempfile.TemporaryDirectory() as tmp:

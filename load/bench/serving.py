@@ -73,7 +73,7 @@ def time_in_process(model: HSTU, requests: list[dict[str, np.ndarray]], warmup: 
     return np.array(lat) * 1e3
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--requests", type=int, default=300)
@@ -81,7 +81,7 @@ def main() -> None:
     parser.add_argument("--history", type=int, default=50)
     parser.add_argument("--candidates", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -53,13 +53,13 @@ def compare(trace: Trace, table: WindowTable, alpha: float, flags: np.ndarray, n
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=100, help="trace seed (default: the first held-out seed)")
     parser.add_argument("--duration", type=float, default=600.0)
     parser.add_argument("--alphas", default="0.3,0.5,0.7")
     parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     report: dict[str, dict[str, dict]] = {}
     print(f"{'regime':8s}{'alpha':>7s}" + "".join(f"{f + ' |err|':>24s}{'bias':>9s}" for f in FIELDS))
     for regime in REGIMES:

@@ -1,11 +1,14 @@
-"""`helmrec serve`: the bundled tritonserver on a model repository, in the foreground."""
+"""`helmrec serve`: the bundled tritonserver on a model repository, in the foreground;
+`helmrec init-repository`: a model repository to serve, outside any checkout."""
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import signal
 import sys
 import threading
+from pathlib import Path
 
 from helmrec.launcher.binary import LauncherError
 from helmrec.launcher.server import DEVICES, TritonServer
@@ -61,4 +64,39 @@ def run(args: argparse.Namespace) -> int:
     print("stopping tritonserver ...")
     code = server.stop()
     print(f"tritonserver stopped (exit code {code})")
+    return 0
+
+
+def init_repository(argv: list[str] | None = None) -> int:
+    """Write a servable model repository (packaged configs and shims, plus weights) into a new folder.
+
+    The weights are a seeded untrained network of a preset, or a given trained file.
+    An installed wheel ships no weights, so this is how a user gets a first repository."""
+    from helmrec.hstu.config import PRESETS  # torch-free
+
+    parser = argparse.ArgumentParser(prog="helmrec init-repository", description=init_repository.__doc__.splitlines()[0])
+    parser.add_argument("directory", type=Path, help="the folder to create (must not exist)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--preset", choices=sorted(PRESETS), default="tiny",
+                        help="size of the seeded untrained network (default: tiny)")
+    source.add_argument("--weights", type=Path, help="a trained weights.pt (`helmrec train-model --out`) to copy instead")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the untrained network (default: 0)")
+    args = parser.parse_args(argv)
+    if args.directory.exists():
+        parser.error(f"{args.directory} already exists; init-repository creates a new folder")
+    # torch comes in only here, so `helmrec serve` stays light.
+    from helmrec.hstu.weights import load
+    from helmrec.launcher.repository import WEIGHTS, stage_repository
+
+    if args.weights is not None:
+        try:
+            load(args.weights)  # a missing or foreign file is refused before anything is written
+        except Exception as exc:  # torch.load raises many kinds on a file that is not its own
+            parser.error(f"--weights: {args.weights} is not a loadable HSTU weights file ({type(exc).__name__}: {exc})")
+        stage_repository(args.directory, preset_name=None)
+        shutil.copyfile(args.weights, args.directory / WEIGHTS)
+        print(f"{args.directory}: model repository with the weights of {args.weights}")
+    else:
+        stage_repository(args.directory, preset_name=args.preset, seed=args.seed)
+        print(f"{args.directory}: model repository with an untrained {args.preset} network (seed {args.seed})")
     return 0

@@ -6,7 +6,7 @@ synchronised around each timing) and fits the per-token and per-candidate
 costs that `allocator/cost_model.py` records. On a GPU the EMB row costs are
 the node's: a missed row is gathered from a pinned host table and copied to
 the device, a hit row is gathered from a device slab. The layer is written out here from its
-published equations (DESIGN.md, "HSTU reference", research variant) rather than
+published equations (docs/model.md, research variant) rather than
 imported from helmrec.hstu, so calibration never depends on trained
 weights or on the model package's import graph; the FLOP shape is the same.
 

@@ -3,7 +3,7 @@
 Files (stable names, so docs and CI can link them):
   <run>/report.md, <run>/timeline.csv, <run>/latency.png, <run>/alpha.png  per run
   report.md, runs.csv, summary.json                                       at the top of --out
-summary.json follows the `helmrec sim --json` shape of DESIGN.md so the real
+summary.json follows the `helmrec sim --json` shape of docs/reports.md so the real
 and the simulated cluster can be read by the same code:
   {"nodes": n, "slo_ms": f, "regimes": {REGIME: {"p99_reduction_vs_best_static": f,
    "slo_satisfaction": f, "best_static_alpha": f, "policies": {LABEL: {"p50_ms": f, "p99_ms": f,

@@ -19,7 +19,7 @@ def measured(trace: Trace, config: SimConfig) -> slice:
 
 
 def summarize(result: RunResult, trace: Trace, config: SimConfig) -> dict[str, float]:
-    """p50_ms, p99_ms, slo_satisfaction, throughput_rps, emb_hit, kv_hit (DESIGN.md "Reports" keys)."""
+    """p50_ms, p99_ms, slo_satisfaction, throughput_rps, emb_hit, kv_hit (the keys of docs/reports.md)."""
     rows = measured(trace, config)
     lat = result.latency_ms[rows]
     served = ~np.isnan(lat)

@@ -159,7 +159,7 @@ def render(report: dict, command: str, alpha_png: str, hits_png: str, discussion
         f"# The cluster simulator: the paper's table on a simulated {report['nodes']}-node cluster",
         "",
         f"Produced by `{command}` in {report['run_time_s']:.0f} s "
-        f"({cfg['workers']} worker processes). JSON: the `helmrec sim` shape of DESIGN.md \"Reports\".",
+        f"({cfg['workers']} worker processes). JSON: the `helmrec sim` shape of docs/reports.md.",
         "",
         "## What is simulated",
         "",

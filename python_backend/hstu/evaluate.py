@@ -100,7 +100,7 @@ def model_scores(model: HSTU, cases: list[EvalCase], task: int = 0) -> list[np.n
 def evaluate(
     model: HSTU, data: MovieLens, split: str = "test", num_negatives: int = 100, seed: int = 0
 ) -> dict[str, object]:
-    """The report of DESIGN.md: {"dataset", "model": {...}, "baseline": {...}} plus protocol fields."""
+    """The report of docs/reports.md: {"dataset", "model": {...}, "baseline": {...}} plus protocol fields."""
     model.eval()
     cases = eval_cases(data, split, model.config.max_seq_len, num_negatives, seed)
     popularity = data.item_counts().astype(np.float64)

@@ -1,4 +1,4 @@
-"""`helmrec sim` writes the DESIGN.md "Reports" shape and a Markdown report from a real (tiny) grid."""
+"""`helmrec sim` writes the docs/reports.md shape and a Markdown report from a real (tiny) grid."""
 
 from __future__ import annotations
 

@@ -34,10 +34,10 @@ import numpy as np
 
 from helmrec.allocator.controller import Controller, ControllerConfig
 from helmrec.allocator.evaluate import EVAL_SEEDS, replay
+from helmrec.allocator.node_model import NodeConfig, WindowTable, build_table
 from helmrec.allocator.observation import COUNTERFACTUAL_SHARE, features
 from helmrec.allocator.oracle import alpha_star
 from helmrec.allocator.policy import Policy
-from helmrec.allocator.sim_env import NodeConfig, WindowTable, build_table
 from helmrec.allocator.train import TRAIN_SEEDS
 from helmrec.workload.traces import REGIMES, Trace, make_trace
 

@@ -1,6 +1,6 @@
 """Per-request service-time model of one serving node, with the source of every constant.
 
-The node simulator (`allocator/sim_env.py`) turns cache hit rates into latency
+The node simulator (`allocator/node_model.py`) turns cache hit rates into latency
 with this model. The node modelled is the design's target: one H100 whose HBM
 pool holds the EMB and KV caches, with the item table in pinned host DRAM.
 

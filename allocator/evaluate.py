@@ -21,11 +21,11 @@ import numpy as np
 
 from helmrec.allocator.controller import Controller, ControllerConfig
 from helmrec.allocator.loop import Decider
+from helmrec.allocator.node_model import NodeConfig, NodeState, WindowTable, build_table, step_node
 from helmrec.allocator.observation import Observation
 from helmrec.allocator.oracle import alpha_star
 from helmrec.allocator.pid import PIDConfig, PIDController
 from helmrec.allocator.policy import Policy
-from helmrec.allocator.sim_env import NodeConfig, NodeState, WindowTable, build_table, step_node
 from helmrec.workload.traces import REGIMES, make_trace
 
 EVAL_SEEDS = (100, 101)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from helmrec.allocator.node_model import NodeConfig
 from helmrec.allocator.observation import FEATURE_SCALE, FEATURE_SHIFT
-from helmrec.allocator.sim_env import NodeConfig
 
 
 def actor_weights(model) -> dict[str, np.ndarray]:

@@ -1,6 +1,6 @@
 """What the controller sees every control interval, and the fixed feature scaling of its policy.
 
-The simulator (`allocator/sim_env.py`) and the serving glue (pool stats in
+The simulator (`allocator/node_model.py`) and the serving glue (pool stats in
 `hstu_pool`) both build an `Observation` with the same definitions, over the
 last control window, except the three KV hit rates, which are over the last
 KV_LOOKBACK_S (`KVLookback`):

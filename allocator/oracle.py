@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from helmrec.allocator.sim_env import ALPHA_GRID, NodeConfig, WindowTable
+from helmrec.allocator.node_model import ALPHA_GRID, NodeConfig, WindowTable
 
 SMOOTH_SIGMA = 0.05  # in alpha units
 

@@ -1,6 +1,6 @@
 """`helmrec train-allocator`: train the PPO base policy offline on the node simulator, export numpy weights.
 
-Training data: window tables (`sim_env.build_table`) of all three regimes on
+Training data: window tables (`node_model.build_table`) of all three regimes on
 the training seeds; evaluation uses other seeds (`allocator/evaluate.py`).
 The reward is the latency regret against the window's best alpha plus a
 shaping term toward alpha* (offline only; see `NodeEnv`). Decisions hardly
@@ -16,8 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from helmrec.allocator.node_model import NodeConfig, WindowTable, build_table
+from helmrec.allocator.oracle import alpha_star
 from helmrec.allocator.policy import DEFAULT_POLICY
-from helmrec.allocator.sim_env import NodeConfig, NodeEnv, WindowTable, build_table
+from helmrec.allocator.sim_env import NodeEnv
 from helmrec.workload.traces import REGIMES, make_trace
 
 TRAIN_SEEDS = (0, 1, 2)
@@ -35,8 +37,6 @@ def fit_constants(tables: list[WindowTable], node: NodeConfig = NodeConfig()) ->
     windows (the EMB share that is enough for nine bursts in ten);
     meta_pid_setpoint: the PID baseline's EMB hit-rate target, the mean EMB hit rate at alpha*.
     """
-    from helmrec.allocator.oracle import alpha_star
-
     burst, hits = [], []
     for table in tables:
         star = alpha_star(table, node)

@@ -1,7 +1,7 @@
 """How far each node's alpha was from the offline-optimal alpha* of the traffic it actually received.
 
 alpha* comes from the allocator's own oracle (`helmrec.allocator.oracle.alpha_star`
-over `helmrec.allocator.sim_env.build_table`), the definition `helmrec eval-allocator`
+over `helmrec.allocator.node_model.build_table`), the definition `helmrec eval-allocator`
 reports, applied per node to the sub-trace the router sent there: a node only
 sees a user's previous request if it was routed to that node too, so the
 KV reuse a node can get (and hence its alpha*) depends on the routing policy.
@@ -13,8 +13,8 @@ import dataclasses
 
 import numpy as np
 
+from helmrec.allocator.node_model import build_table
 from helmrec.allocator.oracle import alpha_star
-from helmrec.allocator.sim_env import build_table
 from helmrec.load.sim.cluster import RunResult
 from helmrec.load.sim.config import SimConfig
 from helmrec.workload.traces import Trace

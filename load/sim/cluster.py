@@ -29,10 +29,10 @@ import numpy as np
 from helmrec.allocator.observation import Observation
 from helmrec.load.sim.config import SimConfig
 from helmrec.load.sim.node import SimNode
-from helmrec.workload.traces import Trace
 from helmrec.router.emb_locality import MAX_SAMPLED_ITEMS
 from helmrec.router.policies import AllBackendsBusy, make_policy
 from helmrec.router.state import BackendState, RouteRequest
+from helmrec.workload.traces import Trace
 
 _CHUNK = 32768  # requests whose routing candidates are drawn in one vectorised batch
 

@@ -1,7 +1,7 @@
 """Settings of one cluster simulation, in one frozen dataclass.
 
 The node's pool size and service-time constants are not repeated here: they
-come from `helmrec.allocator.sim_env.NodeConfig` and `helmrec.allocator.cost_model.CostModel`,
+come from `helmrec.allocator.node_model.NodeConfig` and `helmrec.allocator.cost_model.CostModel`,
 the same objects the controller was trained against, so the simulated nodes
 and the controller's training simulator can never disagree on what a node is.
 """
@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from helmrec.allocator.cost_model import PCIE_H2D_BYTES_PER_US
-from helmrec.allocator.sim_env import NodeConfig
+from helmrec.allocator.node_model import NodeConfig
 from helmrec.router.config import RouterConfig
 
 # The router's default in-flight limit per backend (RouterConfig's own default, read, not copied).

@@ -32,8 +32,8 @@ from helmrec.load.sim.alpha_gap import alpha_gap
 from helmrec.load.sim.cluster import Decider, simulate
 from helmrec.load.sim.config import SimConfig
 from helmrec.load.sim.metrics import measured, refused_share, summarize
-from helmrec.workload.traces import REGIMES, Trace, make_trace
 from helmrec.router.config import POLICIES as ROUTERS
+from helmrec.workload.traces import REGIMES, Trace, make_trace
 
 ABLATION_ROUTERS = ("emb_aware", "kv_aware", "helm")
 # Relative cost of one request under each router (32 backends): the EMB-sketch policies score every

@@ -1,6 +1,6 @@
 """`python -m helmrec.load.sim.replay`: the simulator's KV hit rates against an exact replay of the same trace.
 
-The node simulator (`sim_env.build_table`) estimates KV hit rates with Che's
+The node simulator (`helmrec.allocator.node_model.build_table`) estimates KV hit rates with Che's
 characteristic-time approximation, and the policy learns from them, the two
 counterfactual fields included. This is the slower exact mode that checks it:
 every request of a trace goes through the KV rule the real pool runs
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from helmrec.allocator.node_model import NodeConfig, WindowTable, build_table
 from helmrec.allocator.observation import COUNTERFACTUAL_SHARE
-from helmrec.allocator.sim_env import NodeConfig, WindowTable, build_table
 from helmrec.load.sim.config import SimConfig
 from helmrec.load.sim.node import NodePool
 from helmrec.workload.traces import REGIMES, Trace, make_trace

@@ -12,8 +12,8 @@ import pytest
 from helmrec.allocator.controller import Controller, ControllerConfig
 from helmrec.allocator.evaluate import run as eval_run
 from helmrec.allocator.loop import ControlLoop
+from helmrec.allocator.node_model import NodeConfig, NodeState, build_table, step_node
 from helmrec.allocator.observation import Observation
-from helmrec.allocator.sim_env import NodeConfig, NodeState, build_table, step_node
 from helmrec.workload.traces import make_trace
 
 NODE = NodeConfig(warmup_s=20.0, sample_requests=1000)

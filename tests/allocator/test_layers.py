@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from helmrec.allocator.burst import BurstConfig, BurstDetector
+from helmrec.allocator.node_model import NodeConfig, build_table
 from helmrec.allocator.residual import ResidualAdapter, ResidualConfig
-from helmrec.allocator.sim_env import NodeConfig, build_table
 from helmrec.workload.traces import make_trace
 
 

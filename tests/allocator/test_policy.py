@@ -8,11 +8,13 @@ import sys
 import numpy as np
 import pytest
 
+from helmrec.allocator.action import alpha_from_action
 from helmrec.allocator.controller import Controller, ControllerConfig
 from helmrec.allocator.export import export_policy
+from helmrec.allocator.node_model import NodeConfig, build_table
 from helmrec.allocator.observation import Observation, features
 from helmrec.allocator.policy import DEFAULT_POLICY, Policy
-from helmrec.allocator.sim_env import NodeConfig, NodeEnv, alpha_from_action, build_table
+from helmrec.allocator.sim_env import NodeEnv
 from helmrec.allocator.train import train
 from helmrec.workload.traces import make_trace
 
@@ -46,7 +48,7 @@ def test_numpy_forward_equals_sb3_predict(trained) -> None:
         expected, _ = model.predict(features(obs.to_array()), deterministic=True)
         got = policy.action(obs.to_array())
         assert got == pytest.approx(float(expected[0]), abs=1e-5)
-        assert policy.alpha(obs) == pytest.approx(alpha_from_action(float(expected[0]), NODE), abs=1e-5)
+        assert policy.alpha(obs) == pytest.approx(alpha_from_action(float(expected[0]), NODE.alpha_min, NODE.alpha_max), abs=1e-5)
 
 
 def test_env_observations_round_trip(trained) -> None:

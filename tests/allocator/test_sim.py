@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
+from helmrec.allocator.node_model import ALPHA_GRID, NodeConfig, NodeState, build_table, step_node
 from helmrec.allocator.observation import OBS_DIM, Observation, features
 from helmrec.allocator.oracle import alpha_star, smoothed_p99
-from helmrec.allocator.sim_env import ALPHA_GRID, NodeConfig, NodeEnv, NodeState, build_table, step_node
+from helmrec.allocator.sim_env import NodeEnv
 from helmrec.workload.traces import make_trace
 
 NODE = NodeConfig(warmup_s=20.0)  # default request sample: the oracle test checks its 1% claim

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from helmrec.allocator.sim_env import NodeConfig
+from helmrec.allocator.node_model import NodeConfig
 from helmrec.load.sim.config import SimConfig
 from helmrec.load.sim.node import NodePool, SimNode
 from helmrec.workload.traces import zipf_cdf

@@ -85,7 +85,7 @@ def decision_latency_us(controller: Controller, observations: list[Observation],
 
 
 def evaluate(policy: Policy, seeds: tuple[int, ...], duration_s: float, node: NodeConfig = NodeConfig(), plot: Path | None = None) -> dict:
-    """The report of DESIGN.md "Reports" for `policy` on `seeds` of every regime."""
+    """The report of docs/reports.md for `policy` on `seeds` of every regime."""
     factories = policies(policy)
     report: dict = {"regimes": {}}
     traces_for_plot: dict[str, dict[str, np.ndarray]] = {}

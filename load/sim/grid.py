@@ -194,7 +194,7 @@ def _best_alpha(sweep: dict[float, dict[str, float]]) -> float:
 
 
 def run_grid(grid: GridConfig, log: Callable[[str], None] = print) -> tuple[dict, dict[str, dict[str, TaskResult]]]:
-    """Run the grid; returns the report (DESIGN.md "Reports" shape, plus detail keys) and the plot series."""
+    """Run the grid; returns the report (the docs/reports.md shape) and the plot series."""
     global _GRID
     started = time.perf_counter()
     sim = grid.sim

@@ -133,22 +133,33 @@ class HelmWeights:
     """How `helm` trades the three signals.
 
     Score = kv * (share of the history resident) + emb * (share of candidates hot)
-            - load * (requests above the least-loaded backend) / (guard_slack + 1).
+            - load * (requests above the least-loaded backend) / (guard_slack + 1)
+            + homes * (share by which the backend's users fall short of the mean),
+    the last term only for a request whose user has a prefix nowhere (a new user).
     With these defaults a resident prefix outweighs up to `guard_slack` extra
     queued requests, and the guard then forbids the node outright, so a hot
     user's node is never overrun; EMB locality decides among nodes without the
     user's prefix (new users) and breaks near-ties.
+
+    The homes term is load over a longer horizon than requests in flight: the
+    users homed on a backend bring their next requests there. A backend that
+    restarts has none (its record is cleared: its caches are gone) and a cold
+    EMB sketch; with homes > emb its empty home count outweighs the others' hot
+    candidates, so new users flow to it until it holds 1 - emb/homes (20%) of
+    the mean, by which time its sketch has warmed on their candidates. In a
+    balanced cluster the shortfalls are a few percent and EMB locality decides.
     """
 
     kv: float = 1.0
     emb: float = 0.4
     load: float = 0.5
+    homes: float = 0.5
     # A backend with more than this many requests above the least-loaded
     # eligible backend is skipped, whatever its cache score.
     guard_slack: int = 4
 
     def __post_init__(self) -> None:
-        for name in ("kv", "emb", "load"):
+        for name in ("kv", "emb", "load", "homes"):
             if getattr(self, name) < 0:
                 raise ValueError(f"HelmWeights.{name} must be >= 0, got {getattr(self, name)}")
         if self.guard_slack < 0:
@@ -170,14 +181,15 @@ class Helm(_Policy):
         loads = {i: backends[i].load for i in room}
         floor = min(loads.values())
         user, n = request.user_id, request.history_len
-        # KV and load terms first (dictionary lookups); the EMB term (a numpy
+        # KV, load and homes terms first (dictionary lookups); the EMB term (a numpy
         # gather) can add at most w.emb, so it is only computed for backends
         # within w.emb of the best partial score: usually just the user's home.
+        eligible = [i for i, load in loads.items() if load - floor <= w.guard_slack]
+        kv = {i: backends[i].kv.fraction(user, n) if user is not None else 0.0 for i in eligible}
+        homes = self._home_shortfall(eligible, backends) if w.homes and not any(kv.values()) else {}
         partial = {
-            i: (w.kv * backends[i].kv.fraction(user, n) if user is not None else 0.0)
-            - w.load * (load - floor) / (w.guard_slack + 1)
-            for i, load in loads.items()
-            if load - floor <= w.guard_slack
+            i: w.kv * kv[i] - w.load * (loads[i] - floor) / (w.guard_slack + 1) + w.homes * homes.get(i, 0.0)
+            for i in eligible
         }
         cut = max(partial.values()) - w.emb
         slots = request.item_slots
@@ -185,6 +197,15 @@ class Helm(_Policy):
             i: s + w.emb * backends[i].emb.hot_share(slots) if w.emb and s >= cut else s for i, s in partial.items()
         }
         return self._best(list(score), len(backends), score.__getitem__)
+
+    @staticmethod
+    def _home_shortfall(eligible: list[int], backends: Sequence[BackendState]) -> dict[int, float]:
+        """Per backend, the share (0..1) by which its homed users fall short of the eligible mean."""
+        counts = {i: len(backends[i].kv) for i in eligible}
+        mean = sum(counts.values()) / len(counts)
+        if mean == 0:
+            return {}
+        return {i: max(0.0, 1.0 - c / mean) for i, c in counts.items()}
 
 
 POLICY_CLASSES: dict[str, type[_Policy]] = {

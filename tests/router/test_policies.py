@@ -173,3 +173,23 @@ def test_helm_reuses_prefixes_far_more_often_than_round_robin_on_repeat_users() 
     assert helm > 1.5 * rr
     # Tokens whose KV must be computed again: what a node actually pays for a miss.
     assert 1 - helm_tok < 0.5 * (1 - rr_tok)
+
+
+def test_helm_sends_new_users_to_a_restarted_backend_despite_its_cold_sketch() -> None:
+    """A backend back from a restart has no homes and a cold EMB sketch; the others are hot
+    for every candidate. New users must flow to it, and only until it is no longer short."""
+    backends, policy = cluster(), make_policy("helm")
+    popular = np.arange(100, 164, dtype=np.int64)
+    for user in range(60):
+        served(policy, RouteRequest(user_id=user, history_len=8, candidates=popular), backends)
+    backends[2].mark_down()
+    backends[2].mark_up()
+    assert len(backends[2].kv) == 0 and backends[2].emb.hot_share(item_slots(popular)) == 0
+    placed = [served(policy, RouteRequest(user_id=1000 + u, history_len=8, candidates=popular), backends) for u in range(30)]
+    print(f"new users after the restart went to {placed}")
+    assert placed[:5] == [2] * 5, placed
+    # Its users caught up with the mean: new users spread again instead of all landing there.
+    assert 10 <= placed.count(2) < 30, placed
+    # Repeat users still go home: the homes term never applies where a prefix is resident.
+    repeat = next(u for u in range(60) if u in backends[0].kv)
+    assert policy.choose(RouteRequest(user_id=repeat, history_len=9, candidates=popular), backends) == 0

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 _KEYS = ("pool_bytes", "page_bytes", "alpha", "refill_bandwidth_bytes_per_s", "max_move_pages_per_step")
+_SHARE_KEY = "counterfactual_share"  # optional: see PoolConfig
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,11 @@ class PoolConfig:
     the critical-path miss copies of bandwidth. `max_move_pages_per_step`
     bounds one background move step, so a jump of alpha from 0.1 to 0.9 is
     spread over many short steps instead of one long lock hold.
+    `counterfactual_share` is the share of the pool more / less for KV at which
+    the KV ghost counts the hits the cache would have had: the controller's
+    policy reads those counts and was trained at one share (the allocator's
+    `COUNTERFACTUAL_SHARE`; a test ties the two), so the pool is told the
+    share here instead of importing the controller.
     """
 
     pool_bytes: int
@@ -27,6 +33,7 @@ class PoolConfig:
     refill_bandwidth_bytes_per_s: float
     max_move_pages_per_step: int
     device: str = "cpu"
+    counterfactual_share: float = 0.1
 
     def __post_init__(self) -> None:
         if isinstance(self.pool_bytes, bool) or not isinstance(self.pool_bytes, int) or self.pool_bytes <= 0:
@@ -50,6 +57,9 @@ class PoolConfig:
             raise ValueError(f"max_move_pages_per_step must be an int >= 1, got {steps!r}")
         if not isinstance(self.device, str) or not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
+        share = self.counterfactual_share
+        if not (isinstance(share, (int, float)) and math.isfinite(share) and 0.0 < share < 1.0):
+            raise ValueError(f"counterfactual_share must be a finite number in (0, 1), got {share!r}")
 
     @property
     def num_pages(self) -> int:
@@ -62,6 +72,8 @@ class PoolConfig:
 
         All five keys are required: config.pbtxt is the single place these
         numbers live, so a missing key is a deployment error, not a default.
+        `counterfactual_share` is optional: its value is the trained policy's,
+        not a deployment's choice, so the default is the one to keep.
         """
         missing = [key for key in _KEYS if key not in params]
         if missing:
@@ -73,6 +85,7 @@ class PoolConfig:
             refill_bandwidth_bytes_per_s=_parse_float(params, "refill_bandwidth_bytes_per_s"),
             max_move_pages_per_step=_parse_int(params, "max_move_pages_per_step"),
             device=device,
+            counterfactual_share=_parse_float(params, _SHARE_KEY) if _SHARE_KEY in params else cls.counterfactual_share,
         )
 
 

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from helmrec.allocator.observation import COUNTERFACTUAL_SHARE
 from helmrec.pool.config import PoolConfig
 from helmrec.pool.emb_cache import EmbCache
 from helmrec.pool.host_table import HostTable
@@ -55,7 +54,7 @@ class PoolLookup:
     cand_emb: torch.Tensor  # [c, D]
     miss_ids: np.ndarray  # ids gathered from the host table (queued for admission at commit)
     lookup_s: float
-    # Would the KV prefix have been reused with COUNTERFACTUAL_SHARE of the pool more / less for KV?
+    # Would the KV prefix have been reused with PoolConfig.counterfactual_share of the pool more / less for KV?
     kv_hit_more: bool
     kv_hit_less: bool
 
@@ -100,7 +99,7 @@ class Pool:
         self.emb_cache = EmbCache(
             self._alloc, emb_rows, host_table.num_items, aging_lookups=_AGING_LOOKUPS_PER_SLOT * num_slots
         )
-        self.kv_cache = KVCache(self._alloc, kv_pages, ghost_pages=max(1, round(COUNTERFACTUAL_SHARE * self.num_pages)))
+        self.kv_cache = KVCache(self._alloc, kv_pages, ghost_pages=max(1, round(config.counterfactual_share * self.num_pages)))
         self._target_emb_pages = emb_pages
         self._admit_queue: deque[int] = deque(maxlen=_ADMIT_QUEUE_PER_SLOT * num_slots)
         self._stats = StatsRecorder()

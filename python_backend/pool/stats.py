@@ -19,7 +19,7 @@ class PoolStats:
     A KV hit is a request whose cached user prefix was reused, fully or in
     part (`kv_partial_hits` counts the partial ones among `kv_hits`).
     `kv_hits_more` / `kv_hits_less` count the requests that would have been KV
-    hits with COUNTERFACTUAL_SHARE of the pool more / less for KV (`KVGhost`).
+    hits with `PoolConfig.counterfactual_share` of the pool more / less for KV (`KVGhost`).
     EMB evictions count rows; KV evictions count user prefixes. Page counts,
     cached users and alpha are the values when the window closed.
     """
@@ -71,10 +71,6 @@ class PoolStats:
     @property
     def request_rate(self) -> float:
         return self.requests / self.window_s if self.window_s > 0 else 0.0
-
-    @property
-    def mean_lookup_ms(self) -> float:
-        return 1000.0 * self.lookup_s / self.requests if self.requests else 0.0
 
 
 class StatsRecorder:

@@ -2,7 +2,10 @@
 
 import pytest
 
+from helmrec.allocator.observation import COUNTERFACTUAL_SHARE
+from helmrec.launcher.repository import get_parameter
 from helmrec.pool.config import PoolConfig
+from helmrec.resources import model_repository
 
 GOOD = {
     "pool_bytes": "1048576",
@@ -31,6 +34,8 @@ def test_from_triton_parameters_parses_strings():
         ("max_move_pages_per_step", "0", "max_move_pages_per_step must be an int >= 1"),
         ("page_bytes", "2097152", "must not exceed pool_bytes"),
         ("page_bytes", "4097", "multiple of 8"),
+        ("counterfactual_share", "0", r"counterfactual_share must be a finite number in \(0, 1\)"),
+        ("counterfactual_share", "tenth", "'counterfactual_share' must be a number"),
     ],
 )
 def test_bad_value_names_the_key(key, value, match):
@@ -52,3 +57,22 @@ def test_non_string_value_is_rejected():
 def test_unknown_device_is_rejected():
     with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda"):
         PoolConfig(1024, 64, 0.5, 1e6, 1, device="tpu")
+
+
+def test_counterfactual_share_is_optional_and_parsed_when_given():
+    assert PoolConfig.from_triton_parameters(GOOD).counterfactual_share == PoolConfig.counterfactual_share
+    assert PoolConfig.from_triton_parameters({**GOOD, "counterfactual_share": "0.2"}).counterfactual_share == 0.2
+
+
+def test_packaged_pool_measures_the_share_the_policy_was_trained_at():
+    """The ghost's share comes from the packaged hstu_pool config (or PoolConfig's default when it
+    names none); the policy reads the counts as taken at the allocator's share. Nothing else ties
+    the two, so a drift would silently feed the controller hit rates at the wrong capacities."""
+    config = model_repository() / "hstu_pool" / "config.pbtxt"
+    params = {}
+    for key in ("pool_bytes", "page_bytes", "alpha", "refill_bandwidth_bytes_per_s", "max_move_pages_per_step", "counterfactual_share"):
+        try:
+            params[key] = get_parameter(config, key)
+        except KeyError:
+            pass
+    assert PoolConfig.from_triton_parameters(params).counterfactual_share == COUNTERFACTUAL_SHARE

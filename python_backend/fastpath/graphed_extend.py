@@ -79,20 +79,30 @@ class GraphedExtend:
         """Whether (cached, new) tokens run from a graph: a cached prefix and 1..max_new new tokens."""
         return cached > 0 and 0 < new <= self.max_new
 
+    def warm(self, cached: int) -> None:
+        """Capture the graphs of every new-token bucket over `cached` tokens' context bucket now."""
+        for m in range(self.new_step, self.max_new + self.new_step, self.new_step):
+            self._graph(cached, min(m, self.max_new))
+
+    def _graph(self, n0: int, m: int) -> tuple[_Context, _ExtendGraph]:
+        """The context buffer and graph of the bucket of (n0 cached, m new) tokens, captured if new."""
+        cfg = self.fused.model.config
+        c = min(round_up(n0, self.context_step), cfg.max_seq_len)
+        b = round_up(m, self.new_step)
+        context = self._contexts.get(c)
+        if context is None:
+            context = self._contexts[c] = _Context(self.fused.model.item_emb.weight.new_zeros(cfg.num_layers, c, cfg.kv_width))
+        graph = self._graphs.get((c, b))
+        if graph is None:
+            graph = self._graphs[(c, b)] = _ExtendGraph(self.fused, context, b, self._capture_lock)
+        return context, graph
+
     def extend_suffix(self, kv: torch.Tensor, new_emb: torch.Tensor, hist_ts: torch.Tensor, new_actions: torch.Tensor) -> torch.Tensor:
         """Same result as `FusedHSTU.extend_suffix` (kv [L, m, W] of the new tokens, a fresh tensor)."""
         n0, m = kv.shape[1], new_emb.shape[0]
         if not self.applies(n0, m):
             raise ValueError(f"GraphedExtend takes a cached prefix and 1..{self.max_new} new tokens, got {n0} and {m}")
-        limit = self.fused.model.config.max_seq_len
-        c = min(round_up(n0, self.context_step), limit)
-        b = round_up(m, self.new_step)
-        context = self._contexts.get(c)
-        if context is None:
-            context = self._contexts[c] = _Context(self.fused.model.item_emb.weight.new_zeros(kv.shape[0], c, kv.shape[2]))
-        graph = self._graphs.get((c, b))
-        if graph is None:
-            graph = self._graphs[(c, b)] = _ExtendGraph(self.fused, context, b, self._capture_lock)
+        context, graph = self._graph(n0, m)
         with torch.inference_mode():
             context.kv[:, :n0].copy_(kv)
             if context.filled > n0:

@@ -51,6 +51,16 @@ class GraphedPrefill:
         """Tokens the graph for an n-token history runs: n rounded up to `step`, capped at max_seq_len."""
         return min(round_up(n, self.step), self.fused.model.config.max_seq_len)
 
+    def warm(self, n: int) -> None:
+        """Capture the graph of an n-token history's bucket now, not on a request."""
+        self._graph(self.bucket(n))
+
+    def _graph(self, key: int) -> _PrefillGraph:
+        graph = self._graphs.get(key)
+        if graph is None:
+            graph = self._graphs[key] = _PrefillGraph(self.fused, key, self._capture_lock)
+        return graph
+
     def prefill(self, hist_emb: torch.Tensor, hist_ts: torch.Tensor, hist_actions: torch.Tensor) -> torch.Tensor:
         """Same result as `FusedHSTU.prefill` (kv [L, n, W], a fresh tensor); inputs on the model's device."""
         n = hist_emb.shape[0]
@@ -58,9 +68,7 @@ class GraphedPrefill:
         if not 0 < n <= limit:
             raise ValueError(f"hist_emb: GraphedPrefill takes 1..{limit} tokens, got {n}")
         key = self.bucket(n)
-        graph = self._graphs.get(key)
-        if graph is None:
-            graph = self._graphs[key] = _PrefillGraph(self.fused, key, self._capture_lock)
+        graph = self._graph(key)
         with torch.inference_mode():
             graph.emb[:n].copy_(hist_emb)
             graph.emb[n:].zero_()

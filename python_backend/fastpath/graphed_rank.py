@@ -14,7 +14,12 @@ price of fixed addresses and is part of every measured latency.
 One `GraphedRank` serves one stream at a time: its static buffers are shared
 by every replay, so concurrent callers each need their own.
 
-Graphs are captured lazily under `capture_lock` (see `cuda_graphs.capture`).
+Memory is bounded per (history, candidates) bucket: the graphs of every batch
+size of one bucket are views of one buffer sized for `max_batch` requests
+(`large` at 2048 tokens: 5 x 32 x 2048 x 1024 bf16 = 671 MB), so more batch
+sizes cost only their graphs' own workspaces. `warm` captures the buckets that
+traffic will need before it arrives; anything else is captured lazily, under
+`capture_lock` (see `cuda_graphs.capture`), on the first request that needs it.
 """
 
 from __future__ import annotations
@@ -58,19 +63,26 @@ class RankInput:
     gap_s: int
 
 
-class _Graph:
-    """One captured (batched) rank step and its static inputs/outputs."""
+class _Buffers:
+    """The static inputs of every graph of one (history, candidates) bucket, sized for `max_batch`."""
 
-    def __init__(self, fused: FusedHSTU, batch: int, n: int, c: int, lock: contextlib.AbstractContextManager | None) -> None:
+    def __init__(self, fused: FusedHSTU, max_batch: int, n: int, c: int) -> None:
         model = fused.model
         w = model.item_emb.weight
         cfg = model.config
-        self.kv = w.new_zeros(cfg.num_layers, batch, n, cfg.kv_width)
-        self.cand_emb = w.new_zeros(batch, c, cfg.d_model)
-        self.length_gap = torch.zeros(2, batch, dtype=torch.int64, device=w.device)
+        self.kv = w.new_zeros(cfg.num_layers, max_batch, n, cfg.kv_width)
+        self.cand_emb = w.new_zeros(max_batch, c, cfg.d_model)
+        self.length_gap = torch.zeros(2, max_batch, dtype=torch.int64, device=w.device)
         self.filled = 0  # history rows that may be non-zero from an earlier request
+
+
+class _Graph:
+    """One captured rank step of `batch` requests over the first `batch` slots of its bucket's buffers."""
+
+    def __init__(self, fused: FusedHSTU, buffers: _Buffers, batch: int, lock: contextlib.AbstractContextManager | None) -> None:
+        kv, cand_emb, length_gap = buffers.kv[:, :batch], buffers.cand_emb[:batch], buffers.length_gap[:, :batch]
         self.graph, self.scores = capture(
-            lambda: fused.rank_core(self.kv, self.length_gap[0], self.length_gap[1], self.cand_emb), w.device, lock
+            lambda: fused.rank_core(kv, length_gap[0], length_gap[1], cand_emb), fused.model.item_emb.weight.device, lock
         )
 
 
@@ -78,13 +90,46 @@ class GraphedRank:
     """`FusedHSTU.rank` replayed from CUDA graphs captured lazily per bucket."""
 
     def __init__(
-        self, fused: FusedHSTU, buckets: RankBuckets = RankBuckets(), capture_lock: contextlib.AbstractContextManager | None = None
+        self,
+        fused: FusedHSTU,
+        buckets: RankBuckets = RankBuckets(),
+        capture_lock: contextlib.AbstractContextManager | None = None,
+        max_batch: int = 32,
     ) -> None:
         require_cuda(fused, "GraphedRank")
+        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+            raise ValueError(f"GraphedRank max_batch must be an int >= 1, got {max_batch!r}")
         self.fused = fused
         self.buckets = buckets
+        self.max_batch = 1 << (max_batch - 1).bit_length()  # batches round up to a power of two
         self._capture_lock = capture_lock
+        self._buffers: dict[tuple[int, int], _Buffers] = {}
         self._graphs: dict[tuple[int, int, int], _Graph] = {}
+
+    def bucket(self, n: int, c: int) -> tuple[int, int]:
+        """The (history, candidates) bucket an n-token, c-candidate request ranks in."""
+        return self.buckets.of(1, n, c)[1:]
+
+    def warm(self, n: int, c: int) -> None:
+        """Capture the graphs of every batch size for the bucket of (n, c) now, not on a request."""
+        b = 1
+        while b <= self.max_batch:
+            self._graph(b, *self.bucket(n, c))
+            b *= 2
+
+    @property
+    def buffer_bytes(self) -> int:
+        """Bytes held by the static inputs of every bucket captured so far (graph workspaces excluded)."""
+        return sum(t.numel() * t.element_size() for b in self._buffers.values() for t in (b.kv, b.cand_emb, b.length_gap))
+
+    def _graph(self, batch: int, n: int, c: int) -> tuple[_Buffers, _Graph]:
+        buffers = self._buffers.get((n, c))
+        if buffers is None:
+            buffers = self._buffers[(n, c)] = _Buffers(self.fused, self.max_batch, n, c)
+        graph = self._graphs.get((batch, n, c))
+        if graph is None:
+            graph = self._graphs[(batch, n, c)] = _Graph(self.fused, buffers, batch, self._capture_lock)
+        return buffers, graph
 
     def rank(self, kv: torch.Tensor, hist_ts: torch.Tensor, cand_emb: torch.Tensor, query_ts: int) -> torch.Tensor:
         """Same result as `FusedHSTU.rank` (scores [c, T] float32); `hist_ts` best on the host."""
@@ -103,22 +148,21 @@ class GraphedRank:
                 f"requests: {max(lengths)} tokens / {max(counts)} candidates exceed "
                 f"max_seq_len {cfg.max_seq_len} / max_candidates {cfg.max_candidates}"
             )
-        key = self.buckets.of(len(requests), max(lengths), max(counts))
-        graph = self._graphs.get(key)
-        if graph is None:
-            graph = self._graphs[key] = _Graph(self.fused, *key, self._capture_lock)
+        if len(requests) > self.max_batch:
+            raise ValueError(f"requests: {len(requests)} exceed this GraphedRank's max_batch {self.max_batch}")
+        buffers, graph = self._graph(*self.buckets.of(len(requests), max(lengths), max(counts)))
         batch, n = len(requests), max(lengths)
         with torch.inference_mode():
             for b, r in enumerate(requests):  # straight into the slot: no stacked temporary to copy twice
-                graph.kv[:, b, : lengths[b]].copy_(r.kv)
+                buffers.kv[:, b, : lengths[b]].copy_(r.kv)
                 if lengths[b] < n:
-                    graph.kv[:, b, lengths[b] : n].zero_()
-                graph.cand_emb[b, : counts[b]].copy_(r.cand_emb)
-            if graph.filled > n:
-                graph.kv[:, :, n : graph.filled].zero_()
-            graph.filled = n
+                    buffers.kv[:, b, lengths[b] : n].zero_()
+                buffers.cand_emb[b, : counts[b]].copy_(r.cand_emb)
+            if buffers.filled > n:
+                buffers.kv[:, :, n : buffers.filled].zero_()
+            buffers.filled = n
             host = torch.tensor([lengths, [r.gap_s for r in requests]], dtype=torch.int64)
-            graph.length_gap[:, :batch].copy_(host)
+            buffers.length_gap[:, :batch].copy_(host)
             graph.graph.replay()
             scores = graph.scores[:batch].clone()
         return [scores[b, : counts[b]] for b in range(batch)]

@@ -1,8 +1,8 @@
 """The three-layer alpha controller: frozen PPO base policy, online residual, burst-aware recovery.
 
-`decide(obs)` is called once per control interval by `ControlLoop` (inside
-`hstu_pool`) or by the simulators, and returns the alpha for the next
-interval. Composition:
+`decide(obs)` (the `interface.Decider` protocol) is called once per control
+interval by `NodeControl` (inside `hstu_pool`) or by the simulators, and
+returns the alpha for the next interval. Composition:
 
 1. base = the numpy PPO actor's alpha target for `obs`;
 2. calm: target = base + residual(P99), and alpha moves toward it by at most
@@ -69,13 +69,6 @@ class Controller:
         self._lo = policy.alpha_min
         self._hi = policy.alpha_max
         self.alpha: float | None = None  # the last decision
-
-    @property
-    def interval_s(self) -> float:
-        """The control window the policy was trained on; run `ControlLoop` with it (see docs/allocator.md)."""
-        if "meta_interval_s" not in self.policy.extra:
-            raise ValueError("policy file has no meta_interval_s: re-export it with helmrec train-allocator")
-        return float(self.policy.extra["meta_interval_s"])
 
     @classmethod
     def load(cls, path: str | Path | None = None, config: ControllerConfig = ControllerConfig()) -> "Controller":

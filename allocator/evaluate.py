@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from helmrec.allocator.controller import Controller, ControllerConfig
-from helmrec.allocator.loop import Decider
+from helmrec.allocator.interface import Decider
 from helmrec.allocator.node_model import NodeConfig, NodeState, WindowTable, build_table, step_node
 from helmrec.allocator.observation import Observation
 from helmrec.allocator.oracle import alpha_star

@@ -22,11 +22,11 @@ from __future__ import annotations
 import heapq
 import time
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable
 
 import numpy as np
 
-from helmrec.allocator.observation import Observation
+from helmrec.allocator.interface import Decider
 from helmrec.load.sim.config import SimConfig
 from helmrec.load.sim.node import SimNode
 from helmrec.router.emb_locality import MAX_SAMPLED_ITEMS
@@ -35,10 +35,6 @@ from helmrec.router.state import BackendState, RouteRequest
 from helmrec.workload.traces import Trace
 
 _CHUNK = 32768  # requests whose routing candidates are drawn in one vectorised batch
-
-
-class Decider(Protocol):
-    def decide(self, obs: Observation) -> float: ...
 
 
 @dataclass(frozen=True)

@@ -26,10 +26,11 @@ from typing import Callable
 import numpy as np
 
 from helmrec.allocator.controller import Controller, ControllerConfig
+from helmrec.allocator.interface import Decider
 from helmrec.allocator.observation import Observation
 from helmrec.allocator.policy import Policy
 from helmrec.load.sim.alpha_gap import alpha_gap
-from helmrec.load.sim.cluster import Decider, simulate
+from helmrec.load.sim.cluster import simulate
 from helmrec.load.sim.config import SimConfig
 from helmrec.load.sim.metrics import measured, refused_share, summarize
 from helmrec.router.config import POLICIES as ROUTERS

@@ -21,12 +21,13 @@ from typing import Any
 import torch
 import triton_python_backend_utils as pb_utils
 
+from helmrec.allocator.interface import Decider
 from helmrec.pool.config import PoolConfig
 from helmrec.pool.metrics import PoolMetrics
 from helmrec.pool.ranker import PooledRanker, RankRequest
 from helmrec import schema
 from helmrec.serving.network import load_network, read_limits, resolve_device, serving_dtype
-from helmrec.serving.node_control import AlphaController, NodeControl, ServiceTimes
+from helmrec.serving.node_control import NodeControl, ServiceTimes
 from helmrec.serving.triton_io import ModelArgs, error_response, input_tensor, output_tensor, to_torch
 
 NETWORK_MODEL = "hstu"
@@ -34,7 +35,7 @@ NETWORK_MODES = ("inprocess", "bls")
 CONTROLLERS = ("static", "adaptive")
 
 
-def _controller(kind: str) -> AlphaController | None:
+def _controller(kind: str) -> Decider | None:
     """The alpha controller the config asks for; `static` keeps the configured alpha."""
     if kind not in CONTROLLERS:
         raise pb_utils.TritonModelException(f"hstu_pool: parameter 'controller' must be one of {CONTROLLERS}, got {kind!r}")

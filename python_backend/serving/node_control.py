@@ -4,7 +4,10 @@ Every control interval one thread reads the pool's read-and-reset stats
 window, pushes it to the Triton metrics families, turns it into the
 controller's `Observation`, asks the controller for the next alpha and hands
 it to the pool. Nothing here runs on a request's critical path: requests only
-append their service time to `ServiceTimes`.
+append their service time to `ServiceTimes`. The controller is any
+`helmrec.allocator.interface.Decider` (None: a static node, metrics only); a
+step that fails ends the loop and is kept in `error` for `hstu_pool` to answer
+with, rather than leaving alpha stuck without a word.
 """
 
 from __future__ import annotations
@@ -12,19 +15,15 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
 
 import numpy as np
 
+from helmrec.allocator.interface import Decider
 from helmrec.allocator.observation import KVLookback, Observation
 from helmrec.pool.stats import PoolStats
 
 # Utilisation is capped below 1 so the queue estimate stays finite when the node saturates.
 MAX_UTILISATION = 0.99
-
-
-class AlphaController(Protocol):
-    def decide(self, obs: Observation) -> float: ...
 
 
 class ServiceTimes:
@@ -78,7 +77,7 @@ class NodeControl:
         set_alpha: Callable[[float], None],
         publish: Callable[[PoolStats, float | None], None],
         service_times: ServiceTimes,
-        controller: AlphaController | None,
+        controller: Decider | None,
         interval_s: float,
     ) -> None:
         self._read_stats = read_stats

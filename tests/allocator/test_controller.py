@@ -1,19 +1,15 @@
-"""The three-layer controller and its control loop, driven by the node simulator."""
+"""The three-layer controller, driven by the node simulator, and its evaluation report."""
 
 from __future__ import annotations
 
 import json
-import threading
-import time
 from argparse import Namespace
 
 import pytest
 
 from helmrec.allocator.controller import Controller, ControllerConfig
 from helmrec.allocator.evaluate import run as eval_run
-from helmrec.allocator.loop import ControlLoop
 from helmrec.allocator.node_model import NodeConfig, NodeState, build_table, step_node
-from helmrec.allocator.observation import Observation
 from helmrec.workload.traces import make_trace
 
 NODE = NodeConfig(warmup_s=20.0, sample_requests=1000)
@@ -50,42 +46,6 @@ def test_layers_config_selects_layers() -> None:
     assert Controller.load(config=ControllerConfig(layers="ppo_residual")).burst is None
     with pytest.raises(ValueError, match="layers"):
         ControllerConfig(layers="everything")
-
-
-def test_control_loop_drives_a_simulated_node(burst_table) -> None:
-    state = NodeState(alpha=0.5)
-    window = {"w": 0}
-    lock = threading.Lock()
-
-    def observe() -> Observation:
-        with lock:
-            w = window["w"] % burst_table.num_windows
-            window["w"] += 1
-            if w == 5:
-                raise RuntimeError("stats snapshot unavailable")
-            return step_node(burst_table, w, state)
-
-    applied: list[float] = []
-
-    def set_alpha(alpha: float) -> None:
-        state.alpha = alpha
-        applied.append(alpha)
-
-    loop = ControlLoop(Controller.load(), observe, set_alpha, interval_s=0.005)
-    with loop:
-        deadline = time.monotonic() + 10.0
-        while loop.decisions < 20 and time.monotonic() < deadline:
-            time.sleep(0.01)
-    n = loop.decisions
-    time.sleep(0.05)
-    assert loop.decisions == n, "stop() must end the thread"
-    assert n >= 20 and len(applied) == n and loop.errors == 1
-    assert isinstance(loop.last_error, RuntimeError)
-    lat = loop.decision_latency_us()
-    assert 0 < lat["median"] <= lat["p99"]
-    assert Controller.load().interval_s == 1.0  # the simulator window the packaged policy was trained on
-    with pytest.raises(ValueError, match="interval_s"):
-        ControlLoop(Controller.load(), observe, set_alpha, interval_s=0)
 
 
 def test_eval_allocator_quick_writes_the_report_shape(tmp_path) -> None:

@@ -30,6 +30,7 @@ import math
 import torch
 from torch import nn
 
+from helmrec import schema
 from helmrec.hstu.config import HSTUConfig
 from helmrec.hstu.features import log_time_bucket, previous_event_gaps, sqrt_time_bucket
 from helmrec.hstu.layer import HSTULayer
@@ -98,8 +99,7 @@ class HSTU(nn.Module):
         n0 = kv.shape[1]
         n1 = self._check_rows("new_emb", new_emb)
         n = n0 + n1
-        if n > cfg.max_seq_len:
-            raise ValueError(f"history length {n} (cached {n0} + new {n1}) exceeds max_seq_len {cfg.max_seq_len}")
+        schema.check_history_length("new_emb", n, cfg.max_seq_len)
         self._check_ts("hist_ts", hist_ts, n)
         self._check_ids("new_actions", new_actions, cfg.num_actions, "action", length=n1)
         return self.extend_suffix_unchecked(kv, new_emb, hist_ts, new_actions)
@@ -129,9 +129,7 @@ class HSTU(nn.Module):
         self._check_kv(kv)
         n = kv.shape[1]
         self._check_ts("hist_ts", hist_ts, n)
-        c = self._check_rows("cand_emb", cand_emb)
-        if c > cfg.max_candidates:
-            raise ValueError(f"cand_emb: {c} candidates exceed max_candidates {cfg.max_candidates}")
+        schema.check_candidate_count("cand_emb", self._check_rows("cand_emb", cand_emb), cfg.max_candidates)
         query = torch.tensor(int(query_ts), dtype=torch.int64, device=cand_emb.device)
         return self.rank_unchecked(kv, hist_ts, cand_emb, query)
 
@@ -176,13 +174,10 @@ class HSTU(nn.Module):
         """
         cfg = self.config
         n = self._check_rows("hist_emb", hist_emb)
-        if n > cfg.max_seq_len:
-            raise ValueError(f"hist_emb: history length {n} exceeds max_seq_len {cfg.max_seq_len}")
+        schema.check_history_length("hist_emb", n, cfg.max_seq_len)
         self._check_ts("hist_ts", hist_ts, n)
         self._check_ids("hist_actions", hist_actions, cfg.num_actions, "action", length=n)
-        c = self._check_rows("cand_emb", cand_emb)
-        if c > cfg.max_candidates:
-            raise ValueError(f"cand_emb: {c} candidates exceed max_candidates {cfg.max_candidates}")
+        schema.check_candidate_count("cand_emb", self._check_rows("cand_emb", cand_emb), cfg.max_candidates)
         query = torch.tensor(int(query_ts), dtype=torch.int64, device=cand_emb.device)
         return self.forward_unchecked(hist_emb, hist_ts, hist_actions, cand_emb, query)
 
@@ -338,6 +333,8 @@ class HSTU(nn.Module):
         return self.head(torch.cat([h, h * cand_emb], dim=-1)).float()
 
     # ------------------------------------------------------------------ input checks
+    # What only the network knows (d_model, kv layout, its dtype) is checked here; every
+    # rule a request states too (lengths, id ranges) is schema's, called with these names.
 
     def _check_rows(self, name: str, emb: torch.Tensor) -> int:
         d = self.config.d_model
@@ -368,5 +365,5 @@ class HSTU(nn.Module):
             raise ValueError(f"{name}: must be an int64 vector, got {ids.dtype} {list(ids.shape)}")
         if length is not None and ids.shape[0] != length:
             raise ValueError(f"{name}: length {ids.shape[0]} must be {length}")
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= upper):
-            raise ValueError(f"{name}: {what} ids must lie in [0, {upper}), got [{int(ids.min())}, {int(ids.max())}]")
+        if ids.numel():
+            schema.check_id_range(name, int(ids.min()), int(ids.max()), upper, what)

@@ -11,21 +11,25 @@ prefix of the whole history's K/V (see python_backend/hstu/model.py).
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from helmrec import schema
 from helmrec.hstu.model import HSTU
 from helmrec.kernels.attention import triton_importable
 from helmrec.fastpath.fused_model import FusedHSTU
 from helmrec.fastpath.graphed_extend import GraphedExtend
 from helmrec.fastpath.graphed_prefill import GraphedPrefill
-from helmrec.fastpath.graphed_rank import GraphedRank
+from helmrec.fastpath.graphed_rank import GraphedRank, RankInput
 from helmrec.pool.background import BackgroundWorker, RefillThrottle
 from helmrec.pool.config import PoolConfig
 from helmrec.pool.host_table import HostTable
 from helmrec.pool.kv_cache import HistoryTokens
-from helmrec.pool.pool import Pool, PoolLookup
+from helmrec.pool.pool import LookupQuery, Pool, PoolLookup
 from helmrec.pool.stats import PoolStats
 
 # How often the background thread wakes: short enough that a new alpha starts
@@ -35,7 +39,14 @@ DEFAULT_BACKGROUND_INTERVAL_S = 0.002
 
 @dataclass(frozen=True)
 class RankRequest:
-    """One ranking request: a user's history (oldest first) and the candidates to score."""
+    """One ranking request as a library caller builds it: a user's history (oldest first),
+    the candidates to score and the time to score them at.
+
+    Nothing is checked here: `PooledRanker.rank` holds it to `helmrec.schema`'s rules,
+    whose errors name the public tensor of each field (hist_ids HISTORY_ITEM_IDS, hist_ts
+    HISTORY_TIMESTAMPS, hist_actions HISTORY_ACTIONS, cand_ids CANDIDATE_ITEM_IDS,
+    query_ts QUERY_TIMESTAMP). Unlike a client of `hstu_ensemble`, a library caller
+    gives the query time, so an empty history (a cold-start user) is allowed."""
 
     user_id: int
     hist_ids: torch.Tensor
@@ -44,23 +55,35 @@ class RankRequest:
     cand_ids: torch.Tensor
     query_ts: int
 
-    def __post_init__(self) -> None:
-        if isinstance(self.user_id, bool) or not isinstance(self.user_id, int):
-            raise ValueError(f"user_id must be an int, got {type(self.user_id).__name__}")
-        if isinstance(self.query_ts, bool) or not isinstance(self.query_ts, int):
-            raise ValueError(f"query_ts must be an int, got {type(self.query_ts).__name__}")
-        for name in ("hist_ids", "hist_ts", "hist_actions", "cand_ids"):
-            value = getattr(self, name)
-            if not isinstance(value, torch.Tensor) or value.dim() != 1 or value.dtype != torch.int64:
-                shape = list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-                dtype = value.dtype if isinstance(value, torch.Tensor) else ""
-                raise ValueError(f"{name} must be a 1-D int64 tensor, got {dtype} {shape}")
-        n = self.hist_ids.numel()
-        for name in ("hist_ts", "hist_actions"):
-            if getattr(self, name).numel() != n:
-                raise ValueError(f"{name} has {getattr(self, name).numel()} entries, hist_ids has {n}: they must match")
-        if self.cand_ids.numel() == 0:
-            raise ValueError("cand_ids must hold at least one candidate")
+    def validated(self, limits: schema.Limits) -> schema.ValidRequest:
+        """This request held to schema's rules; zero-copy for int64 host tensors."""
+        return schema.validate(
+            {
+                schema.USER_ID: np.asarray([self.user_id]),
+                schema.HISTORY_ITEM_IDS: _host(self.hist_ids),
+                schema.HISTORY_TIMESTAMPS: _host(self.hist_ts),
+                schema.HISTORY_ACTIONS: _host(self.hist_actions),
+                schema.CANDIDATE_ITEM_IDS: _host(self.cand_ids),
+                schema.QUERY_TIMESTAMP: np.asarray([self.query_ts]),
+            },
+            limits,
+        )
+
+
+def _host(value: torch.Tensor) -> np.ndarray:
+    return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+
+
+def _on_host(valid: schema.ValidRequest) -> RankRequest:
+    """A validated request as the torch tensors the pool takes (zero-copy views of its arrays)."""
+    return RankRequest(
+        valid.user_id,
+        torch.from_numpy(valid.hist_ids),
+        torch.from_numpy(valid.hist_ts),
+        torch.from_numpy(valid.hist_actions),
+        torch.from_numpy(valid.cand_ids),
+        valid.query_ts,
+    )
 
 
 @dataclass(frozen=True)
@@ -72,7 +95,7 @@ class GraphedSteps:
     rank: GraphedRank
 
 
-def graphed_steps(model: HSTU, capture_lock: threading.Lock) -> GraphedSteps | None:
+def graphed_steps(model: HSTU, capture_lock: threading.Lock, max_batch: int = 32) -> GraphedSteps | None:
     """Prefill, extend and rank replayed from CUDA graphs, where they apply: on a GPU (eager,
     each is launch-bound: for `large` at 4k history the rank step is ~4 ms vs ~0.5 ms
     replayed) with the bias-free production variant (the fused kernels do not take the
@@ -85,28 +108,54 @@ def graphed_steps(model: HSTU, capture_lock: threading.Lock) -> GraphedSteps | N
     return GraphedSteps(
         GraphedPrefill(fused, capture_lock=capture_lock),
         GraphedExtend(fused, capture_lock=capture_lock),
-        GraphedRank(fused, capture_lock=capture_lock),
+        GraphedRank(fused, capture_lock=capture_lock, max_batch=max_batch),
     )
+
+
+def _rounds(members: Sequence[int], users: Sequence[int]) -> list[list[int]]:
+    """`members` (indices into `users`) split, in order, into rounds in which no user appears twice."""
+    rounds: list[list[int]] = []
+    seen: list[set[int]] = []
+    for i in members:
+        k = next((k for k, s in enumerate(seen) if users[i] not in s), len(rounds))
+        if k == len(rounds):
+            rounds.append([])
+            seen.append(set())
+        rounds[k].append(i)
+        seen[k].add(users[i])
+    return rounds
+
+
+def _gap_s(req: RankRequest) -> int:
+    """The query's gap in seconds since the last history event (0 for an empty history)."""
+    return req.query_ts - int(req.hist_ts[-1]) if req.hist_ts.numel() else 0
 
 
 class PooledRanker:
     """HSTU ranking through the shared pool; owns the pool and its background thread."""
 
     def __init__(
-        self, model: HSTU, config: PoolConfig, *, background_interval_s: float | None = DEFAULT_BACKGROUND_INTERVAL_S
+        self,
+        model: HSTU,
+        config: PoolConfig,
+        *,
+        background_interval_s: float | None = DEFAULT_BACKGROUND_INTERVAL_S,
+        graph_max_batch: int = 32,
     ) -> None:
         """`background_interval_s=None` runs no thread; the caller then drives `step_background`
-        (benchmarks and tests that need a reproducible order of events)."""
+        (benchmarks and tests that need a reproducible order of events). `graph_max_batch`
+        bounds the requests of one rank replay (and so its buffers' memory)."""
         device = torch.device(config.device)
         weight = model.item_emb.weight
         param_device = next(p for name, p in model.named_parameters() if not name.startswith("item_emb")).device
         if param_device.type != device.type:
             raise ValueError(f"model lives on {param_device}, pool config asks for device {config.device!r}")
         self.model = model
+        self.limits = schema.Limits.of(model.config)
         self._device = device
         # Held by a background round and by a CUDA-graph capture: never both at once.
         self._cuda_lock = threading.Lock()
-        self._graphs = graphed_steps(model, self._cuda_lock)
+        self._graphs = graphed_steps(model, self._cuda_lock, graph_max_batch)
         self.pool = Pool(config, HostTable(weight, device), model.config.num_layers, model.kv_width, weight.dtype)
         self._throttle = RefillThrottle(config.refill_bandwidth_bytes_per_s, self.pool.host_table.row_bytes)
         self._worker = (
@@ -130,27 +179,101 @@ class PooledRanker:
         """Read-and-reset snapshot of the window since the previous call."""
         return self.pool.stats()
 
-    # -- the request path ---------------------------------------------------------------------------
-    def rank(self, req: RankRequest) -> torch.Tensor:
-        """Scores [c, num_tasks] float32 on CPU for one request."""
-        self._validate(req)
-        tokens = HistoryTokens(req.hist_ids, req.hist_ts, req.hist_actions)
-        dev = self._device
+    def warm(self, shapes: Sequence[tuple[int, int]]) -> float:
+        """Capture now every graph that requests of these (history length, candidates) shapes
+        will replay (prefill, extend of 1..max_new new tokens, rank at every batch size), so
+        no capture or compile runs on a request; returns the seconds it took. Without graphs
+        (CPU, research variant) there is nothing to capture."""
+        graphs = self._graphs
+        if graphs is None:
+            return 0.0
+        t0 = time.perf_counter()
         with torch.inference_mode():
-            found = self.pool.lookup(req.user_id, tokens, req.hist_ids, req.cand_ids)
-            hist_ts = req.hist_ts.to(dev)
-            n, reused = tokens.length, found.prefix_len
-            graphs = self._graphs
-            if reused == n and found.prefix_kv is not None:
-                kv = found.prefix_kv  # full hit: nothing to compute for the history
-            else:
-                kv = self._history_kv(found, hist_ts, req.hist_actions[reused:].to(dev))
-            if graphs is not None:
-                scores = graphs.rank.rank(kv, req.hist_ts, found.cand_emb, req.query_ts)
-            else:
-                scores = self.model.rank(kv, hist_ts, found.cand_emb, req.query_ts)
-            self.pool.commit(req.user_id, tokens, found, kv)
-        return scores.float().cpu()
+            for n, c in shapes:
+                graphs.prefill.warm(n)
+                if n > 1:
+                    graphs.extend.warm(n - 1)
+                graphs.rank.warm(n, c)
+        torch.cuda.synchronize(self._device)
+        return time.perf_counter() - t0
+
+    @property
+    def graph_buffer_bytes(self) -> int:
+        """Device bytes held by the rank graphs' static buffers (the largest graph memory)."""
+        return 0 if self._graphs is None else self._graphs.rank.buffer_bytes
+
+    # -- the request path ---------------------------------------------------------------------------
+    def rank(self, req: RankRequest | schema.ValidRequest) -> torch.Tensor:
+        """Scores [c, num_tasks] float32 on CPU for one request; ValueError (a
+        schema.RequestError naming the tensor and the rule) for a request that breaks a rule."""
+        result = self.rank_many([req])[0]
+        if isinstance(result, ValueError):
+            raise result
+        return result
+
+    def rank_many(self, requests: Sequence[RankRequest | schema.ValidRequest]) -> list[torch.Tensor | ValueError]:
+        """Scores [c_i, num_tasks] float32 on CPU of each request, or the ValueError that
+        refused it alone: a bad request never fails the others.
+
+        A `schema.ValidRequest` already passed schema's rules (hstu_pool validated it);
+        a `RankRequest` is held to them here, so every rule is checked exactly once and a
+        library caller gets the error a client would. Past that, nothing is checked
+        again: the network's unchecked bodies run.
+
+        The group is served in rounds in which no user appears twice (a user's second
+        request must see the KV its first one stored); each round is one pool lookup
+        pass, the history K/V of every request that is not a full KV hit, one graph
+        replay per rank bucket, and one commit pass.
+        """
+        results: list[torch.Tensor | ValueError | None] = [None] * len(requests)
+        valid: dict[int, RankRequest] = {}
+        for i, req in enumerate(requests):
+            try:
+                valid[i] = _on_host(req if isinstance(req, schema.ValidRequest) else req.validated(self.limits))
+            except schema.RequestError as exc:
+                results[i] = exc
+        users = [valid[i].user_id if i in valid else -1 for i in range(len(requests))]
+        for members in _rounds(list(valid), users):
+            for i, scores in zip(members, self._rank_round([valid[i] for i in members])):
+                results[i] = scores
+        return results  # type: ignore[return-value]
+
+    def _rank_round(self, reqs: list[RankRequest]) -> list[torch.Tensor]:
+        dev = self._device
+        tokens = [HistoryTokens(r.hist_ids, r.hist_ts, r.hist_actions) for r in reqs]
+        with torch.inference_mode():
+            found = self.pool.lookup_many([LookupQuery(r.user_id, t, r.hist_ids, r.cand_ids) for r, t in zip(reqs, tokens)])
+            kvs = []
+            for req, tok, f in zip(reqs, tokens, found):
+                if f.prefix_len == tok.length and f.prefix_kv is not None:
+                    kvs.append(f.prefix_kv)  # full hit: nothing to compute for the history
+                else:
+                    kvs.append(self._history_kv(f, req.hist_ts.to(dev), req.hist_actions[f.prefix_len :].to(dev)))
+            scores = self._rank_scores(reqs, kvs, found)
+            self.pool.commit_many([(r.user_id, t, f, kv) for r, t, f, kv in zip(reqs, tokens, found, kvs)])
+            return [s.float().cpu() for s in scores]
+
+    def _rank_scores(self, reqs: list[RankRequest], kvs: list[torch.Tensor], found: list[PoolLookup]) -> list[torch.Tensor]:
+        """Scores of each request: one graph replay per (history, candidates) bucket of at most
+        `max_batch` requests where graphs apply, the eager rank otherwise."""
+        graphs = self._graphs
+        if graphs is None:
+            dev = self._device
+            return [
+                self.model.rank_unchecked(kv, r.hist_ts.to(dev), f.cand_emb, torch.tensor(r.query_ts, device=dev))
+                for r, kv, f in zip(reqs, kvs, found)
+            ]
+        buckets: dict[tuple[int, int], list[int]] = {}
+        for i, (kv, f) in enumerate(zip(kvs, found)):
+            buckets.setdefault(graphs.rank.bucket(kv.shape[1], f.cand_emb.shape[0]), []).append(i)
+        scores: list[torch.Tensor | None] = [None] * len(reqs)
+        for members in buckets.values():
+            for lo in range(0, len(members), graphs.rank.max_batch):
+                chunk = members[lo : lo + graphs.rank.max_batch]
+                inputs = [RankInput(kvs[i], found[i].cand_emb, _gap_s(reqs[i])) for i in chunk]
+                for i, s in zip(chunk, graphs.rank.rank_many(inputs)):
+                    scores[i] = s
+        return scores  # type: ignore[return-value]
 
     def _history_kv(self, found: PoolLookup, hist_ts: torch.Tensor, new_actions: torch.Tensor) -> torch.Tensor:
         """K/V of the whole history from the reused prefix (if any) plus the computed suffix:
@@ -159,11 +282,12 @@ class PooledRanker:
         if reused > 0:
             if graphs is not None and graphs.extend.applies(reused, new):
                 suffix = graphs.extend.extend_suffix(found.prefix_kv, found.suffix_emb, hist_ts, new_actions)
-                return torch.cat([found.prefix_kv, suffix], dim=1)
-            return self.model.extend(found.prefix_kv, found.suffix_emb, hist_ts, new_actions)
+            else:
+                suffix = self.model.extend_suffix_unchecked(found.prefix_kv, found.suffix_emb, hist_ts, new_actions)
+            return torch.cat([found.prefix_kv, suffix], dim=1)
         if graphs is not None and new > 0:
             return graphs.prefill.prefill(found.suffix_emb, hist_ts, new_actions)
-        return self.model.prefill(found.suffix_emb, hist_ts, new_actions)
+        return self.model.extend_suffix_unchecked(self.model.empty_kv(), found.suffix_emb, hist_ts, new_actions)
 
     # -- background -----------------------------------------------------------------------------------
     def step_background(self, elapsed_s: float) -> None:
@@ -197,18 +321,3 @@ class PooledRanker:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def _validate(self, req: RankRequest) -> None:
-        cfg = self.model.config
-        n, c = req.hist_ids.numel(), req.cand_ids.numel()
-        if n > cfg.max_seq_len:
-            raise ValueError(f"hist_ids: history length {n} exceeds max_seq_len {cfg.max_seq_len}")
-        if c > cfg.max_candidates:
-            raise ValueError(f"cand_ids: {c} candidates exceed max_candidates {cfg.max_candidates}")
-        for name, ids, upper in (
-            ("hist_ids", req.hist_ids, cfg.num_items),
-            ("cand_ids", req.cand_ids, cfg.num_items),
-            ("hist_actions", req.hist_actions, cfg.num_actions),
-        ):
-            if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= upper):
-                raise ValueError(f"{name}: ids must lie in [0, {upper}), got [{int(ids.min())}, {int(ids.max())}]")

@@ -14,30 +14,35 @@ import triton_python_backend_utils as pb_utils
 
 from helmrec import schema
 from helmrec.serving.network import load_network, resolve_device, serving_dtype
-from helmrec.serving.triton_io import ModelArgs, error_response, input_tensor, output_tensor
+from helmrec.serving.triton_io import ModelArgs, error_response, input_arrays, output_tensor
+
 
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         model = ModelArgs(args)
-        self.device = resolve_device(model.parameter("device", "auto"), model.instance_kind, model.device_id)
-        dtype = serving_dtype(model.parameter("dtype", "auto"), self.device)
+        self.device = resolve_device(model.parameter("device"), model.instance_kind, model.device_id)
+        dtype = serving_dtype(model.parameter("dtype"), self.device)
         self.network = load_network(model.path_parameter("weights"), self.device, dtype)
-        cfg = self.network.config
-        self.limits = schema.Limits(cfg.num_items, cfg.num_actions, cfg.max_seq_len, cfg.max_candidates)
+        self.limits = schema.Limits.of(self.network.config)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         return [self._one(request) for request in requests]
 
     def _one(self, request: Any) -> Any:
+        """schema's rules once, then the network's unchecked forward: nothing is checked twice."""
         try:
-            req = schema.validate({n: input_tensor(request, n) for n in schema.NETWORK_INPUTS}, self.limits, with_user=False)
+            req = schema.validate(input_arrays(request, schema.NETWORK_INPUTS), self.limits, with_user=False)
         except schema.RequestError as exc:
             return error_response(str(exc))
-        query = input_tensor(request, schema.QUERY_TIMESTAMP)
-        query_ts = req.query_ts if query is None else int(query.reshape(-1)[0])
-        dev = self.device
+        net, dev = self.network, self.device
         with torch.inference_mode():
-            scores = self.network.score(
-                req.hist_ids.to(dev), req.hist_ts.to(dev), req.hist_actions.to(dev), req.cand_ids.to(dev), query_ts
+            hist_emb = net.item_emb(torch.from_numpy(req.hist_ids).to(dev))
+            cand_emb = net.item_emb(torch.from_numpy(req.cand_ids).to(dev))
+            scores = net.forward_unchecked(
+                hist_emb,
+                torch.from_numpy(req.hist_ts).to(dev),
+                torch.from_numpy(req.hist_actions).to(dev),
+                cand_emb,
+                torch.tensor(req.query_ts, dtype=torch.int64, device=dev),
             )
         return pb_utils.InferenceResponse(output_tensors=[output_tensor(schema.SCORES, scores.float())])

@@ -6,7 +6,11 @@ answers it with SCORES [num_candidates, num_tasks]. Validation lives here, not
 in a separate CPU model: it costs ~30 us for a 4096-event history, while every
 extra Python-backend hop costs ~0.5-0.7 ms on the H100 host (docs/gpu.md (b)).
 
-`network: "inprocess"` (default) runs the PyTorch network in this process
+Every parameter is read from config.pbtxt, with no default here: a missing one
+stops the model from loading with an error naming it, so the file stays the one
+source of the node's settings.
+
+`network: "inprocess"` runs the PyTorch network in this process
 through the pool: KV prefix reuse, EMB cache, no cross-process copy of the KV.
 `network: "bls"` calls the `hstu` model by BLS instead — the deployment where
 `hstu` is a TensorRT engine served by Triton's TensorRT backend; that path is
@@ -18,19 +22,19 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 
 from helmrec.allocator.interface import Decider
 from helmrec.pool.config import PoolConfig
 from helmrec.pool.metrics import PoolMetrics
-from helmrec.pool.ranker import PooledRanker, RankRequest
+from helmrec.pool.ranker import PooledRanker
 from helmrec import schema
 from helmrec.serving.network import load_network, read_limits, resolve_device, serving_dtype
 from helmrec.serving.node_control import NodeControl, ServiceTimes
 from helmrec.serving.triton_io import ModelArgs, error_response, input_tensor, output_tensor, to_torch
 
-NETWORK_MODEL = "hstu"
 NETWORK_MODES = ("inprocess", "bls")
 CONTROLLERS = ("static", "adaptive")
 
@@ -46,23 +50,53 @@ def _controller(kind: str) -> Decider | None:
     return Controller.load()
 
 
+def _unbatched(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    """A request's input without the batch dimension: with `max_batch_size > 0` and ragged
+    batching, Triton delivers every request on its own as `[1, n]`."""
+    return None if tensor is None else tensor[0]
+
+
+def parse_shapes(text: str) -> list[tuple[int, int]]:
+    """`warmup_shapes` ("2048x256,14000x2048": history length x candidates) as pairs."""
+    shapes = []
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        try:
+            n, c = (int(v) for v in item.split("x"))
+        except ValueError:
+            raise pb_utils.TritonModelException(
+                f"hstu_pool: parameter 'warmup_shapes' takes HISTORYxCANDIDATES pairs separated by commas, got {item!r}"
+            ) from None
+        if n < 1 or c < 1:
+            raise pb_utils.TritonModelException(f"hstu_pool: parameter 'warmup_shapes': {item!r} needs lengths >= 1")
+        shapes.append((n, c))
+    return shapes
+
+
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         model = ModelArgs(args)
-        self.mode = model.parameter("network", "inprocess")
+        self.mode = model.parameter("network")
         if self.mode not in NETWORK_MODES:
             raise pb_utils.TritonModelException(f"hstu_pool: parameter 'network' must be one of {NETWORK_MODES}, got {self.mode!r}")
         self.limits = read_limits(model.path_parameter("weights"))
         if self.mode == "bls":
             return
-        device = resolve_device(model.parameter("device", "auto"), model.instance_kind, model.device_id)
-        dtype = serving_dtype(model.parameter("dtype", "auto"), device)
+        device = resolve_device(model.parameter("device"), model.instance_kind, model.device_id)
+        dtype = serving_dtype(model.parameter("dtype"), device)
         network = load_network(model.path_parameter("weights"), device, dtype)
         self.ranker = PooledRanker(
             network,
             PoolConfig.from_triton_parameters(model.parameters(), device=str(device)),
-            background_interval_s=float(model.parameter("background_interval_ms", "2")) / 1e3,
+            background_interval_s=float(model.parameter("background_interval_ms")) / 1e3,
+            graph_max_batch=int(model.parameter("graph_max_batch")),
         )
+        shapes = parse_shapes(model.parameter("warmup_shapes"))
+        seconds = self.ranker.warm(shapes)
+        if shapes:
+            pb_utils.Logger.log_info(
+                f"hstu_pool: captured the graphs of {len(shapes)} warm-up shape(s) in {seconds:.1f} s; "
+                f"rank buffers hold {self.ranker.graph_buffer_bytes / 2**20:.0f} MiB"
+            )
         self.service_times = ServiceTimes()
         metrics = PoolMetrics(pb_utils.MetricFamily)
         self.control = NodeControl(
@@ -70,52 +104,65 @@ class TritonPythonModel:
             set_alpha=self.ranker.set_alpha,
             publish=metrics.update,
             service_times=self.service_times,
-            controller=_controller(model.parameter("controller", "static")),
-            interval_s=float(model.parameter("control_interval_ms", "1000")) / 1e3,
+            controller=_controller(model.parameter("controller")),
+            interval_s=float(model.parameter("control_interval_ms")) / 1e3,
         )
         self.control.start()
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        rank = self._bls if self.mode == "bls" else self._rank
-        out = []
-        for request in requests:
+        """One response per request, in order. Triton's dynamic batcher hands over every request
+        waiting in the queue (each `[1, n]`, `allow_ragged_batch`); a bad one gets its own
+        INVALID_ARG and the rest are ranked together as one group."""
+        out: list[Any] = [None] * len(requests)
+        valid: list[tuple[int, schema.ValidRequest]] = []
+        for i, request in enumerate(requests):
             try:
-                req = schema.validate({name: input_tensor(request, name) for name in schema.PUBLIC_INPUTS}, self.limits)
+                valid.append((i, schema.validate({name: _unbatched(input_tensor(request, name)) for name in schema.PUBLIC_INPUTS}, self.limits)))
             except schema.RequestError as exc:
-                out.append(error_response(str(exc)))
-                continue
-            out.append(rank(req))
+                out[i] = error_response(str(exc))
+        if self.mode == "bls":
+            for i, req in valid:
+                out[i] = self._bls(req)
+        elif valid:
+            for (i, _), response in zip(valid, self._rank([req for _, req in valid])):
+                out[i] = response
         return out
 
-    def _rank(self, req: RankRequest) -> Any:
-        """One valid request through the pool; a failure of the node's own machinery fails loudly."""
+    def _rank(self, reqs: list[schema.ValidRequest]) -> list[Any]:
+        """Valid requests through the pool as one group; a failure of the node's own machinery fails loudly."""
         for failed in (self.control.error, self.ranker.background_error):
             if failed is not None:
-                return error_response(f"hstu_pool: node control stopped: {failed!r}", pb_utils.TritonError.INTERNAL)
+                error = error_response(f"hstu_pool: node control stopped: {failed!r}", pb_utils.TritonError.INTERNAL)
+                return [error] * len(reqs)
         t0 = time.perf_counter()
-        try:
-            scores = self.ranker.rank(req)
-        except ValueError as exc:  # a rule of the pool's own that schema does not state
-            return error_response(f"hstu_pool: {exc}")
-        self.service_times.record((time.perf_counter() - t0) * 1e3)
-        return pb_utils.InferenceResponse(output_tensors=[output_tensor(schema.SCORES, scores)])
-
-    def _bls(self, req: RankRequest) -> Any:
-        """Forward the valid request to the `hstu` model and relay its answer or error."""
-        inputs = [
-            output_tensor(schema.HISTORY_ITEM_IDS, req.hist_ids),
-            output_tensor(schema.HISTORY_TIMESTAMPS, req.hist_ts),
-            output_tensor(schema.HISTORY_ACTIONS, req.hist_actions),
-            output_tensor(schema.CANDIDATE_ITEM_IDS, req.cand_ids),
-            output_tensor(schema.QUERY_TIMESTAMP, torch.tensor([req.query_ts], dtype=torch.int64)),
+        results = self.ranker.rank_many(reqs)
+        group_ms = (time.perf_counter() - t0) * 1e3
+        for _ in reqs:  # each request of the group waited for all of it
+            self.service_times.record(group_ms)
+        return [
+            error_response(f"hstu_pool: {r}")  # a rule of the pool's own that schema does not state
+            if isinstance(r, ValueError)
+            else pb_utils.InferenceResponse(output_tensors=[output_tensor(schema.SCORES, r.unsqueeze(0))])
+            for r in results
         ]
+
+    def _bls(self, req: schema.ValidRequest) -> Any:
+        """Forward the valid request to the `hstu` model and relay its answer or error."""
+        arrays = {
+            schema.HISTORY_ITEM_IDS: req.hist_ids,
+            schema.HISTORY_TIMESTAMPS: req.hist_ts,
+            schema.HISTORY_ACTIONS: req.hist_actions,
+            schema.CANDIDATE_ITEM_IDS: req.cand_ids,
+            schema.QUERY_TIMESTAMP: np.array([req.query_ts], dtype=np.int64),
+        }
+        inputs = [output_tensor(name, torch.from_numpy(value)) for name, value in arrays.items()]
         response = pb_utils.InferenceRequest(
-            model_name=NETWORK_MODEL,
+            model_name=schema.NETWORK_MODEL,
             requested_output_names=[schema.SCORES],
             inputs=inputs,
         ).exec()
         if response.has_error():
-            return error_response(f"{NETWORK_MODEL}: {response.error().message()}", pb_utils.TritonError.INTERNAL)
+            return error_response(f"{schema.NETWORK_MODEL}: {response.error().message()}", pb_utils.TritonError.INTERNAL)
         scores = pb_utils.get_output_tensor_by_name(response, schema.SCORES)
         return pb_utils.InferenceResponse(output_tensors=[output_tensor(schema.SCORES, to_torch(scores))])
 

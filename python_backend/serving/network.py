@@ -54,13 +54,7 @@ def read_limits(weights: Path) -> Limits:
     if not weights.is_file():
         raise FileNotFoundError(f"{weights}: no trained weights; run `helmrec train-model` first")
     blob = torch.load(weights, map_location="cpu", mmap=True, weights_only=True)
-    cfg = HSTUConfig.from_dict(blob["config"])
-    return Limits(
-        num_items=cfg.num_items,
-        num_actions=cfg.num_actions,
-        max_seq_len=cfg.max_seq_len,
-        max_candidates=cfg.max_candidates,
-    )
+    return Limits.of(HSTUConfig.from_dict(blob["config"]))
 
 
 def load_network(weights: Path, device: torch.device, dtype: torch.dtype = torch.float32) -> HSTU:

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 
@@ -25,6 +26,13 @@ def input_tensor(request: Any, name: str) -> torch.Tensor | None:
     """The named input as a torch tensor (zero-copy), or None when it was not sent."""
     tensor = pb_utils.get_input_tensor_by_name(request, name)
     return None if tensor is None else to_torch(tensor)
+
+
+def input_arrays(request: Any, names: tuple[str, ...]) -> dict[str, np.ndarray | None]:
+    """The named inputs as host numpy arrays for `schema.validate` (zero-copy for host
+    tensors), None where not sent."""
+    tensors = {name: input_tensor(request, name) for name in names}
+    return {name: None if t is None else t.cpu().numpy() for name, t in tensors.items()}
 
 
 def output_tensor(name: str, value: torch.Tensor) -> Any:

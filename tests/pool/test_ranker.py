@@ -9,6 +9,7 @@ import torch
 from hypothesis import HealthCheck, event, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
+from helmrec import schema
 from helmrec.hstu.config import preset
 from helmrec.hstu.model import HSTU
 from helmrec.pool.config import PoolConfig
@@ -187,33 +188,35 @@ def test_concurrent_requests_alpha_moves_and_background_thread():
 @pytest.mark.parametrize(
     "field,value,match",
     [
-        ("hist_ids", torch.tensor([1, 2], dtype=torch.int32), "hist_ids must be a 1-D int64 tensor"),
-        ("hist_ts", torch.tensor([1]), "hist_ts has 1 entries, hist_ids has 2"),
-        ("cand_ids", torch.empty(0, dtype=torch.int64), "cand_ids must hold at least one candidate"),
-        ("user_id", "7", "user_id must be an int"),
+        ("hist_ids", torch.tensor([[1, 2]]), r"HISTORY_ITEM_IDS: must be a 1-D tensor"),
+        ("hist_ts", torch.tensor([1]), r"HISTORY_TIMESTAMPS: length 1 must equal the length of HISTORY_ITEM_IDS \(2\)"),
+        ("cand_ids", torch.empty(0, dtype=torch.int64), "CANDIDATE_ITEM_IDS: must hold at least one candidate"),
+        ("cand_ids", torch.tensor([TINY.num_items]), r"CANDIDATE_ITEM_IDS: item ids must lie in \[0, 300\)"),
+        ("hist_actions", torch.tensor([0, 2]), r"HISTORY_ACTIONS: action ids must lie in \[0, 2\)"),
+        ("hist_ids", torch.tensor([-1, 2]), r"HISTORY_ITEM_IDS: item ids must lie in \[0, 300\)"),
+        ("hist_ids", torch.tensor([1.0, 2.0]), "HISTORY_ITEM_IDS: must hold integers"),
+        ("user_id", "7", "USER_ID: must hold integers"),
+        ("user_id", -1, "USER_ID: must be >= 0"),
     ],
 )
-def test_malformed_request_names_the_field(field, value, match):
-    fields = dict(user_id=7, hist_ids=torch.tensor([1, 2]), hist_ts=torch.tensor([5, 6]),
-                  hist_actions=torch.tensor([0, 1]), cand_ids=torch.tensor([3]), query_ts=9)
-    fields[field] = value
-    with pytest.raises(ValueError, match=match):
-        RankRequest(**fields)
-
-
-@pytest.mark.parametrize(
-    "field,value,match",
-    [
-        ("cand_ids", torch.tensor([TINY.num_items]), r"cand_ids: ids must lie in \[0, 300\)"),
-        ("hist_actions", torch.tensor([0, 2]), r"hist_actions: ids must lie in \[0, 2\)"),
-        ("hist_ids", torch.tensor([-1, 2]), r"hist_ids: ids must lie in \[0, 300\)"),
-    ],
-)
-def test_out_of_range_ids_are_rejected_before_the_pool(field, value, match):
+def test_a_library_request_is_held_to_the_schema_before_the_pool(field, value, match):
+    """A caller who builds RankRequest by hand gets the rule and the public tensor it broke."""
     fields = dict(user_id=7, hist_ids=torch.tensor([1, 2]), hist_ts=torch.tensor([5, 6]),
                   hist_actions=torch.tensor([0, 1]), cand_ids=torch.tensor([3]), query_ts=9)
     fields[field] = value
     with PooledRanker(_model(), _config(), background_interval_s=None) as ranker:
-        with pytest.raises(ValueError, match=match):
+        with pytest.raises(schema.RequestError, match=match):
             ranker.rank(RankRequest(**fields))
         assert ranker.stats().emb_lookups == 0
+
+
+def test_one_bad_request_of_a_group_fails_alone():
+    model = _model()
+    gen = torch.Generator().manual_seed(4)
+    ids, ts, acts = _history(gen, 6)
+    good = RankRequest(1, ids, ts, acts, torch.tensor([3, 4]), int(ts[-1]) + 5)
+    bad = dataclasses.replace(good, user_id=2, cand_ids=torch.tensor([TINY.num_items]))
+    with PooledRanker(model, _config(), background_interval_s=None) as ranker:
+        first, second = ranker.rank_many([bad, good])
+    assert isinstance(first, schema.RequestError) and first.tensor == schema.CANDIDATE_ITEM_IDS
+    torch.testing.assert_close(second, _reference(model, good), atol=ATOL, rtol=0)

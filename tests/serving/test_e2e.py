@@ -14,12 +14,13 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from helmrec import schema
 from helmrec.load.client import infer_inputs
 from helmrec.hstu.weights import load
 from helmrec.launcher import TritonServer
 
 pytestmark = pytest.mark.e2e
-MODEL = "hstu_ensemble"
+MODEL = schema.ENSEMBLE_MODEL
 
 
 @dataclass
@@ -34,23 +35,23 @@ class Request:
 
     def arrays(self) -> dict[str, np.ndarray]:
         named = {
-            "USER_ID": self.user_id,
-            "HISTORY_ITEM_IDS": self.history,
-            "HISTORY_TIMESTAMPS": self.timestamps,
-            "HISTORY_ACTIONS": self.actions,
-            "CANDIDATE_ITEM_IDS": self.candidates,
+            schema.USER_ID: self.user_id,
+            schema.HISTORY_ITEM_IDS: self.history,
+            schema.HISTORY_TIMESTAMPS: self.timestamps,
+            schema.HISTORY_ACTIONS: self.actions,
+            schema.CANDIDATE_ITEM_IDS: self.candidates,
         }
         return {k: v for k, v in named.items() if v is not None}
 
 
 def infer_grpc(server: TritonServer, request: Request) -> np.ndarray:
     client = grpcclient.InferenceServerClient(server.grpc_url)
-    return client.infer(MODEL, infer_inputs(grpcclient, request.arrays())).as_numpy("SCORES")
+    return client.infer(MODEL, infer_inputs(grpcclient, request.arrays())).as_numpy(schema.SCORES)
 
 
 def infer_http(server: TritonServer, request: Request) -> np.ndarray:
     client = httpclient.InferenceServerClient(server.http_url)
-    return client.infer(MODEL, infer_inputs(httpclient, request.arrays())).as_numpy("SCORES")
+    return client.infer(MODEL, infer_inputs(httpclient, request.arrays())).as_numpy(schema.SCORES)
 
 
 def expected_scores(repository: Path, request: Request) -> np.ndarray:
@@ -90,15 +91,15 @@ def _bad_requests(max_candidates: int, num_items: int) -> list[tuple[str, Reques
     return [
         ("wrong dtype", Request(history=np.array([3, 9, 4, 27, 11], np.int32)), "HISTORY_ITEM_IDS", "INT64"),
         ("wrong rank", Request(candidates=np.array([[5, 6], [7, 8]], np.int64)), "CANDIDATE_ITEM_IDS", "shape"),
-        ("negative id", Request(candidates=np.array([5, -1], np.int64)), "CANDIDATE_ITEM_IDS", ">= 0"),
-        ("id out of range", Request(history=np.array([3, 9, 4, 27, num_items], np.int64)), "HISTORY_ITEM_IDS", f"< {num_items}"),
+        ("negative id", Request(candidates=np.array([5, -1], np.int64)), "CANDIDATE_ITEM_IDS", f"must lie in [0, {num_items}), got [-1, 5]"),
+        ("id out of range", Request(history=np.array([3, 9, 4, 27, num_items], np.int64)), "HISTORY_ITEM_IDS", f"got [3, {num_items}]"),
         ("empty candidates", Request(candidates=np.zeros(0, np.int64)), "CANDIDATE_ITEM_IDS", "at least one"),
         ("length mismatch", Request(timestamps=np.array([1, 2, 3], np.int64)), "HISTORY_TIMESTAMPS", "must equal"),
         (
             "too many candidates",
             Request(candidates=np.arange(max_candidates + 1, dtype=np.int64) % num_items),
             "CANDIDATE_ITEM_IDS",
-            f"maximum of {max_candidates}",
+            f"exceed max_candidates {max_candidates}",
         ),
         ("timestamps going back", Request(timestamps=np.array([5, 4, 6, 7, 8], np.int64)), "HISTORY_TIMESTAMPS", "non-decreasing"),
         ("missing user", Request(user_id=None), "USER_ID", ""),
@@ -142,3 +143,15 @@ def test_bls_deployment_validates_then_ranks_through_the_hstu_model(tiny_reposit
         np.testing.assert_allclose(infer_grpc(server, request), expected_scores(repo, request), rtol=1e-4, atol=1e-5)
         with pytest.raises(InferenceServerException, match="HISTORY_TIMESTAMPS: must be non-decreasing"):
             infer_grpc(server, Request(timestamps=np.array([5, 4, 6, 7, 8], np.int64)))
+
+
+def test_a_parameter_missing_from_the_pool_config_stops_the_load_naming_it(tiny_repository, tmp_path) -> None:
+    """config.pbtxt is the one source of hstu_pool's settings: there is no default to fall back on."""
+    from helmrec.launcher import LauncherError
+    from helmrec.launcher.repository import stage_repository
+
+    repo = stage_repository(tmp_path / "repo", None, source=tiny_repository)
+    config = repo / schema.POOL_MODEL / "config.pbtxt"
+    config.write_text("\n".join(line for line in config.read_text().splitlines() if 'key: "controller"' not in line))
+    with pytest.raises(LauncherError, match="config.pbtxt needs parameter 'controller'"):
+        TritonServer(model_repository=repo, device="cpu").start()

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from helmrec import schema
 from helmrec.hstu.config import HSTUConfig
 from helmrec.hstu.model import HSTU
 from helmrec.hstu.weights import DEFAULT_WEIGHTS, load
@@ -38,7 +39,7 @@ _INLINE_LIMIT_BYTES = 1_500_000_000
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
-    dtype: str  # "fp32" | "int64"
+    dtype: str  # Triton's name, as in helmrec.schema: "FP32" | "INT64"
     dims: tuple[int | str, ...]  # ints, or a name in DYNAMIC
 
 
@@ -53,20 +54,20 @@ class GraphSpec:
 
 def graph_specs(cfg: HSTUConfig) -> tuple[GraphSpec, ...]:
     d, layers, w, t = cfg.d_model, cfg.num_layers, cfg.kv_width, cfg.num_tasks
-    ts = TensorSpec("HISTORY_TIMESTAMPS", "int64", ("n",))
-    actions = TensorSpec("HISTORY_ACTIONS", "int64", ("n",))
-    query = TensorSpec("QUERY_TIMESTAMP", "int64", (1,))
-    scores = TensorSpec("SCORES", "fp32", ("c", t))
-    kv = TensorSpec("KV", "fp32", (layers, "n", w))
+    ts = TensorSpec(schema.HISTORY_TIMESTAMPS, "INT64", ("n",))
+    actions = TensorSpec(schema.HISTORY_ACTIONS, "INT64", ("n",))
+    query = TensorSpec(schema.QUERY_TIMESTAMP, "INT64", (1,))
+    scores = TensorSpec(schema.SCORES, "FP32", ("c", t))
+    kv = TensorSpec("KV", "FP32", (layers, "n", w))
     return (
         GraphSpec(
-            "hstu",
-            (TensorSpec("HISTORY_ITEM_IDS", "int64", ("n",)), ts, actions,
-             TensorSpec("CANDIDATE_ITEM_IDS", "int64", ("c",)), query),
+            schema.NETWORK_MODEL,
+            (TensorSpec(schema.HISTORY_ITEM_IDS, "INT64", ("n",)), ts, actions,
+             TensorSpec(schema.CANDIDATE_ITEM_IDS, "INT64", ("c",)), query),
             (scores,),
         ),
-        GraphSpec("hstu_prefill", (TensorSpec("HISTORY_EMB", "fp32", ("n", d)), ts, actions), (kv,)),
-        GraphSpec("hstu_rank", (kv, ts, TensorSpec("CANDIDATE_EMB", "fp32", ("c", d)), query), (scores,)),
+        GraphSpec("hstu_prefill", (TensorSpec("HISTORY_EMB", "FP32", ("n", d)), ts, actions), (kv,)),
+        GraphSpec("hstu_rank", (kv, ts, TensorSpec("CANDIDATE_EMB", "FP32", ("c", d)), query), (scores,)),
     )
 
 
@@ -106,7 +107,7 @@ class RankGraph(nn.Module):
         return self.model.rank_unchecked(kv, hist_ts, cand_emb, query_ts)
 
 
-GRAPH_MODULES: dict[str, type[nn.Module]] = {"hstu": ScoreGraph, "hstu_prefill": PrefillGraph, "hstu_rank": RankGraph}
+GRAPH_MODULES: dict[str, type[nn.Module]] = {schema.NETWORK_MODEL: ScoreGraph, "hstu_prefill": PrefillGraph, "hstu_rank": RankGraph}
 
 
 def example_inputs(model: HSTU, n: int, c: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -123,11 +124,11 @@ def example_inputs(model: HSTU, n: int, c: int, seed: int = 0) -> dict[str, torc
         cand_emb = model.item_emb(cand_ids).float()
         kv = model.prefill(hist_emb, ts, actions)
     return {
-        "HISTORY_ITEM_IDS": hist_ids,
-        "CANDIDATE_ITEM_IDS": cand_ids,
-        "HISTORY_TIMESTAMPS": ts,
-        "HISTORY_ACTIONS": actions,
-        "QUERY_TIMESTAMP": ts[-1:] + 3_600,
+        schema.HISTORY_ITEM_IDS: hist_ids,
+        schema.CANDIDATE_ITEM_IDS: cand_ids,
+        schema.HISTORY_TIMESTAMPS: ts,
+        schema.HISTORY_ACTIONS: actions,
+        schema.QUERY_TIMESTAMP: ts[-1:] + 3_600,
         "HISTORY_EMB": hist_emb,
         "CANDIDATE_EMB": cand_emb,
         "KV": kv,
@@ -182,12 +183,12 @@ def check_onnx(model: HSTU, paths: dict[str, Path], shapes: list[tuple[int, int]
     for i, (n, c) in enumerate(shapes):
         ex = example_inputs(model, n, c, seed=i + 1)
         with torch.inference_mode():
+            query = int(ex[schema.QUERY_TIMESTAMP][0])
             expected = {
-                "hstu": model.score(ex["HISTORY_ITEM_IDS"], ex["HISTORY_TIMESTAMPS"], ex["HISTORY_ACTIONS"],
-                                    ex["CANDIDATE_ITEM_IDS"], int(ex["QUERY_TIMESTAMP"][0])),
+                schema.NETWORK_MODEL: model.score(ex[schema.HISTORY_ITEM_IDS], ex[schema.HISTORY_TIMESTAMPS],
+                                                  ex[schema.HISTORY_ACTIONS], ex[schema.CANDIDATE_ITEM_IDS], query),
                 "hstu_prefill": ex["KV"],
-                "hstu_rank": model.rank(ex["KV"], ex["HISTORY_TIMESTAMPS"], ex["CANDIDATE_EMB"],
-                                        int(ex["QUERY_TIMESTAMP"][0])),
+                "hstu_rank": model.rank(ex["KV"], ex[schema.HISTORY_TIMESTAMPS], ex["CANDIDATE_EMB"], query),
             }
         for name, session in sessions.items():
             feeds = {t.name: ex[t.name].cpu().numpy() for t in specs[name].inputs}

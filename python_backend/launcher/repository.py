@@ -7,20 +7,21 @@ touching the checkout's model_repository/ or its trained weights.
 
 from __future__ import annotations
 
-import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
+from helmrec import schema
 from helmrec.hstu.config import preset
 from helmrec.hstu.model import HSTU
 from helmrec.hstu.weights import save
+from helmrec.model_config import get_parameter, set_parameters
 from helmrec.resources import model_repository
 
 SOURCE = model_repository()
-WEIGHTS = Path("hstu") / "1" / "weights.pt"
+WEIGHTS = Path(schema.NETWORK_MODEL) / "1" / "weights.pt"
 
 
 def stage_repository(
@@ -39,33 +40,11 @@ def stage_repository(
         torch.manual_seed(seed)
         save(HSTU(preset(preset_name)).eval(), target / WEIGHTS)
     if pool_parameters:
-        set_parameters(target / "hstu_pool" / "config.pbtxt", pool_parameters)
+        set_parameters(target / schema.POOL_MODEL / "config.pbtxt", pool_parameters)
     return target
-
-
-def _parameter_pattern(key: str) -> re.Pattern[str]:
-    return re.compile(r'(key: "' + re.escape(key) + r'" value: \{ string_value: ")([^"]*)(")')
-
-
-def get_parameter(config: Path, key: str) -> str:
-    """The string value of a `parameters` entry of a config.pbtxt; KeyError when absent."""
-    match = _parameter_pattern(key).search(config.read_text())
-    if match is None:
-        raise KeyError(f"{config}: no parameter {key!r}")
-    return match.group(2)
 
 
 def control_window_s(repository: Path) -> float:
     """hstu_pool's control window: nodes publish pool metrics once per window, so a
     scrape that must see a run's last requests waits this long after it."""
-    return float(get_parameter(repository / "hstu_pool" / "config.pbtxt", "control_interval_ms")) / 1e3
-
-
-def set_parameters(config: Path, values: Mapping[str, str]) -> None:
-    """Set existing `parameters` entries of a config.pbtxt; an unknown key is an error, not an addition."""
-    text = config.read_text()
-    for key, value in values.items():
-        text, count = _parameter_pattern(key).subn(lambda m: m.group(1) + str(value) + m.group(3), text)
-        if count != 1:
-            raise KeyError(f"{config}: no parameter {key!r} to set")
-    config.write_text(text)
+    return float(get_parameter(repository / schema.POOL_MODEL / "config.pbtxt", "control_interval_ms")) / 1e3

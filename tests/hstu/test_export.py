@@ -9,12 +9,14 @@ import torch
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from helmrec import schema
 from helmrec.cli import main
 from helmrec.hstu import engine
 from helmrec.hstu.config import preset
 from helmrec.hstu.export import check_onnx, export_onnx, graph_specs
 from helmrec.hstu.model import HSTU
 from helmrec.hstu.weights import save
+from helmrec.model_config import get_parameter
 
 torch.set_num_threads(1)
 
@@ -54,10 +56,13 @@ def test_tensorrt_repository_configs_parse_and_switch_pool_to_bls(tiny_weights: 
         parsed = text_format.Parse((repo / spec.name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
         assert parsed.name == spec.name and parsed.platform == "tensorrt_plan"
         assert [i.name for i in parsed.input] == [t.name for t in spec.inputs]
-    hstu = text_format.Parse((repo / "hstu" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    hstu = text_format.Parse((repo / schema.NETWORK_MODEL / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
     assert list(hstu.output[0].dims) == [-1, cfg.num_tasks]
-    assert (repo / "hstu" / "1" / "weights.pt").is_file()
-    assert '"network" value: { string_value: "bls" }' in (repo / "hstu_pool" / "config.pbtxt").read_text()
+    # The engine takes what the Python `hstu` takes, so hstu_pool's BLS call is the same for both.
+    declared = [(t.name, model_config_pb2.DataType.Name(t.data_type)) for t in hstu.input]
+    assert declared == [(t.name, f"TYPE_{t.dtype}") for t in schema.NETWORK.inputs]
+    assert (repo / schema.NETWORK_MODEL / "1" / "weights.pt").is_file()
+    assert get_parameter(repo / schema.POOL_MODEL / "config.pbtxt", "network") == "bls"
 
 
 def test_profiles_span_the_configured_lengths() -> None:

@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from helmrec.allocator.observation import KVLookback
-from helmrec.launcher.repository import set_parameters
+from helmrec.hstu.config import preset
+from helmrec.hstu.model import HSTU
+from helmrec.model_config import get_parameter, set_parameters
 from helmrec.pool.stats import PoolStats
 from helmrec import schema
 from helmrec.serving.node_control import observe
@@ -19,14 +21,8 @@ from helmrec.serving.node_control import observe
 LIMITS = schema.Limits(num_items=100, num_actions=2, max_seq_len=8, max_candidates=4)
 
 
-def request(**overrides: torch.Tensor | None) -> dict[str, torch.Tensor | None]:
-    base = {
-        schema.USER_ID: torch.tensor([3]),
-        schema.HISTORY_ITEM_IDS: torch.tensor([1, 2, 3]),
-        schema.HISTORY_TIMESTAMPS: torch.tensor([10, 10, 12]),
-        schema.HISTORY_ACTIONS: torch.tensor([0, 1, 1], dtype=torch.int32),
-        schema.CANDIDATE_ITEM_IDS: torch.tensor([5, 6]),
-    }
+def request(**overrides: np.ndarray | None) -> dict[str, np.ndarray | None]:
+    base = schema.ensemble_request(3, np.array([1, 2, 3]), np.array([10, 10, 12]), np.array([5, 6]), np.array([0, 1, 1]))
     base.update(overrides)
     return base
 
@@ -34,23 +30,38 @@ def request(**overrides: torch.Tensor | None) -> dict[str, torch.Tensor | None]:
 def test_valid_request_is_packed_with_its_latest_event_as_query_time() -> None:
     packed = schema.validate(request(), LIMITS)
     assert packed.user_id == 3 and packed.query_ts == 12
-    assert packed.hist_actions.dtype == torch.int64
+    assert packed.hist_actions.dtype == np.int64 and packed.hist_actions.tolist() == [0, 1, 1]
     no_actions = schema.validate(request(**{schema.HISTORY_ACTIONS: None}), LIMITS)
     assert no_actions.hist_actions.tolist() == [0, 0, 0]
+
+
+def test_a_query_time_is_taken_as_given_and_allows_an_empty_history() -> None:
+    given = schema.validate(request(**{schema.QUERY_TIMESTAMP: np.array([99])}), LIMITS)
+    assert given.query_ts == 99
+    empty = np.zeros(0, np.int64)
+    cold = {schema.HISTORY_ITEM_IDS: empty, schema.HISTORY_TIMESTAMPS: empty, schema.HISTORY_ACTIONS: None}
+    assert schema.validate(request(**cold, **{schema.QUERY_TIMESTAMP: np.array([99])}), LIMITS).hist_ids.size == 0
+    with pytest.raises(schema.RequestError, match="HISTORY_ITEM_IDS: must hold at least one item"):
+        schema.validate(request(**cold), LIMITS)
 
 
 @pytest.mark.parametrize(
     ("overrides", "tensor", "rule"),
     [
-        ({schema.HISTORY_ITEM_IDS: torch.arange(9), schema.HISTORY_TIMESTAMPS: torch.arange(9), schema.HISTORY_ACTIONS: None}, schema.HISTORY_ITEM_IDS, "maximum history length 8"),
-        ({schema.HISTORY_ITEM_IDS: torch.zeros(0, dtype=torch.int64)}, schema.HISTORY_ITEM_IDS, "at least one"),
-        ({schema.HISTORY_ACTIONS: torch.tensor([0, 2, 1])}, schema.HISTORY_ACTIONS, "[0, 2)"),
-        ({schema.HISTORY_ACTIONS: torch.tensor([0, 1])}, schema.HISTORY_ACTIONS, "must equal"),
-        ({schema.HISTORY_TIMESTAMPS: torch.tensor([-5, 1, 2])}, schema.HISTORY_TIMESTAMPS, ">= 0"),
-        ({schema.USER_ID: torch.tensor([1, 2])}, schema.USER_ID, "exactly one"),
-        ({schema.USER_ID: torch.tensor([-1])}, schema.USER_ID, ">= 0"),
-        ({schema.CANDIDATE_ITEM_IDS: torch.tensor([[1]])}, schema.CANDIDATE_ITEM_IDS, "1-D"),
-        ({schema.CANDIDATE_ITEM_IDS: torch.tensor([1, 100])}, schema.CANDIDATE_ITEM_IDS, "< 100"),
+        ({schema.HISTORY_ITEM_IDS: np.arange(9), schema.HISTORY_TIMESTAMPS: np.arange(9), schema.HISTORY_ACTIONS: None}, schema.HISTORY_ITEM_IDS, "history length 9 exceeds max_seq_len 8"),
+        ({schema.HISTORY_ITEM_IDS: np.zeros(0, np.int64)}, schema.HISTORY_ITEM_IDS, "at least one"),
+        ({schema.HISTORY_ITEM_IDS: np.array([1.0, 2.0, 3.0])}, schema.HISTORY_ITEM_IDS, "must hold integers"),
+        ({schema.HISTORY_ACTIONS: np.array([0, 2, 1])}, schema.HISTORY_ACTIONS, "action ids must lie in [0, 2), got [0, 2]"),
+        ({schema.HISTORY_ACTIONS: np.array([0, 1])}, schema.HISTORY_ACTIONS, "must equal"),
+        ({schema.HISTORY_TIMESTAMPS: np.array([-5, 1, 2])}, schema.HISTORY_TIMESTAMPS, ">= 0"),
+        ({schema.HISTORY_TIMESTAMPS: np.array([5, 4, 6])}, schema.HISTORY_TIMESTAMPS, "non-decreasing"),
+        ({schema.USER_ID: np.array([1, 2])}, schema.USER_ID, "exactly one"),
+        ({schema.USER_ID: np.array([-1])}, schema.USER_ID, ">= 0"),
+        ({schema.QUERY_TIMESTAMP: np.array([1, 2])}, schema.QUERY_TIMESTAMP, "exactly one"),
+        ({schema.CANDIDATE_ITEM_IDS: np.array([[1]])}, schema.CANDIDATE_ITEM_IDS, "1-D"),
+        ({schema.CANDIDATE_ITEM_IDS: np.zeros(0, np.int64)}, schema.CANDIDATE_ITEM_IDS, "at least one candidate"),
+        ({schema.CANDIDATE_ITEM_IDS: np.arange(5)}, schema.CANDIDATE_ITEM_IDS, "5 candidates exceed max_candidates 4"),
+        ({schema.CANDIDATE_ITEM_IDS: np.array([1, 100])}, schema.CANDIDATE_ITEM_IDS, "item ids must lie in [0, 100), got [1, 100]"),
     ],
 )
 def test_each_rule_names_its_tensor(overrides, tensor: str, rule: str) -> None:
@@ -64,6 +75,17 @@ def test_bare_network_requests_need_no_user() -> None:
     assert schema.validate(request(**{schema.USER_ID: None}), LIMITS, with_user=False).user_id == 0
     with pytest.raises(schema.RequestError, match="USER_ID: is required"):
         schema.validate(request(**{schema.USER_ID: None}), LIMITS)
+
+
+def test_the_network_checks_its_own_arguments_with_the_schema_rules() -> None:
+    """A direct HSTU caller breaking a request rule gets schema's error, under the argument's name."""
+    model = HSTU(preset("tiny")).eval()
+    cfg = model.config
+    emb = model.item_emb(torch.arange(cfg.max_seq_len + 1))
+    with pytest.raises(schema.RequestError, match=f"new_emb: history length {cfg.max_seq_len + 1} exceeds max_seq_len"):
+        model.prefill(emb, torch.arange(cfg.max_seq_len + 1), torch.zeros(cfg.max_seq_len + 1, dtype=torch.int64))
+    with pytest.raises(schema.RequestError, match=rf"ids: item ids must lie in \[0, {cfg.num_items}\)"):
+        model.embed_items(torch.tensor([cfg.num_items]))
 
 
 def window(**overrides: float) -> PoolStats:
@@ -123,6 +145,8 @@ def test_set_parameters_changes_known_keys_and_refuses_unknown(tmp_path: Path) -
     config = tmp_path / "config.pbtxt"
     config.write_text('parameters [\n  { key: "alpha" value: { string_value: "0.5" } }\n]\n')
     set_parameters(config, {"alpha": "0.25"})
-    assert 'string_value: "0.25"' in config.read_text()
+    assert 'string_value: "0.25"' in config.read_text() and get_parameter(config, "alpha") == "0.25"
     with pytest.raises(KeyError, match="pool_bytes"):
         set_parameters(config, {"pool_bytes": "1"})
+    with pytest.raises(KeyError, match="pool_bytes"):
+        get_parameter(config, "pool_bytes")

@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
-from typing import Sequence
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -35,9 +35,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 # subcommand -> ("module:function", one-line help)
 TOOLS: dict[str, tuple[str, str]] = {
-    "init-repository": ("helmrec.launcher.cli:init_repository", "write a servable model repository (configs, shims, weights) into a folder"),
+    "init-repository": ("helmrec.launcher.cli:init_repository", "write a servable model repository (configs, shims, weights)"),
     "bench-gpu": ("helmrec.load.bench.gpu:main", "HSTU on the GPU: KV-hit vs full-prefill latency, kernel TFLOP/s, throughput"),
-    "bench-pool": ("helmrec.load.bench.pool:main", "the shared pool under a Zipf workload: hit rate vs alpha, latency by KV outcome"),
+    "bench-pool": ("helmrec.load.bench.pool:main", "the shared pool under a Zipf workload: hit rate vs alpha, latency by KV"),
     "bench-router": ("helmrec.load.bench.router:main", "what the router costs: added latency and its throughput ceiling"),
     "bench-serving": ("helmrec.load.bench.serving:main", "latency of hstu_ensemble through a real tritonserver vs in-process"),
     "bench-model": ("helmrec.load.bench.model:main", "cached vs uncached HSTU inference on one device: equivalence and speed"),

@@ -39,7 +39,8 @@ FOLDERS = {"python_backend": "helmrec", "allocator": "helmrec/allocator", "route
 
 def _run(command: list[str | Path], cwd: Path, env: dict[str, str] | None = None, timeout: float = 600) -> str:
     done = subprocess.run([str(c) for c in command], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, f"{' '.join(map(str, command))} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    shown = " ".join(map(str, command))
+    assert done.returncode == 0, f"{shown} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done.stdout
 
 
@@ -88,7 +89,8 @@ def venv(wheel: Path, home: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 def clean_env(venv: Path) -> dict[str, str]:
     """This process's environment with nothing that points Python at the checkout or its venv."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV")}
-    env["PATH"] = os.pathsep.join([str(venv / "bin"), *(p for p in env.get("PATH", "").split(os.pathsep) if str(CHECKOUT) not in p)])
+    elsewhere = [p for p in env.get("PATH", "").split(os.pathsep) if str(CHECKOUT) not in p]
+    env["PATH"] = os.pathsep.join([str(venv / "bin"), *elsewhere])
     env["VIRTUAL_ENV"] = str(venv)
     return env
 

@@ -1,6 +1,7 @@
 """Start the Triton server bundled in nvidia-pytriton (or another binary) on a model repository."""
 
+from helmrec.launcher.admin import AdminHeader
 from helmrec.launcher.binary import LauncherError, TritonDistribution, locate
 from helmrec.launcher.server import TritonServer, free_port
 
-__all__ = ["LauncherError", "TritonDistribution", "TritonServer", "free_port", "locate"]
+__all__ = ["AdminHeader", "LauncherError", "TritonDistribution", "TritonServer", "free_port", "locate"]

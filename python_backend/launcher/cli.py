@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import signal
 import sys
 import threading
 from pathlib import Path
 
+from helmrec.launcher.admin import ENV as ADMIN_ENV
+from helmrec.launcher.admin import RESTRICTED, AdminHeader
 from helmrec.launcher.binary import LauncherError
 from helmrec.launcher.server import DEVICES, TritonServer
 
@@ -23,9 +26,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-port", type=int, default=8002)
     parser.add_argument("--tritonserver", default=None, help="another tritonserver binary (the official container's)")
     parser.add_argument("--log-verbose", type=int, default=0)
+    parser.add_argument(
+        "--admin-header",
+        default=None,
+        metavar="NAME=VALUE",
+        help=f"header that opens the {', '.join(RESTRICTED)} APIs (default: ${ADMIN_ENV}; "
+        "unset: a random one, so they stay closed); gRPC clients send it as triton-grpc-protocol-NAME. "
+        "Inference, health and metadata are always open",
+    )
+
+
+def _admin_header(flag: str | None) -> AdminHeader:
+    """The flag, else the environment (which keeps the secret out of `ps` for this process), else random."""
+    text = flag if flag is not None else os.environ.get(ADMIN_ENV)
+    return AdminHeader.random() if not text else AdminHeader.parse(text)
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        admin = _admin_header(args.admin_header)
+    except ValueError as exc:
+        print(f"helmrec serve: --admin-header: {exc}", file=sys.stderr)
+        return 1
     server = TritonServer(
         model_repository=args.model_repository,
         device=args.device,
@@ -35,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         tritonserver=args.tritonserver,
         log_verbose=args.log_verbose,
+        admin=admin,
     )
     stop = threading.Event()
 
@@ -59,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
     while not stop.is_set() and not exited.is_set():
         stop.wait(0.5)
     if exited.is_set():
-        print(f"tritonserver exited by itself:\n{server.log()[-4000:]}", file=sys.stderr)
+        code = server.stop()  # its stubs and shared memory are gone by now; this releases the rest
+        print(f"tritonserver exited by itself (exit code {code}):\n{server.log()[-4000:]}", file=sys.stderr)
         return 1
     print("stopping tritonserver ...")
     code = server.stop()

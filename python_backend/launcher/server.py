@@ -3,7 +3,12 @@
 Used by `helmrec serve`, the tests, the router's tests and the benchmarks, so
 every caller gets the same guarantees: ports are chosen or checked before the
 start, `start()` returns only when the server says it is ready (or raises with
-the tail of its log), and `stop()` always leaves no process behind.
+the tail of its log), the state-changing APIs answer only the operator's header,
+and no server, stub or shared-memory region outlives the server or its launcher:
+- the server gets SIGTERM when the launching process dies (tether.py);
+- when the server exits for any reason, its Python-backend stubs (its process
+  group) are killed and its `/dev/shm` regions unlinked at once;
+- each start removes what launchers that died left behind (orphans.py).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -20,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from helmrec.launcher import orphans, tether
+from helmrec.launcher.admin import AdminHeader
 from helmrec.launcher.binary import LauncherError, TritonDistribution, locate
 
 DEVICES = ("cpu", "cuda", "auto")
@@ -48,13 +56,53 @@ def _check_port(host: str, port: int, what: str) -> None:
             raise LauncherError(f"--{what}-port {port}: {host}:{port} is already in use ({exc.strerror})") from None
 
 
+class _ServerProcess:
+    """A started tritonserver, watched by one thread that is the only one to reap it.
+
+    When the server exits, its process group (the server and its Python-backend
+    stubs: a stub whose server is a zombie keeps waiting for it, and one whose
+    server is gone can hang on exit) is killed *before* the server is reaped, so
+    the group id cannot have been reused by then; then the server's shared-memory
+    regions are unlinked. Signals go through the same lock, never to a reaped pid.
+    """
+
+    def __init__(self, proc: subprocess.Popen[bytes], region_prefix: str) -> None:
+        self.proc = proc
+        self.region_prefix = region_prefix
+        self.gone = threading.Event()
+        self._lock = threading.Lock()
+        threading.Thread(target=self._watch, name=f"tritonserver-{proc.pid}-watch", daemon=True).start()
+
+    def _watch(self) -> None:
+        os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOWAIT)
+        with self._lock:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # the server ended its stubs itself
+            self.proc.wait()
+            orphans.remove_regions(self.region_prefix)
+            self.gone.set()
+
+    def signal(self, sig: int, group: bool = False) -> None:
+        with self._lock:
+            if not self.gone.is_set():
+                (os.killpg if group else os.kill)(self.proc.pid, sig)
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode if self.gone.is_set() else None
+
+
 @dataclass
 class TritonServer:
     """A `tritonserver` child process serving one model repository.
 
     Port 0 means "pick a free loopback port". `device` reaches the models as the
     HELMREC_DEVICE environment variable ("auto" lets each model use CUDA when
-    torch sees a GPU).
+    torch sees a GPU). Logging, shared-memory, model-repository and trace APIs
+    answer only clients that send `admin` (default: a random header nobody has;
+    tests pass `server.admin.http_headers()` / `grpc_headers()`).
     """
 
     model_repository: str | os.PathLike[str]
@@ -68,8 +116,9 @@ class TritonServer:
     log_verbose: int = 0
     extra_env: dict[str, str] = field(default_factory=dict)
     extra_args: tuple[str, ...] = ()
+    admin: AdminHeader = field(default_factory=AdminHeader.random, repr=False)
 
-    _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    _proc: _ServerProcess | None = field(default=None, init=False, repr=False)
     _log_path: Path | None = field(default=None, init=False, repr=False)
 
     # -- endpoints -----------------------------------------------------------------
@@ -87,7 +136,12 @@ class TritonServer:
 
     @property
     def pid(self) -> int | None:
-        return None if self._proc is None else self._proc.pid
+        return None if self._proc is None else self._proc.proc.pid
+
+    @property
+    def region_prefix(self) -> str | None:
+        """The prefix of this server's Python-backend regions in /dev/shm."""
+        return None if self._proc is None else self._proc.region_prefix
 
     @property
     def log_path(self) -> Path | None:
@@ -100,7 +154,7 @@ class TritonServer:
         return self._log_path.read_text(errors="replace")
 
     # -- lifecycle -----------------------------------------------------------------
-    def _command(self, dist: TritonDistribution) -> list[str]:
+    def _command(self, dist: TritonDistribution, region_prefix: str) -> list[str]:
         return [
             str(dist.binary),
             f"--model-repository={Path(self.model_repository).resolve()}",
@@ -116,10 +170,12 @@ class TritonServer:
             "--exit-on-error=true",
             "--strict-readiness=true",
             f"--log-verbose={self.log_verbose}",
+            f"--backend-config=python,shm-region-prefix-name={region_prefix}",
+            *self.admin.triton_args(),
             *self.extra_args,
         ]
 
-    def start(self) -> "TritonServer":
+    def start(self) -> TritonServer:
         """Start and wait until ready. Ports we picked ourselves can be taken by another
         process between our pick and the server's bind; then we pick again (up to
         PORT_RETRIES times). Ports the caller named are checked once and never changed."""
@@ -129,6 +185,7 @@ class TritonServer:
         if self.device not in DEVICES:
             raise LauncherError(f"--device {self.device}: expected one of {', '.join(DEVICES)}")
         dist = locate(self.tritonserver)
+        orphans.sweep()
         auto = [what for what in ("http", "grpc", "metrics") if not getattr(self, f"{what}_port")]
         for what in ("http", "grpc", "metrics"):
             if what not in auto:
@@ -149,14 +206,18 @@ class TritonServer:
         env.update(self.extra_env)
         fd, log_name = tempfile.mkstemp(prefix="tritonserver-", suffix=".log")
         self._log_path = Path(log_name)
+        region_prefix = orphans.region_prefix()
         with os.fdopen(fd, "wb") as log_file:
-            self._proc = subprocess.Popen(  # noqa: S603 - our own binary and arguments
-                self._command(dist),
+            proc = tether.spawn(
+                self._command(dist, region_prefix),
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 env=env,
-                start_new_session=True,  # Ctrl-C in a terminal reaches us; we forward it
+                # Ctrl-C in a terminal reaches us, and we forward it; the server's
+                # group holds its stubs, so one killpg ends them all.
+                start_new_session=True,
             )
+        self._proc = _ServerProcess(proc, region_prefix)
         try:
             self._wait_ready()
         except BaseException:
@@ -175,7 +236,7 @@ class TritonServer:
         deadline = time.monotonic() + self.startup_timeout_s
         assert self._proc is not None
         while time.monotonic() < deadline:
-            code = self._proc.poll()
+            code = self._proc.returncode
             if code is not None:
                 if any(sign in self.log() for sign in PORT_TAKEN_SIGNS):
                     raise _PortTaken()
@@ -189,34 +250,28 @@ class TritonServer:
         return "\n".join(self.log().splitlines()[-lines:])
 
     def wait(self) -> int:
-        """Block until the server exits; its exit code."""
-        assert self._proc is not None, "server not started"
-        return self._proc.wait()
+        """Block until the server has exited and its stubs and regions are gone; its exit code."""
+        server = self._proc
+        assert server is not None, "server not started"
+        server.gone.wait()
+        return int(server.proc.returncode)
 
     def send_signal(self, sig: int) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.send_signal(sig)
+        if self._proc is not None:
+            self._proc.signal(sig)
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
         """SIGTERM (Triton drains in-flight requests), then SIGKILL the whole group."""
-        proc, self._proc = self._proc, None
-        if proc is None:
+        server, self._proc = self._proc, None
+        if server is None:
             return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        # Python backend stubs are children of the server; none may outlive it.
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        return proc.returncode
+        server.signal(signal.SIGTERM)
+        if not server.gone.wait(timeout_s):
+            server.signal(signal.SIGKILL, group=True)
+            server.gone.wait()
+        return server.returncode
 
-    def __enter__(self) -> "TritonServer":
+    def __enter__(self) -> TritonServer:
         return self.start()
 
     def __exit__(

@@ -2,7 +2,8 @@
 
 One helper for every caller that talks to `hstu_ensemble` (demo, Locust,
 benchmarks, tests), so the wire dtype always follows the array's dtype the
-way Triton names it.
+way Triton names it; `helmrec.schema.ensemble_request` builds the arrays under
+the contract's names and dtypes.
 """
 
 from __future__ import annotations

@@ -30,12 +30,11 @@ from rich.table import Table
 from helmrec.load.client import infer_inputs
 from helmrec.hstu.data import UserHistory, load_ml100k, ml100k_path
 from helmrec.launcher import TritonServer
-from helmrec.launcher.repository import control_window_s
+from helmrec import schema
+from helmrec.launcher.repository import WEIGHTS, control_window_s
 from helmrec.serving.network import read_limits
 from helmrec.router.config import BackendAddress, RouterConfig
 from helmrec.router.server import RouterThread
-
-MODEL = "hstu_ensemble"
 
 
 def movie_titles() -> dict[int, str]:
@@ -50,18 +49,12 @@ def movie_titles() -> dict[int, str]:
 
 
 def request_arrays(user: UserHistory, candidates: np.ndarray) -> dict[str, np.ndarray]:
-    return {
-        "USER_ID": np.array([user.user_id], np.int64),
-        "HISTORY_ITEM_IDS": user.items.astype(np.int64),
-        "HISTORY_TIMESTAMPS": user.timestamps.astype(np.int64),
-        "HISTORY_ACTIONS": user.actions.astype(np.int32),
-        "CANDIDATE_ITEM_IDS": candidates.astype(np.int64),
-    }
+    return schema.ensemble_request(user.user_id, user.items, user.timestamps, candidates, user.actions)
 
 
 def timed_infer(client, module, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, float]:
     t0 = time.perf_counter()
-    scores = client.infer(MODEL, infer_inputs(module, arrays)).as_numpy("SCORES")
+    scores = client.infer(schema.ENSEMBLE_MODEL, infer_inputs(module, arrays)).as_numpy(schema.SCORES)
     return scores, (time.perf_counter() - t0) * 1e3
 
 
@@ -84,7 +77,7 @@ def main() -> None:
     args = parser.parse_args()
     console = Console()
 
-    limits = read_limits(args.model_repository / "hstu" / "1" / "weights.pt")
+    limits = read_limits(args.model_repository / WEIGHTS)
     data = load_ml100k()
     titles = movie_titles()
     rng = np.random.default_rng(args.seed)

@@ -34,12 +34,13 @@ from locust import LoadTestShape, User, constant_throughput, events, task  # noq
 from locust.env import Environment  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
+from helmrec import schema  # noqa: E402
 from helmrec.load.bench.latency import LatencyLog  # noqa: E402
 from helmrec.load.bench.workload import TraceFeed, add_workload_options, make_feed, request_arrays, workload_from_options  # noqa: E402
 from helmrec.load.client import infer_inputs  # noqa: E402
 from helmrec.load.shapes import ShapeSchedule, add_shape_options, schedule_from_options  # noqa: E402
 
-MODEL = "hstu_ensemble"
+MODEL = schema.ENSEMBLE_MODEL
 STOP_TIMEOUT_S = "30"  # Locust's --stop-timeout default here (a timespan string, like the flag)
 # The `tiny` preset's limits: the defaults fit the network tests and `helmrec bench` serve.
 TINY_LIMITS = {"num_items": 300, "max_history": 64, "max_candidates": 64}
@@ -150,11 +151,11 @@ class HstuUser(User):
         try:
             result = RUN.client.infer(MODEL, inputs)
             latency_ms = (time.perf_counter() - t0) * 1e3
-            scores = result.as_numpy("SCORES")
-            n_cand = arrays["CANDIDATE_ITEM_IDS"].shape[0]
+            scores = result.as_numpy(schema.SCORES)
+            n_cand = arrays[schema.CANDIDATE_ITEM_IDS].shape[0]
             if scores is None or scores.ndim != 2 or scores.shape[0] != n_cand:
                 got = None if scores is None else list(scores.shape)
-                raise ScoreShapeError(f"SCORES: expected [{n_cand}, T], got {got}")
+                raise ScoreShapeError(f"{schema.SCORES}: expected [{n_cand}, T], got {got}")
             length = scores.nbytes
         except (InferenceServerException, ScoreShapeError) as exc:
             latency_ms = (time.perf_counter() - t0) * 1e3
@@ -167,8 +168,8 @@ class HstuUser(User):
             exception=error,
             context={
                 "start_unix_s": start_unix,
-                "user_id": int(arrays["USER_ID"][0]),
-                "history_len": int(arrays["HISTORY_ITEM_IDS"].shape[0]),
+                "user_id": int(arrays[schema.USER_ID][0]),
+                "history_len": int(arrays[schema.HISTORY_ITEM_IDS].shape[0]),
             },
         )
 

@@ -16,10 +16,7 @@ import numpy as np
 from tritonclient.grpc import service_pb2
 
 from helmrec.router.state import RouteRequest
-
-USER_ID = "USER_ID"
-HISTORY_ITEM_IDS = "HISTORY_ITEM_IDS"
-CANDIDATE_ITEM_IDS = "CANDIDATE_ITEM_IDS"
+from helmrec.schema import CANDIDATE_ITEM_IDS, HISTORY_ITEM_IDS, USER_ID
 _INT_DTYPES = {"INT64": "<i8", "INT32": "<i4", "UINT64": "<u8", "UINT32": "<u4"}
 _NO_FEATURES = RouteRequest()
 

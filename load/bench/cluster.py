@@ -26,11 +26,11 @@ from helmrec.load.client import infer_inputs
 from helmrec.launcher import LauncherError, TritonServer, free_port
 from helmrec.launcher.repository import WEIGHTS, control_window_s, stage_repository
 from helmrec.serving.network import read_limits
+from helmrec import schema
 from helmrec.schema import Limits
 from helmrec.router.config import POLICIES
 
 ADAPTIVE = "adaptive"
-MODEL = "hstu_ensemble"
 PORT_ATTEMPTS = 3
 ROUTER_READY = "router ready"  # the line `helmrec route` prints once it serves
 # What tritonserver and `helmrec route` say when a port was bound by someone else first.
@@ -190,13 +190,8 @@ class Cluster:
         """One request per node, straight to it, so one-time start-up costs are not timed."""
         for node, server in enumerate(self.servers):
             client = grpcclient.InferenceServerClient(server.grpc_url)
-            arrays = {
-                "USER_ID": np.array([WARM_UP_USER + node], np.int64),
-                "HISTORY_ITEM_IDS": np.array([1], np.int64),
-                "HISTORY_TIMESTAMPS": np.array([0], np.int64),
-                "CANDIDATE_ITEM_IDS": np.array([1], np.int64),
-            }
-            client.infer(MODEL, infer_inputs(grpcclient, arrays))
+            arrays = schema.ensemble_request(WARM_UP_USER + node, np.array([1]), np.array([0]), np.array([1]))
+            client.infer(schema.ENSEMBLE_MODEL, infer_inputs(grpcclient, arrays))
 
     def stop(self) -> None:
         if self._router is not None:

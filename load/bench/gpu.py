@@ -35,6 +35,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from helmrec import schema
 from helmrec.hstu.config import preset
 from helmrec.hstu.model import HSTU
 from helmrec.kernels.attention import candidate_attention, causal_attention
@@ -369,6 +370,7 @@ FLOOR_MODEL = "transport_floor"
 FLOOR_SOURCE = '''"""Benchmark fixture (bench/gpu.py): answers zeros of the right shape, computes nothing."""
 import torch
 import triton_python_backend_utils as pb_utils
+from helmrec import schema
 from helmrec.serving.triton_io import input_tensor, output_tensor
 
 
@@ -376,7 +378,7 @@ class TritonPythonModel:
     def execute(self, requests):
         return [
             pb_utils.InferenceResponse(
-                output_tensors=[output_tensor("SCORES", torch.zeros(input_tensor(r, "CANDIDATE_ITEM_IDS").shape[0], 1))]
+                output_tensors=[output_tensor(schema.SCORES, torch.zeros(input_tensor(r, schema.CANDIDATE_ITEM_IDS).shape[0], 1))]
             )
             for r in requests
         ]
@@ -385,9 +387,9 @@ class TritonPythonModel:
 
 def add_floor_model(repo: Path) -> None:
     """Stage FLOOR_MODEL next to hstu_pool with the same inputs and output."""
-    config = (repo / "hstu_pool" / "config.pbtxt").read_text().split("parameters [")[0]
+    config = (repo / schema.POOL_MODEL / "config.pbtxt").read_text().split("parameters [")[0]
     (repo / FLOOR_MODEL / "1").mkdir(parents=True)
-    (repo / FLOOR_MODEL / "config.pbtxt").write_text(config.replace('name: "hstu_pool"', f'name: "{FLOOR_MODEL}"'))
+    (repo / FLOOR_MODEL / "config.pbtxt").write_text(config.replace(f'name: "{schema.POOL_MODEL}"', f'name: "{FLOOR_MODEL}"'))
     (repo / FLOOR_MODEL / "1" / "model.py").write_text(FLOOR_SOURCE)
 
 
@@ -421,13 +423,11 @@ def triton_vs_in_process(args: argparse.Namespace) -> dict:
         ids, ts, actions, cands, query = (t.cpu() for t in make_history(model, n + extra, c, gen, torch.device("cpu")))
 
         def arrays(length: int) -> dict:
-            return {"USER_ID": np.array([7], np.int64), "HISTORY_ITEM_IDS": ids[:length].numpy(),
-                    "HISTORY_TIMESTAMPS": ts[:length].numpy(), "HISTORY_ACTIONS": actions[:length].numpy().astype(np.int32),
-                    "CANDIDATE_ITEM_IDS": cands.numpy()}
+            return schema.ensemble_request(7, ids[:length].numpy(), ts[:length].numpy(), cands.numpy(), actions[:length].numpy())
 
         request = arrays(n)
         inputs = infer_inputs(grpcclient, request)
-        shared = infer_inputs(grpcclient, {k: v for k, v in request.items() if k != "USER_ID"})
+        shared = infer_inputs(grpcclient, {k: v for k, v in request.items() if k != schema.USER_ID})
         users, served_len = itertools.count(1_000), itertools.count(n)
 
         def infer(client, model: str):
@@ -435,17 +435,17 @@ def triton_vs_in_process(args: argparse.Namespace) -> dict:
                 return client.infer(model, inputs)
             if args.kv == "grow":
                 return client.infer(model, infer_inputs(grpcclient, arrays(next(served_len))))
-            return client.infer(model, infer_inputs(grpcclient, {"USER_ID": np.array([next(users)], np.int64)}) + shared)
+            return client.infer(model, infer_inputs(grpcclient, {schema.USER_ID: np.array([next(users)], np.int64)}) + shared)
 
         add_floor_model(repo)
         with TritonServer(model_repository=repo, device=args.device) as server:
             client = grpcclient.InferenceServerClient(server.grpc_url)
             live_ms = wall_ms(client.is_server_live, torch.device("cpu"), args.requests, warmup=10)
             floor_ms = wall_ms(lambda: infer(client, FLOOR_MODEL), torch.device("cpu"), args.requests, warmup=10)
-            triton_ms = wall_ms(lambda: infer(client, "hstu_ensemble"), torch.device("cpu"), args.requests, warmup=10)
+            triton_ms = wall_ms(lambda: infer(client, schema.ENSEMBLE_MODEL), torch.device("cpu"), args.requests, warmup=10)
             # hstu_pool without the ensemble around it: what the one-step ensemble itself costs.
-            direct_ms = wall_ms(lambda: infer(client, "hstu_pool"), torch.device("cpu"), args.requests, warmup=10)
-            per_model = model_compute_us(client, ("hstu_ensemble", "hstu_pool", FLOOR_MODEL))
+            direct_ms = wall_ms(lambda: infer(client, schema.POOL_MODEL), torch.device("cpu"), args.requests, warmup=10)
+            per_model = model_compute_us(client, (schema.ENSEMBLE_MODEL, schema.POOL_MODEL, FLOOR_MODEL))
         device = torch.device(args.device)
         model = model.to(device, serving_dtype("auto", device))  # what hstu_pool serves with dtype "auto"
         config = PoolConfig(args.pool_bytes, args.page_bytes, 0.5, 268435456.0, 8, device=str(device))

@@ -34,6 +34,7 @@ import tritonclient.grpc.aio as grpcaio
 from rich.console import Console
 from rich.table import Table
 
+from helmrec import schema
 from helmrec.load.client import infer_inputs
 from helmrec.launcher import TritonServer, free_port
 from helmrec.launcher.repository import stage_repository
@@ -41,7 +42,7 @@ from helmrec.router.config import POLICIES
 from helmrec.router.policies import make_policy
 from helmrec.router.state import BackendState, RouteRequest
 
-MODEL = "hstu_ensemble"
+MODEL = schema.ENSEMBLE_MODEL
 
 
 def make_requests(
@@ -54,13 +55,13 @@ def make_requests(
     out = []
     for user in who.tolist():
         pos = np.arange(history, dtype=np.int64)
-        arrays = {
-            "USER_ID": np.array([user + user_offset], np.int64),
-            "HISTORY_ITEM_IDS": 1 + (user * 7919 + pos * 104729) % (num_items - 1),
-            "HISTORY_TIMESTAMPS": 1_700_000_000 + pos * 60,
-            "HISTORY_ACTIONS": ((user + pos) % 2).astype(np.int32),
-            "CANDIDATE_ITEM_IDS": rng.integers(1, num_items, candidates).astype(np.int64),
-        }
+        arrays = schema.ensemble_request(
+            user + user_offset,
+            1 + (user * 7919 + pos * 104729) % (num_items - 1),
+            1_700_000_000 + pos * 60,
+            rng.integers(1, num_items, candidates),
+            (user + pos) % 2,
+        )
         out.append(infer_inputs(grpcclient, arrays))
     return out
 

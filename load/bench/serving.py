@@ -20,6 +20,7 @@ import tritonclient.grpc as grpcclient
 from rich.console import Console
 from rich.table import Table
 
+from helmrec import schema
 from helmrec.load.client import infer_inputs
 from helmrec.hstu.model import HSTU
 from helmrec.hstu.weights import load
@@ -34,11 +35,11 @@ def make_requests(num_items: int, n: int, history: int, candidates: int, seed: i
         ts = np.sort(rng.integers(1_600_000_000, 1_700_000_000, history)).astype(np.int64)
         out.append(
             {
-                "USER_ID": np.array([i], np.int64),
-                "HISTORY_ITEM_IDS": rng.integers(0, num_items, history).astype(np.int64),
-                "HISTORY_TIMESTAMPS": ts,
-                "HISTORY_ACTIONS": rng.integers(0, 2, history).astype(np.int32),
-                "CANDIDATE_ITEM_IDS": rng.integers(0, num_items, candidates).astype(np.int64),
+                schema.USER_ID: np.array([i], np.int64),
+                schema.HISTORY_ITEM_IDS: rng.integers(0, num_items, history).astype(np.int64),
+                schema.HISTORY_TIMESTAMPS: ts,
+                schema.HISTORY_ACTIONS: rng.integers(0, 2, history).astype(np.int32),
+                schema.CANDIDATE_ITEM_IDS: rng.integers(0, num_items, candidates).astype(np.int64),
             }
         )
     return out
@@ -50,7 +51,7 @@ def time_triton(server: TritonServer, requests: list[dict[str, np.ndarray]], war
     for i, request in enumerate(requests):
         inputs = infer_inputs(grpcclient, request)
         t0 = time.perf_counter()
-        client.infer("hstu_ensemble", inputs)
+        client.infer(schema.ENSEMBLE_MODEL, inputs)
         if i >= warmup:
             lat.append(time.perf_counter() - t0)
     return np.array(lat) * 1e3
@@ -62,11 +63,11 @@ def time_in_process(model: HSTU, requests: list[dict[str, np.ndarray]], warmup: 
         for i, r in enumerate(requests):
             t0 = time.perf_counter()
             model.score(
-                torch.from_numpy(r["HISTORY_ITEM_IDS"]),
-                torch.from_numpy(r["HISTORY_TIMESTAMPS"]),
-                torch.from_numpy(r["HISTORY_ACTIONS"].astype(np.int64)),
-                torch.from_numpy(r["CANDIDATE_ITEM_IDS"]),
-                int(r["HISTORY_TIMESTAMPS"][-1]),
+                torch.from_numpy(r[schema.HISTORY_ITEM_IDS]),
+                torch.from_numpy(r[schema.HISTORY_TIMESTAMPS]),
+                torch.from_numpy(r[schema.HISTORY_ACTIONS].astype(np.int64)),
+                torch.from_numpy(r[schema.CANDIDATE_ITEM_IDS]),
+                int(r[schema.HISTORY_TIMESTAMPS][-1]),
             )
             if i >= warmup:
                 lat.append(time.perf_counter() - t0)

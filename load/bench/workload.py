@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from helmrec import schema
 from helmrec.workload.traces import REGIMES, Trace, TraceConfig, generate, regime_config
 
 # Requests older than this (trace time behind the run's clock) are skipped: when the servers
@@ -97,12 +98,9 @@ class WorkloadConfig:
 
 def request_arrays(trace: Trace, row: int) -> dict[str, np.ndarray]:
     """The `hstu_ensemble` inputs of trace row `row` (HISTORY_ACTIONS left out: the trace has none)."""
-    return {
-        "USER_ID": np.array([int(trace.user_id[row])], dtype=np.int64),
-        "HISTORY_ITEM_IDS": trace.history_ids(row).astype(np.int64),
-        "HISTORY_TIMESTAMPS": trace.history_timestamps(row).astype(np.int64),
-        "CANDIDATE_ITEM_IDS": trace.candidate_ids(row).astype(np.int64),
-    }
+    return schema.ensemble_request(
+        int(trace.user_id[row]), trace.history_ids(row), trace.history_timestamps(row), trace.candidate_ids(row)
+    )
 
 
 class TraceFeed:

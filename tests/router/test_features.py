@@ -9,21 +9,16 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.grpc import service_pb2
 
+from helmrec import schema
 from helmrec.load.client import infer_inputs
 from helmrec.router.config import BackendAddress, ConfigError, RouterConfig
 from helmrec.router.request_features import from_grpc, from_http
 
-ARRAYS = {
-    "USER_ID": np.array([42], np.int64),
-    "HISTORY_ITEM_IDS": np.array([3, 9, 4, 27, 11], np.int64),
-    "HISTORY_TIMESTAMPS": np.array([1, 2, 3, 4, 5], np.int64),
-    "HISTORY_ACTIONS": np.array([1, 0, 1, 1, 0], np.int32),
-    "CANDIDATE_ITEM_IDS": np.array([5, 6, 42, 8], np.int64),
-}
+ARRAYS = schema.ensemble_request(42, np.array([3, 9, 4, 27, 11]), np.arange(1, 6), np.array([5, 6, 42, 8]), np.array([1, 0, 1, 1, 0]))
 
 
 def grpc_request(raw: bool = True, sequence_id: int | str = 0) -> service_pb2.ModelInferRequest:
-    request = service_pb2.ModelInferRequest(model_name="hstu_ensemble")
+    request = service_pb2.ModelInferRequest(model_name=schema.ENSEMBLE_MODEL)
     for name, value in ARRAYS.items():
         datatype = "INT64" if value.dtype == np.int64 else "INT32"
         tensor = request.inputs.add(name=name, datatype=datatype, shape=list(value.shape))
@@ -45,14 +40,14 @@ def grpc_request(raw: bool = True, sequence_id: int | str = 0) -> service_pb2.Mo
 def test_grpc_features(raw: bool) -> None:
     features = from_grpc(grpc_request(raw))
     assert features.route.user_id == 42 and features.route.history_len == 5
-    np.testing.assert_array_equal(features.route.candidates, ARRAYS["CANDIDATE_ITEM_IDS"])
+    np.testing.assert_array_equal(features.route.candidates, ARRAYS[schema.CANDIDATE_ITEM_IDS])
     assert features.sequence is None
 
 
 def test_grpc_sequence_parameters_make_a_request_sticky() -> None:
     features = from_grpc(grpc_request(sequence_id=17))
-    assert features.sequence == ("hstu_ensemble", 17) and features.sequence_end
-    assert from_grpc(grpc_request(sequence_id="s-1")).sequence == ("hstu_ensemble", "s-1")
+    assert features.sequence == (schema.ENSEMBLE_MODEL, 17) and features.sequence_end
+    assert from_grpc(grpc_request(sequence_id="s-1")).sequence == (schema.ENSEMBLE_MODEL, "s-1")
 
 
 def test_unreadable_grpc_tensors_route_without_features() -> None:
@@ -66,10 +61,10 @@ def test_unreadable_grpc_tensors_route_without_features() -> None:
 def test_http_features(binary: bool) -> None:
     inputs = infer_inputs(httpclient, ARRAYS, binary_data=binary)
     body, header_length = httpclient.InferenceServerClient.generate_request_body(inputs, sequence_id=9)
-    features = from_http("hstu_ensemble", body, header_length)
+    features = from_http(schema.ENSEMBLE_MODEL, body, header_length)
     assert features.route.user_id == 42 and features.route.history_len == 5
-    np.testing.assert_array_equal(features.route.candidates, ARRAYS["CANDIDATE_ITEM_IDS"])
-    assert features.sequence == ("hstu_ensemble", 9)
+    np.testing.assert_array_equal(features.route.candidates, ARRAYS[schema.CANDIDATE_ITEM_IDS])
+    assert features.sequence == (schema.ENSEMBLE_MODEL, 9)
 
 
 def test_unreadable_http_body_routes_without_features() -> None:

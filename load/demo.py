@@ -27,14 +27,14 @@ import tritonclient.http as httpclient
 from rich.console import Console
 from rich.table import Table
 
-from helmrec.load.client import infer_inputs
+from helmrec import schema
 from helmrec.hstu.data import UserHistory, load_ml100k, ml100k_path
 from helmrec.launcher import TritonServer
-from helmrec import schema
 from helmrec.launcher.repository import WEIGHTS, control_window_s
-from helmrec.serving.network import read_limits
+from helmrec.load.client import infer_inputs
 from helmrec.router.config import BackendAddress, RouterConfig
 from helmrec.router.server import RouterThread
+from helmrec.serving.network import read_limits
 
 
 def movie_titles() -> dict[int, str]:

@@ -30,7 +30,7 @@ def set_parameters(config: Path, values: Mapping[str, str]) -> None:
     (a misspelt key would otherwise leave the default it meant to change in force)."""
     text = config.read_text()
     for key, value in values.items():
-        text, count = _entry(key).subn(lambda m: m.group(1) + str(value) + m.group(3), text)
+        text, count = _entry(key).subn(lambda m, new=str(value): m.group(1) + new + m.group(3), text)
         if count != 1:
             raise KeyError(f"{config}: no parameter {key!r} to set")
     config.write_text(text)

@@ -129,7 +129,7 @@ class Limits:
     max_candidates: int
 
     @classmethod
-    def of(cls, sizes: NetworkSizes) -> "Limits":
+    def of(cls, sizes: NetworkSizes) -> Limits:
         return cls(sizes.num_items, sizes.num_actions, sizes.max_seq_len, sizes.max_candidates)
 
 
@@ -220,7 +220,8 @@ def validate(tensors: Mapping[str, np.ndarray | None], limits: Limits, with_user
     cands = _vector(CANDIDATE_ITEM_IDS, tensors[CANDIDATE_ITEM_IDS])  # type: ignore[arg-type]
     n = hist.size
     if n == 0 and query_ts is None:
-        raise RequestError(HISTORY_ITEM_IDS, f"must hold at least one item (without {QUERY_TIMESTAMP}, the latest event is the query time)")
+        rule = f"must hold at least one item (without {QUERY_TIMESTAMP}, the latest event is the query time)"
+        raise RequestError(HISTORY_ITEM_IDS, rule)
     check_history_length(HISTORY_ITEM_IDS, n, limits.max_seq_len)
     _ids(HISTORY_ITEM_IDS, hist, limits.num_items, "item")
     if ts.size != n:

@@ -17,6 +17,7 @@ from tritonclient.grpc import service_pb2
 
 from helmrec.router.state import RouteRequest
 from helmrec.schema import CANDIDATE_ITEM_IDS, HISTORY_ITEM_IDS, USER_ID
+
 _INT_DTYPES = {"INT64": "<i8", "INT32": "<i4", "UINT64": "<u8", "UINT32": "<u4"}
 _NO_FEATURES = RouteRequest()
 

@@ -22,13 +22,13 @@ from typing import TypeVar
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-from helmrec.load.client import infer_inputs
+from helmrec import schema
 from helmrec.launcher import LauncherError, TritonServer, free_port
 from helmrec.launcher.repository import WEIGHTS, control_window_s, stage_repository
-from helmrec.serving.network import read_limits
-from helmrec import schema
-from helmrec.schema import Limits
+from helmrec.load.client import infer_inputs
 from helmrec.router.config import POLICIES
+from helmrec.schema import Limits
+from helmrec.serving.network import read_limits
 
 ADAPTIVE = "adaptive"
 PORT_ATTEMPTS = 3
@@ -108,7 +108,7 @@ class Cluster:
     def metrics_urls(self) -> list[str]:
         return [s.metrics_url for s in self.servers]
 
-    def start(self) -> "Cluster":
+    def start(self) -> Cluster:
         repo = stage_repository(
             self.work_dir / "model_repository",
             self.config.preset,
@@ -206,7 +206,7 @@ class Cluster:
         for server in self.servers:
             server.stop()
 
-    def __enter__(self) -> "Cluster":
+    def __enter__(self) -> Cluster:
         return self.start()
 
     def __exit__(

@@ -35,9 +35,9 @@ from rich.console import Console
 from rich.table import Table
 
 from helmrec import schema
-from helmrec.load.client import infer_inputs
 from helmrec.launcher import TritonServer, free_port
 from helmrec.launcher.repository import stage_repository
+from helmrec.load.client import infer_inputs
 from helmrec.router.config import POLICIES
 from helmrec.router.policies import make_policy
 from helmrec.router.state import BackendState, RouteRequest

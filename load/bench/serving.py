@@ -21,11 +21,11 @@ from rich.console import Console
 from rich.table import Table
 
 from helmrec import schema
-from helmrec.load.client import infer_inputs
 from helmrec.hstu.model import HSTU
 from helmrec.hstu.weights import load
 from helmrec.launcher import TritonServer
 from helmrec.launcher.repository import WEIGHTS, stage_repository
+from helmrec.load.client import infer_inputs
 
 
 def make_requests(num_items: int, n: int, history: int, candidates: int, seed: int) -> list[dict[str, np.ndarray]]:

@@ -92,7 +92,7 @@ class WorkloadConfig:
             "trend_period_s": self.duration_s,
         }
 
-    def with_regime(self, regime: str) -> "WorkloadConfig":
+    def with_regime(self, regime: str) -> WorkloadConfig:
         return dataclasses.replace(self, regime=regime)
 
 

@@ -14,7 +14,9 @@ from helmrec.load.client import infer_inputs
 from helmrec.router.config import BackendAddress, ConfigError, RouterConfig
 from helmrec.router.request_features import from_grpc, from_http
 
-ARRAYS = schema.ensemble_request(42, np.array([3, 9, 4, 27, 11]), np.arange(1, 6), np.array([5, 6, 42, 8]), np.array([1, 0, 1, 1, 0]))
+ARRAYS = schema.ensemble_request(
+    42, np.array([3, 9, 4, 27, 11]), np.arange(1, 6), np.array([5, 6, 42, 8]), np.array([1, 0, 1, 1, 0])
+)
 
 
 def grpc_request(raw: bool = True, sequence_id: int | str = 0) -> service_pb2.ModelInferRequest:

@@ -15,9 +15,9 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from helmrec import schema
-from helmrec.load.client import infer_inputs
 from helmrec.hstu.weights import load
 from helmrec.launcher import TritonServer
+from helmrec.load.client import infer_inputs
 
 pytestmark = pytest.mark.e2e
 MODEL = schema.ENSEMBLE_MODEL
@@ -91,8 +91,8 @@ def _bad_requests(max_candidates: int, num_items: int) -> list[tuple[str, Reques
     return [
         ("wrong dtype", Request(history=np.array([3, 9, 4, 27, 11], np.int32)), "HISTORY_ITEM_IDS", "INT64"),
         ("wrong rank", Request(candidates=np.array([[5, 6], [7, 8]], np.int64)), "CANDIDATE_ITEM_IDS", "shape"),
-        ("negative id", Request(candidates=np.array([5, -1], np.int64)), "CANDIDATE_ITEM_IDS", f"must lie in [0, {num_items}), got [-1, 5]"),
-        ("id out of range", Request(history=np.array([3, 9, 4, 27, num_items], np.int64)), "HISTORY_ITEM_IDS", f"got [3, {num_items}]"),
+        ("negative id", Request(candidates=np.array([5, -1], np.int64)), "CANDIDATE_ITEM_IDS", f"[0, {num_items}), got [-1"),
+        ("id out of range", Request(history=np.array([3, 9, 4, 27, num_items], np.int64)), "HISTORY_ITEM_IDS", f"{num_items}]"),
         ("empty candidates", Request(candidates=np.zeros(0, np.int64)), "CANDIDATE_ITEM_IDS", "at least one"),
         ("length mismatch", Request(timestamps=np.array([1, 2, 3], np.int64)), "HISTORY_TIMESTAMPS", "must equal"),
         (

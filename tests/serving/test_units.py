@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from helmrec import schema
 from helmrec.allocator.observation import KVLookback
 from helmrec.hstu.config import preset
 from helmrec.hstu.model import HSTU
 from helmrec.model_config import get_parameter, set_parameters
 from helmrec.pool.stats import PoolStats
-from helmrec import schema
 from helmrec.serving.node_control import observe
 
 LIMITS = schema.Limits(num_items=100, num_actions=2, max_seq_len=8, max_candidates=4)
@@ -48,7 +48,11 @@ def test_a_query_time_is_taken_as_given_and_allows_an_empty_history() -> None:
 @pytest.mark.parametrize(
     ("overrides", "tensor", "rule"),
     [
-        ({schema.HISTORY_ITEM_IDS: np.arange(9), schema.HISTORY_TIMESTAMPS: np.arange(9), schema.HISTORY_ACTIONS: None}, schema.HISTORY_ITEM_IDS, "history length 9 exceeds max_seq_len 8"),
+        (
+            {schema.HISTORY_ITEM_IDS: np.arange(9), schema.HISTORY_TIMESTAMPS: np.arange(9), schema.HISTORY_ACTIONS: None},
+            schema.HISTORY_ITEM_IDS,
+            "history length 9 exceeds max_seq_len 8",
+        ),
         ({schema.HISTORY_ITEM_IDS: np.zeros(0, np.int64)}, schema.HISTORY_ITEM_IDS, "at least one"),
         ({schema.HISTORY_ITEM_IDS: np.array([1.0, 2.0, 3.0])}, schema.HISTORY_ITEM_IDS, "must hold integers"),
         ({schema.HISTORY_ACTIONS: np.array([0, 2, 1])}, schema.HISTORY_ACTIONS, "action ids must lie in [0, 2), got [0, 2]"),
@@ -61,7 +65,7 @@ def test_a_query_time_is_taken_as_given_and_allows_an_empty_history() -> None:
         ({schema.CANDIDATE_ITEM_IDS: np.array([[1]])}, schema.CANDIDATE_ITEM_IDS, "1-D"),
         ({schema.CANDIDATE_ITEM_IDS: np.zeros(0, np.int64)}, schema.CANDIDATE_ITEM_IDS, "at least one candidate"),
         ({schema.CANDIDATE_ITEM_IDS: np.arange(5)}, schema.CANDIDATE_ITEM_IDS, "5 candidates exceed max_candidates 4"),
-        ({schema.CANDIDATE_ITEM_IDS: np.array([1, 100])}, schema.CANDIDATE_ITEM_IDS, "item ids must lie in [0, 100), got [1, 100]"),
+        ({schema.CANDIDATE_ITEM_IDS: np.array([1, 100])}, schema.CANDIDATE_ITEM_IDS, "ids must lie in [0, 100), got [1, 100]"),
     ],
 )
 def test_each_rule_names_its_tensor(overrides, tensor: str, rule: str) -> None:

@@ -8,7 +8,8 @@ import logging
 import signal
 import sys
 
-from helmrec.router.config import POLICIES, BackendAddress, ConfigError, RouterConfig
+from helmrec.router.config import POLICIES, PUBLIC_MODELS, BackendAddress, ConfigError, RouterConfig
+from helmrec.router.limits import MAX_CANDIDATES, MAX_HISTORY_LEN, request_bytes_bound
 from helmrec.router.server import RouterServer
 
 
@@ -28,9 +29,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-in-flight", type=int, default=64, help="per backend; past it: RESOURCE_EXHAUSTED")
     parser.add_argument("--health-interval", type=float, default=0.5, help="seconds between readiness probes")
     parser.add_argument("--metrics-interval", type=float, default=1.0, help="seconds between metrics scrapes")
+    parser.add_argument(
+        "--max-history",
+        type=int,
+        default=MAX_HISTORY_LEN,
+        help="the served model's longest history; sizes the request limit (default: the largest preset's)",
+    )
+    parser.add_argument(
+        "--max-candidates",
+        type=int,
+        default=MAX_CANDIDATES,
+        help="the served model's most candidates; sizes the request limit (default: the largest preset's)",
+    )
+    parser.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=None,
+        help="largest HTTP body / gRPC message let in (default: the largest valid request as JSON, "
+        "from --max-history and --max-candidates); past it: 413 / RESOURCE_EXHAUSTED",
+    )
+    parser.add_argument("--body-timeout", type=float, default=10.0, help="seconds an HTTP body may take to arrive")
+    parser.add_argument(
+        "--expose-model",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help=f"a model clients may call through the router (repeat; default: {' '.join(PUBLIC_MODELS)} only)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> RouterConfig:
+    try:
+        derived = request_bytes_bound(args.max_history, args.max_candidates)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return RouterConfig(
         backends=tuple(BackendAddress.parse(spec) for spec in args.backend),
         policy=args.policy,
@@ -41,6 +73,9 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         max_in_flight_per_backend=args.max_in_flight,
         health_interval_s=args.health_interval,
         metrics_interval_s=args.metrics_interval,
+        max_request_bytes=derived if args.max_request_bytes is None else args.max_request_bytes,
+        body_timeout_s=args.body_timeout,
+        exposed_models=tuple(args.expose_model or PUBLIC_MODELS),
     )
 
 

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from helmrec.router.limits import DEFAULT_MAX_REQUEST_BYTES
+
 POLICIES = ("round_robin", "least_loaded", "kv_aware", "emb_aware", "helm")
+# The model clients may call through the router. The repository's others
+# (`hstu`, `hstu_pool`) are its internals: reachable only when named.
+PUBLIC_MODELS = ("hstu_ensemble",)
 
 
 class ConfigError(ValueError):
@@ -89,6 +94,14 @@ class RouterConfig:
     health_timeout_s: float = 1.0
     # Deadline for a forwarded request when the client set none.
     request_timeout_s: float = 60.0
+    # Largest request body or gRPC message let in; past it HTTP 413 /
+    # RESOURCE_EXHAUSTED before it is buffered (router/limits.py derives it).
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    # An HTTP body must arrive within this time: a client that promises more
+    # than it sends would otherwise hold a socket and a buffer indefinitely.
+    body_timeout_s: float = 10.0
+    # Models reachable through the router (inference, metadata, statistics).
+    exposed_models: tuple[str, ...] = PUBLIC_MODELS
 
     def __post_init__(self) -> None:
         if not self.backends:
@@ -97,8 +110,27 @@ class RouterConfig:
             raise ConfigError(f"--policy {self.policy!r}: expected one of {', '.join(POLICIES)}")
         if self.max_in_flight_per_backend < 1:
             raise ConfigError(f"--max-in-flight {self.max_in_flight_per_backend}: must be >= 1")
-        for name in ("health_interval_s", "metrics_interval_s", "health_timeout_s", "request_timeout_s"):
+        if self.max_request_bytes < 1:
+            raise ConfigError(f"--max-request-bytes {self.max_request_bytes}: must be >= 1")
+        if not self.exposed_models or not all(self.exposed_models):
+            raise ConfigError(f"--expose-model {list(self.exposed_models)}: at least one non-empty model name")
+        for name in (
+            "health_interval_s",
+            "metrics_interval_s",
+            "health_timeout_s",
+            "request_timeout_s",
+            "body_timeout_s",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"RouterConfig.{name} must be > 0, got {getattr(self, name)}")
         if len({b.grpc_target for b in self.backends}) != len(self.backends):
             raise ConfigError("--backend: the same HOST:GRPC_PORT is given twice")
+
+    def refusal(self, model: str) -> str | None:
+        """Why `model` may not be called through this router (NOT_FOUND / 404), or None if it may."""
+        if model in self.exposed_models:
+            return None
+        return (
+            f"model {model!r} is not served through the router "
+            f"(exposed: {', '.join(self.exposed_models)}; --expose-model NAME makes another reachable)"
+        )

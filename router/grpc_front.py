@@ -3,7 +3,10 @@
 Handlers are registered generically with no (de)serializers, so a request's
 bytes — raw_input_contents included — reach the backend exactly as the client
 sent them and the backend's answer bytes reach the client unchanged. The router
-parses a copy of a ModelInfer request only to read its routing features.
+parses a copy of a ModelInfer request to read its routing features and the
+model it calls: only the models the router exposes (RouterConfig.exposed_models)
+are reachable, by inference or metadata; the others answer NOT_FOUND, and the
+all-model statistics list only the exposed ones.
 """
 
 from __future__ import annotations
@@ -13,11 +16,12 @@ from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable, Callable, NoReturn
 
 import grpc
+from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2
 
 from helmrec.router.config import RouterConfig
 from helmrec.router.dispatch import BackendFailure, Dispatcher, RouteFailure
-from helmrec.router.grpc_stream import StreamAborted, StreamSession, failed_before_answer, parse
+from helmrec.router.grpc_stream import StreamSession, UndecodableRequest, failed_before_answer, parse
 
 SERVICE = "inference.GRPCInferenceService"
 # Forwarded to one healthy backend: every backend serves the same repository.
@@ -29,11 +33,14 @@ METADATA_METHODS = (
     "ModelMetadata",
     "ModelConfig",
     "ModelStatistics",
-    "RepositoryIndex",
 )
 # These change or read per-process state (shared-memory regions, loaded models,
 # log and trace settings); sent to one backend of N they would silently diverge.
+# They are also Triton's restricted APIs (helmrec.launcher.admin): a backend
+# answers them UNAVAILABLE without its admin header, which a router must not
+# mistake for a dead backend.
 UNSUPPORTED_METHODS = (
+    "RepositoryIndex",
     "SystemSharedMemoryStatus",
     "SystemSharedMemoryRegister",
     "SystemSharedMemoryUnregister",
@@ -45,6 +52,8 @@ UNSUPPORTED_METHODS = (
     "LogSettings",
     "TraceSetting",
 )
+# The router's own channels to its backends: their answers are not capped (the
+# client-facing server caps requests, router/server.py).
 MESSAGE_OPTIONS = (
     ("grpc.max_send_message_length", -1),
     ("grpc.max_receive_message_length", -1),
@@ -58,6 +67,13 @@ CHANNEL_OPTIONS = (
     ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 2000),
 )
+# Metadata methods that name one model, with the request message that carries the name.
+MODEL_METHODS = {
+    "ModelReady": service_pb2.ModelReadyRequest,
+    "ModelMetadata": service_pb2.ModelMetadataRequest,
+    "ModelConfig": service_pb2.ModelConfigRequest,
+    "ModelStatistics": service_pb2.ModelStatisticsRequest,
+}
 # Transport headers the router's own channel sets; the client's copies are not forwarded.
 _HOP_HEADERS = frozenset({"user-agent", "content-type", "te", "host", "accept-encoding"})
 
@@ -128,18 +144,48 @@ class GrpcFront:
     async def _refuse(failure: RouteFailure, context: grpc.aio.ServicerContext) -> NoReturn:
         await context.abort(getattr(grpc.StatusCode, failure.code), failure.message)
 
+    async def _check_model(self, model: str, context: grpc.aio.ServicerContext) -> None:
+        refusal = self.config.refusal(model)
+        if refusal is not None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, refusal)
+
     # -- ModelInfer ----------------------------------------------------------------
     async def model_infer(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        features = parse(raw).features
         try:
-            answer = await self.dispatcher.dispatch(features, lambda i: self._unary_call(i, "ModelInfer", raw, context))
+            message = parse(raw)
+        except UndecodableRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        await self._check_model(message.model, context)
+        try:
+            answer = await self.dispatcher.dispatch(
+                message.features, lambda i: self._unary_call(i, "ModelInfer", raw, context)
+            )
         except RouteFailure as failure:
             await self._refuse(failure, context)
         return await self._answer(answer, context)
 
     # -- metadata and health -------------------------------------------------------
+    async def _check_named_model(self, method: str, raw: bytes, context: grpc.aio.ServicerContext) -> None:
+        """A per-model metadata call must name an exposed model (ModelStatistics may name none: all)."""
+        try:
+            name = MODEL_METHODS[method].FromString(raw).name
+        except DecodeError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{method}: the request cannot be decoded: {exc}")
+        if name or method != "ModelStatistics":
+            await self._check_model(name, context)
+
+    def _exposed_statistics(self, answer: bytes) -> bytes:
+        """Statistics (of all models when none is named), cut to the exposed models."""
+        stats = service_pb2.ModelStatisticsResponse.FromString(answer)
+        kept = [m for m in stats.model_stats if m.name in self.config.exposed_models]
+        del stats.model_stats[:]
+        stats.model_stats.extend(kept)
+        return stats.SerializeToString()
+
     def _metadata_handler(self, method: str) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
         async def forward(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            if method in MODEL_METHODS:
+                await self._check_named_model(method, raw, context)
             for _ in range(2):  # one retry elsewhere, like inference
                 try:
                     index = self.dispatcher.any_healthy()
@@ -150,9 +196,11 @@ class GrpcFront:
                         return service_pb2.ServerReadyResponse(ready=False).SerializeToString()
                     await self._refuse(failure, context)
                 try:
-                    return await self._answer(await self._unary_call(index, method, raw, context), context)
+                    answer = await self._answer(await self._unary_call(index, method, raw, context), context)
                 except BackendFailure:
                     self.dispatcher.mark_down(index)
+                    continue
+                return self._exposed_statistics(answer) if method == "ModelStatistics" else answer
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"{method}: two backends failed in a row")
             raise AssertionError("abort raises")
 
@@ -163,7 +211,8 @@ class GrpcFront:
         async def refuse(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
             await context.abort(
                 grpc.StatusCode.UNIMPLEMENTED,
-                f"{method} is not supported through the router: it changes per-server state; call each backend",
+                f"{method} is not supported through the router: it reads or changes one server's state "
+                "(an admin API, restricted on the backends); call each backend with its admin header",
             )
             raise AssertionError("abort raises")
 
@@ -175,9 +224,10 @@ class GrpcFront:
     ) -> AsyncIterator[bytes]:
         """Each message routed on its own; see router/grpc_stream.py."""
         metadata = _metadata(context)
-        session = StreamSession(self.dispatcher, lambda index, outgoing: self._stream[index](outgoing, metadata=metadata))
-        try:
-            async for answer in session.run(requests):
-                yield answer
-        except StreamAborted as aborted:
-            await context.abort(aborted.code, aborted.details)
+        session = StreamSession(
+            self.dispatcher,
+            lambda index, outgoing: self._stream[index](outgoing, metadata=metadata),
+            self.config.refusal,
+        )
+        async for answer in session.run(requests):
+            yield answer

@@ -7,11 +7,15 @@ the answers of all of them flow back into the client's stream as they come.
 Each message counts in flight at its backend until its answer (matched by
 request id, else oldest first: the project's models answer once per request).
 
-A backend stream failing with UNAVAILABLE sends its unanswered messages once
-more elsewhere; a message that cannot be served gets an in-stream error answer
-(Triton's own way to fail one request of a stream without ending it), so every
-message is answered. Any other failure of a backend stream ends the client's
-stream with that status.
+No message is ever dropped: every one the client sent before its stream ends
+gets an answer or an in-stream error answer (Triton's own way to fail one
+request of a stream without ending it), and the stream goes on. A message the
+router cannot decode, or one for a model the router does not expose, is
+answered with an error at once. A backend stream failing with UNAVAILABLE sends
+its unanswered messages once more elsewhere; a backend stream that ends any
+other way (another status, or OK with messages unanswered: Triton ends a
+stream so on a message it cannot decode) fails each of its unanswered messages
+with an error answer naming the backend and its status.
 """
 
 from __future__ import annotations
@@ -27,10 +31,11 @@ from tritonclient.grpc import service_pb2
 
 from helmrec.router.dispatch import Dispatcher, RouteFailure
 from helmrec.router.request_features import Features, from_grpc
-from helmrec.router.state import RouteRequest
 
 # (backend index, outgoing messages) -> the backend stream call carrying them.
 OpenCall = Callable[[int, AsyncIterator[bytes]], grpc.aio.StreamStreamCall]
+# model name -> why it may not be called through the router, or None (RouterConfig.refusal).
+Refusal = Callable[[str], "str | None"]
 
 
 def failed_before_answer(err: grpc.aio.AioRpcError) -> bool:
@@ -39,13 +44,8 @@ def failed_before_answer(err: grpc.aio.AioRpcError) -> bool:
     return err.code() == grpc.StatusCode.UNAVAILABLE
 
 
-class StreamAborted(Exception):
-    """A backend ended its stream with a status other than UNAVAILABLE: the client's stream ends with it."""
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(details)
-        self.code = code
-        self.details = details
+class UndecodableRequest(ValueError):
+    """Bytes that are not a ModelInferRequest: answered INVALID_ARGUMENT, never forwarded."""
 
 
 @dataclass
@@ -93,42 +93,44 @@ class _Link:
 
 
 def parse(raw: bytes) -> _Message:
-    """A ModelInferRequest as the router reads it (for ModelInfer too): bytes it cannot decode
-    route without features, and the backend's own error reaches the client."""
+    """A ModelInferRequest as the router reads it (for ModelInfer too).
+
+    Bytes it cannot decode are refused here rather than forwarded: the router
+    could not tell which model they call, and Triton ends a whole stream on them.
+    """
     try:
         request = service_pb2.ModelInferRequest.FromString(raw)
-    except DecodeError:
-        return _Message(Features(RouteRequest()), raw, "", "")
+    except DecodeError as exc:
+        raise UndecodableRequest(f"ModelInferRequest: the message ({len(raw)} bytes) cannot be decoded: {exc}") from None
     return _Message(from_grpc(request), raw, request.id, request.model_name)
 
 
-def error_answer(message: _Message, code: str, text: str) -> bytes:
+def error_answer(model: str, request_id: str, code: str, text: str) -> bytes:
     """An in-stream error for one message; tritonclient hands it to the callback as an exception."""
     return service_pb2.ModelStreamInferResponse(
         error_message=f"[StatusCode.{code}] {text}",
-        infer_response=service_pb2.ModelInferResponse(model_name=message.model, id=message.request_id),
+        infer_response=service_pb2.ModelInferResponse(model_name=model, id=request_id),
     ).SerializeToString()
 
 
 class StreamSession:
     """One client stream: reads it, routes each message, merges the backends' answers."""
 
-    def __init__(self, dispatcher: Dispatcher, open_call: OpenCall) -> None:
+    def __init__(self, dispatcher: Dispatcher, open_call: OpenCall, refusal: Refusal) -> None:
         self.dispatcher = dispatcher
         self._open_call = open_call
+        self._refusal = refusal
         self._links: dict[int, _Link] = {}  # the open link to each backend
         self._all: list[_Link] = []  # every link of the session, open, draining or done
-        self._answers: asyncio.Queue[bytes | StreamAborted | None] = asyncio.Queue()
+        self._answers: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._client_done = False
         self._changed = asyncio.Event()  # a link opened or finished
 
     async def run(self, requests: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """The answers to the client, as they come; raises StreamAborted to end the stream with a status."""
+        """The answers to the client, as they come, until every message is answered."""
         reader = asyncio.create_task(self._read(requests))
         try:
             while (item := await self._answers.get()) is not None:
-                if isinstance(item, StreamAborted):
-                    raise item
                 yield item
         finally:
             reader.cancel()
@@ -138,13 +140,18 @@ class StreamSession:
                     link.call.cancel()
                 if link.task is not None:
                     link.task.cancel()
-                while link.pending:  # cancelled or aborted: release what is still counted in flight
+                while link.pending:  # the client is gone: release what is still counted in flight
                     self.dispatcher.finish(link.pending.popleft().features, link.index, ok=False)
 
     async def _read(self, requests: AsyncIterator[bytes]) -> None:
         async for raw in requests:
             self.dispatcher.stats.requests += 1
-            self._route(parse(raw))
+            try:
+                message = parse(raw)
+            except UndecodableRequest as exc:
+                self._answers.put_nowait(error_answer("", "", "INVALID_ARGUMENT", str(exc)))
+                continue
+            self._route(message)
         self._client_done = True
         for link in self._links.values():
             link.close()
@@ -155,10 +162,14 @@ class StreamSession:
         await self._answers.put(None)
 
     def _route(self, message: _Message) -> None:
+        refusal = self._refusal(message.model)
+        if refusal is not None:
+            self._answers.put_nowait(error_answer(message.model, message.request_id, "NOT_FOUND", refusal))
+            return
         try:
             index = self.dispatcher.place_counted(message.features)
         except RouteFailure as failure:
-            self._answers.put_nowait(error_answer(message, failure.code, failure.message))
+            self._answers.put_nowait(error_answer(message.model, message.request_id, failure.code, failure.message))
             return
         link = self._links.get(index)
         if link is None or link.closed:  # a closed link only drains: a new one carries this message
@@ -184,22 +195,32 @@ class StreamSession:
                 if message is not None:
                     self.dispatcher.answered(message.features, link.index)
                 await self._answers.put(answer)
+            self._fail_unanswered(link, "OK", "ended its stream")
         except grpc.aio.AioRpcError as err:
+            if not failed_before_answer(err):
+                self._fail_unanswered(link, err.code().name, f"ended its stream with {err.code().name}: {err.details()}")
+                return
             unanswered = list(link.pending)
             link.pending.clear()
             link.closed = True
-            if not failed_before_answer(err):
-                for message in unanswered:
-                    self.dispatcher.finish(message.features, link.index, ok=False)
-                await self._answers.put(StreamAborted(err.code(), err.details() or ""))
-                return
             for message in unanswered:
                 try:
                     self.dispatcher.failed(message.features, link.index, message.retried, err.details() or "")
                 except RouteFailure as failure:
-                    await self._answers.put(error_answer(message, failure.code, failure.message))
+                    await self._answers.put(error_answer(message.model, message.request_id, failure.code, failure.message))
                     continue
                 message.retried = True
                 self._route(message)
         finally:
             self._changed.set()
+
+    def _fail_unanswered(self, link: _Link, code: str, what: str) -> None:
+        """The backend's stream is over: each message it left unanswered gets an error answer."""
+        link.closed = True
+        code = "INTERNAL" if code == "OK" else code
+        backend = self.dispatcher.backends[link.index].name
+        while link.pending:
+            message = link.pending.popleft()
+            self.dispatcher.finish(message.features, link.index, ok=False)
+            text = f"backend {backend} {what} before answering request {message.request_id!r} of model {message.model!r}"
+            self._answers.put_nowait(error_answer(message.model, message.request_id, code, text))

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from helmrec.router.config import RouterConfig
 from helmrec.router.dispatch import Dispatcher
-from helmrec.router.grpc_front import MESSAGE_OPTIONS, GrpcFront
+from helmrec.router.grpc_front import GrpcFront
 from helmrec.router.health import HealthMonitor
 from helmrec.router.http_front import HttpFront
 from helmrec.router.router_metrics import RouterCollector
@@ -53,7 +53,15 @@ class RouterServer:
         self.monitor = HealthMonitor(self.config, self.dispatcher)
         self.grpc_front = GrpcFront(self.config, self.dispatcher)
         # No SO_REUSEPORT: a second router on the same port must fail, not silently share it.
-        self._grpc = grpc.aio.server(options=(*MESSAGE_OPTIONS, ("grpc.so_reuseport", 0)))
+        # A message longer than max_request_bytes is refused with RESOURCE_EXHAUSTED from its
+        # length prefix, before its bytes are gathered into a buffer.
+        self._grpc = grpc.aio.server(
+            options=(
+                ("grpc.max_send_message_length", -1),
+                ("grpc.max_receive_message_length", self.config.max_request_bytes),
+                ("grpc.so_reuseport", 0),
+            )
+        )
         self._grpc.add_generic_rpc_handlers((self.grpc_front.handler(),))
         address = f"{self.config.host}:{self.config.grpc_port}"
         try:

@@ -87,7 +87,7 @@ def dataset(regime: str, seed: int, duration_s: float, policy: Policy, node: Nod
     # Observation i describes window i, lived at the alpha in force then (start 0.5, then the decisions).
     decided, _, seen = replay(table, Controller(policy, ControllerConfig(layers="ppo")))
     lived = np.concatenate([[0.5], decided[:-1]])
-    obs = features(np.stack([o.to_array() for o in seen]).astype(np.float64)).astype(np.float64)
+    obs = np.stack([features(o) for o in seen]).astype(np.float64)
     inputs = {name: obs if signal is None else signal(obs, trace, table, lived, node) for name, signal in SIGNALS.items()}
     return inputs, star[1:]
 

@@ -86,28 +86,30 @@ class BurstDetector:
         self.bursts = 0  # bursts detected so far
 
     def update(self, hot_user_share: float, request_rate: float) -> bool:
+        # Spelled out for the two signals (no zip/any/all): this runs inside every decide().
         cfg = self.config
-        xs = (hot_user_share, request_rate)
-        if self._signals[0].n < cfg.warmup_intervals:
-            for sig, x in zip(self._signals, xs):
-                sig.learn(x)
+        hot, rate = self._signals
+        if hot.n < cfg.warmup_intervals:
+            hot.learn(hot_user_share)
+            rate.learn(request_rate)
             return False
         if not self.active:
-            alarms = [sig.push(x) for sig, x in zip(self._signals, xs)]
-            if any(alarms):
+            hot_alarm = hot.push(hot_user_share)  # both CUSUMs advance every interval
+            rate_alarm = rate.push(request_rate)
+            if hot_alarm or rate_alarm:
                 self.active = True
                 self.bursts += 1
                 self._held = 0
                 self._calm = 0
             else:
-                for sig, x in zip(self._signals, xs):
-                    sig.learn(x)
+                hot.learn(hot_user_share)
+                rate.learn(request_rate)
             return self.active
         self._held += 1
-        calm = all(sig.score(x) < cfg.release_sigmas for sig, x in zip(self._signals, xs))
+        calm = hot.score(hot_user_share) < cfg.release_sigmas and rate.score(request_rate) < cfg.release_sigmas
         self._calm = self._calm + 1 if calm else 0
         if self._held >= cfg.min_hold and self._calm >= cfg.calm_intervals:
             self.active = False
-            for sig in self._signals:
-                sig.s = 0.0
+            hot.s = 0.0
+            rate.s = 0.0
         return self.active

@@ -42,31 +42,17 @@ KV_LOOKBACK_S = 10.0
 _MAX_WINDOWS = 1000
 # The capacity difference the counterfactual hit rates are measured at: a share of the pool.
 COUNTERFACTUAL_SHARE = 0.1
-# Columns that enter the policy as log1p(value): queue depth and P99 span orders of magnitude in a
-# burst, and a 100x spike must move the MLP's input, not saturate it.
-LOG_COLUMNS = (5, 7)
-# The policy's input is (transform(to_array()) - FEATURE_SHIFT) / FEATURE_SCALE, every feature O(1).
+# The policy's input is (unscaled_features(obs) - FEATURE_SHIFT) / FEATURE_SCALE, every feature O(1).
 # Fixed constants, not statistics of a training run, so serving and training can never disagree;
 # policy.npz stores them too and the runtime checks them on load.
-# The counterfactual columns enter as hit-rate gains: (more - kv_hit_rate) and (kv_hit_rate - less),
-# a few hundredths, scaled up so they weigh like the other features.
-MORE_COLUMN, LESS_COLUMN, KV_COLUMN = 8, 9, 1
 FEATURE_SHIFT = np.array([0.5, 0.5, 0.3, 1000.0, 1000.0, 1.0, 0.5, 1.0, 0.0, 0.0], dtype=np.float64)
 FEATURE_SCALE = np.array([0.5, 0.5, 0.3, 1000.0, 1000.0, 2.0, 0.5, 1.0, 0.1, 0.1], dtype=np.float64)
 
 
-def features(raw: np.ndarray) -> np.ndarray:
-    """Policy input from raw observation arrays [..., OBS_DIM] (the same map the numpy runtime applies)."""
-    x = np.array(raw, dtype=np.float64, copy=True)
-    x[..., LOG_COLUMNS] = np.log1p(np.maximum(x[..., LOG_COLUMNS], 0.0))
-    x[..., MORE_COLUMN] -= x[..., KV_COLUMN]
-    x[..., LESS_COLUMN] = x[..., KV_COLUMN] - x[..., LESS_COLUMN]
-    return ((x - FEATURE_SHIFT) / FEATURE_SCALE).astype(np.float32)
-
-
 @dataclass(frozen=True)
 class Observation:
-    """A snapshot of one control window; every field a float (see the module docstring)."""
+    """A snapshot of one control window; every field a float (see the module docstring), in the
+    order the policy's features take them (`unscaled_features`)."""
 
     emb_hit_rate: float
     kv_hit_rate: float
@@ -91,23 +77,33 @@ class Observation:
             if getattr(self, name) < 0.0:
                 raise ValueError(f"Observation.{name} must be >= 0, got {getattr(self, name)}")
 
-    def to_array(self) -> np.ndarray:
-        """The fields in declaration order as float32 (the policy's raw input)."""
-        return np.array(
-            [
-                self.emb_hit_rate,
-                self.kv_hit_rate,
-                self.hot_user_share,
-                self.mean_history_len,
-                self.request_rate,
-                self.queue_depth,
-                self.alpha,
-                self.p99_ms,
-                self.kv_hit_rate_more,
-                self.kv_hit_rate_less,
-            ],
-            dtype=np.float32,
-        )
+
+def unscaled_features(obs: Observation, out: np.ndarray) -> np.ndarray:
+    """The policy's feature map before its fixed affine scaling, written into `out` ([OBS_DIM] float64).
+
+    The fields in declaration order, except two. Queue depth and P99 enter as log1p: they span
+    orders of magnitude in a burst, and a 100x spike must move the MLP's input, not saturate it.
+    The counterfactual rates enter as hit-rate gains, (more - kv_hit_rate) and (kv_hit_rate -
+    less): a few hundredths, which FEATURE_SCALE scales up to weigh like the other features.
+    It allocates nothing, so the run-time actor (`policy.Policy`, the scaling folded into its first
+    layer) calls it on every decision; `features` adds the scaling for training.
+    """
+    out[0] = obs.emb_hit_rate
+    out[1] = obs.kv_hit_rate
+    out[2] = obs.hot_user_share
+    out[3] = obs.mean_history_len
+    out[4] = obs.request_rate
+    out[5] = math.log1p(obs.queue_depth)
+    out[6] = obs.alpha
+    out[7] = math.log1p(obs.p99_ms)
+    out[8] = obs.kv_hit_rate_more - obs.kv_hit_rate
+    out[9] = obs.kv_hit_rate - obs.kv_hit_rate_less
+    return out
+
+
+def features(obs: Observation) -> np.ndarray:
+    """The policy's input for `obs` ([OBS_DIM] float32): what PPO trains on and SB3's predict takes."""
+    return ((unscaled_features(obs, np.empty(OBS_DIM)) - FEATURE_SHIFT) / FEATURE_SCALE).astype(np.float32)
 
 
 class KVLookback:

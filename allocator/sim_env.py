@@ -21,7 +21,7 @@ class NodeEnv(gym.Env):
     """Gymnasium env over precomputed window tables; one step = one control interval.
 
     Action: the next alpha as a number in [-1, 1] (mapped onto [alpha_min, alpha_max]).
-    Observation: `features(Observation.to_array())`, the scaled floats the policy reads.
+    Observation: `observation.features(obs)`, the scaled floats the policy reads.
     Reward: minus the latency regret of the chosen alpha against the window's optimum, in units of
     the optimum's P99, minus `gap_weight` x |alpha - alpha*|. The gap term shapes the reward toward
     the oracle offline only; at run time the policy sees nothing but the observation.
@@ -62,7 +62,7 @@ class NodeEnv(gym.Env):
         self._state = NodeState(alpha=float(self.np_random.uniform(self.node.alpha_min, self.node.alpha_max)), rng=self.np_random)
         obs = step_node(table, self._w, self._state)
         self._w += 1
-        return features(obs.to_array()), {}
+        return features(obs), {}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
         table = self.tables[self._table]
@@ -76,4 +76,4 @@ class NodeEnv(gym.Env):
         self._w += 1
         truncated = self._w >= self._end
         info = {"alpha": self._state.alpha, "alpha_star": star, "p99_ms": obs.p99_ms}
-        return features(obs.to_array()), float(reward), False, truncated, info
+        return features(obs), float(reward), False, truncated, info

@@ -45,8 +45,8 @@ def _sample_observations(n: int) -> list[Observation]:
 def test_numpy_forward_equals_sb3_predict(trained) -> None:
     model, policy, _ = trained
     for obs in _sample_observations(64):
-        expected, _ = model.predict(features(obs.to_array()), deterministic=True)
-        got = policy.action(obs.to_array())
+        expected, _ = model.predict(features(obs), deterministic=True)
+        got = policy.action(obs)
         assert got == pytest.approx(float(expected[0]), abs=1e-5)
         assert policy.alpha(obs) == pytest.approx(alpha_from_action(float(expected[0]), NODE.alpha_min, NODE.alpha_max), abs=1e-5)
 

@@ -62,7 +62,7 @@ def test_step_node_observation_follows_the_contract(tables) -> None:
     obs = step_node(tables[1], 3, NodeState(alpha=0.4))
     assert isinstance(obs, Observation) and obs.alpha == pytest.approx(0.4)
     assert obs.request_rate > 0 and obs.p99_ms > 0 and obs.mean_history_len > 0
-    assert features(obs.to_array()).shape == (OBS_DIM,)
+    assert features(obs).shape == (OBS_DIM,)
     # A tenth of the pool more for KV hits at least as often, a tenth less at most as often.
     assert obs.kv_hit_rate_less <= obs.kv_hit_rate <= obs.kv_hit_rate_more
     assert obs.kv_hit_rate_more - obs.kv_hit_rate_less > 0.0

@@ -79,7 +79,9 @@ def venv(wheel: Path, home: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     started = time.monotonic()
     root = tmp_path_factory.mktemp("venv")
     _run([sys.executable, "-m", "venv", root], cwd=home)
-    pip = [root / "bin" / "python", "-m", "pip", "install", "-q"]
+    # --no-compile: byte-compiling every installed file is a minute of a 2-core CI machine;
+    # Python compiles what it imports anyway.
+    pip = [root / "bin" / "python", "-m", "pip", "install", "-q", "--no-compile"]
     _run([*pip, TORCH], cwd=home, env=clean_env(root))
     _run([*pip, wheel], cwd=home, env=clean_env(root))
     print(f"fresh venv with the wheel and its dependencies in {time.monotonic() - started:.0f} s")

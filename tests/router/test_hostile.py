@@ -334,3 +334,19 @@ def test_stock_stream_client_sees_the_refusal_and_the_stream_goes_on(front: Rout
     errors = [g for g in got if isinstance(g, InferenceServerException)]
     assert len(errors) == 1 and "'hstu'" in errors[0].message() and "--expose-model" in errors[0].message()
     assert sorted(g.get_response().id for g in got if not isinstance(g, InferenceServerException)) == ["0", "1", "3", "4"]
+
+
+# -- the same HTTP probes straight at tritonserver, for comparison -----------------------------
+DIRECT = [p for p in HTTP_PROBES if p.path == f"/v2/models/{MODEL}/infer" and p.status == 400]
+
+
+def test_tritonserver_directly_refuses_the_same_probes_but_not_always_clearly(front: RouterThread, triton_server: TritonServer) -> None:
+    """No probe gets a 2xx or takes the server down; the table shows where the router is clearer."""
+    rows = []
+    for probe in DIRECT:
+        status, message, _ = http_call(triton_server.http_port, probe)  # type: ignore[arg-type]
+        routed, routed_message, _ = http_call(front.server.http_port, probe)  # type: ignore[arg-type]
+        rows.append(f"{probe.name[:44]:44s} direct {status} | router {routed}  {routed_message[:70]}")
+        assert status >= 400 and routed == 400, (probe.name, status, message)
+    print("\n" + "\n".join(rows))
+    assert httpclient.InferenceServerClient(f"127.0.0.1:{triton_server.http_port}").is_server_ready()

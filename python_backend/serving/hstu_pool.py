@@ -33,7 +33,7 @@ from helmrec.pool.ranker import PooledRanker
 from helmrec import schema
 from helmrec.serving.network import load_network, read_limits, resolve_device, serving_dtype
 from helmrec.serving.node_control import NodeControl, ServiceTimes
-from helmrec.serving.triton_io import ModelArgs, error_response, input_tensor, output_tensor, to_torch
+from helmrec.serving.triton_io import ModelArgs, error_response, input_arrays, output_tensor, to_torch
 
 NETWORK_MODES = ("inprocess", "bls")
 CONTROLLERS = ("static", "adaptive")
@@ -50,10 +50,10 @@ def _controller(kind: str) -> Decider | None:
     return Controller.load()
 
 
-def _unbatched(tensor: torch.Tensor | None) -> torch.Tensor | None:
-    """A request's input without the batch dimension: with `max_batch_size > 0` and ragged
+def _unbatched(arrays: dict[str, np.ndarray | None]) -> dict[str, np.ndarray | None]:
+    """A request's inputs without the batch dimension: with `max_batch_size > 0` and ragged
     batching, Triton delivers every request on its own as `[1, n]`."""
-    return None if tensor is None else tensor[0]
+    return {name: None if a is None else a[0] for name, a in arrays.items()}
 
 
 def parse_shapes(text: str) -> list[tuple[int, int]]:
@@ -117,7 +117,7 @@ class TritonPythonModel:
         valid: list[tuple[int, schema.ValidRequest]] = []
         for i, request in enumerate(requests):
             try:
-                valid.append((i, schema.validate({name: _unbatched(input_tensor(request, name)) for name in schema.PUBLIC_INPUTS}, self.limits)))
+                valid.append((i, schema.validate(_unbatched(input_arrays(request, schema.PUBLIC_INPUTS)), self.limits)))
             except schema.RequestError as exc:
                 out[i] = error_response(str(exc))
         if self.mode == "bls":

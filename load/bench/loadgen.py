@@ -1,0 +1,183 @@
+"""Open-loop load on `hstu_ensemble` with MLPerf LoadGen's Server scenario.
+
+    helmrec bench-loadgen --device cuda --preset large --history 14000 --candidates 2048 \
+        --latency-ms 80 --qps 200 400 800 --mix grow --json out/loadgen.json
+
+LoadGen (`mlcommons-loadgen`, the load generator of MLPerf Inference) issues queries
+with Poisson arrivals at `server_target_qps` and judges the run against a P99
+latency bound (`--latency-ms`; MLPerf DLRMv3's Server target is 80 ms). The SUT
+sends each query to `hstu_ensemble` through stock `tritonclient.grpc` asynchronously
+and completes it in the callback. A query is one user's request: `hit` repeats a
+warmed user's history, `grow` adds one event to it (a returning user). The report
+keeps, per target QPS, LoadGen's own verdict (VALID / INVALID), its achieved QPS
+and P99, and the largest VALID target; LoadGen's summary files are kept under
+`--out`. Runs are `--seconds` long, shorter than MLPerf's 600 s official minimum:
+the figures are for comparison within this project, not MLPerf submissions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from helmrec import schema
+from helmrec.load.bench.served import Traffic, user_arrays
+
+SUMMARY = "mlperf_log_summary.txt"
+
+
+class TritonSUT:
+    """LoadGen's system under test: every query becomes one async gRPC infer of a user's request."""
+
+    def __init__(self, url: str, traffic: Traffic, mix: str, users: int) -> None:
+        import tritonclient.grpc as grpcclient  # noqa: PLC0415
+
+        from helmrec.load.client import infer_inputs  # noqa: PLC0415
+
+        self._grpc = grpcclient
+        self._inputs = infer_inputs
+        self._client = grpcclient.InferenceServerClient(url)
+        self._traffic, self._mix, self._users = traffic, mix, users
+        self._lengths = dict.fromkeys(range(users), traffic.history)
+        self._next_user = 0
+        self._lock = threading.Lock()
+        self.errors = 0
+
+    def _request(self) -> list:
+        with self._lock:  # one user's requests leave in order; a user is not asked again until answered
+            user = self._next_user
+            self._next_user = (user + 1) % self._users
+            if self._mix == "grow" and self._lengths[user] < self._traffic.history + self._traffic.grow_room:
+                self._lengths[user] += 1
+            length = self._lengths[user]
+        return self._inputs(self._grpc, user_arrays(self._traffic, user, length))
+
+    def issue_queries(self, samples: Sequence) -> None:
+        import mlperf_loadgen as lg  # noqa: PLC0415
+
+        for sample in samples:
+            def done(result, error, sample_id=sample.id) -> None:  # noqa: ANN001 - tritonclient's callback
+                if error is not None:
+                    self.errors += 1
+                lg.QuerySamplesComplete([lg.QuerySampleResponse(sample_id, 0, 0)])
+
+            self._client.async_infer(schema.ENSEMBLE_MODEL, self._request(), done)
+
+    def flush_queries(self) -> None:
+        """Nothing is held back: every query was sent when it was issued."""
+
+
+def run_target(url: str, traffic: Traffic, mix: str, users: int, qps: float, latency_ms: float, seconds: float, out: Path) -> dict:
+    """One LoadGen Server run at `qps`; LoadGen's verdict and figures from its summary."""
+    import mlperf_loadgen as lg  # noqa: PLC0415
+
+    settings = lg.TestSettings()
+    settings.scenario = lg.TestScenario.Server
+    settings.mode = lg.TestMode.PerformanceOnly
+    settings.server_target_qps = qps
+    settings.server_target_latency_ns = int(latency_ms * 1e6)
+    settings.server_target_latency_percentile = 0.99
+    settings.min_duration_ms = int(seconds * 1e3)
+    settings.min_query_count = int(qps * seconds)
+    out.mkdir(parents=True, exist_ok=True)
+    log = lg.LogSettings()
+    log.log_output.outdir = str(out)
+    log.log_output.copy_summary_to_stdout = False
+    sut_impl = TritonSUT(url, traffic, mix, users)
+    sut = lg.ConstructSUT(sut_impl.issue_queries, sut_impl.flush_queries)
+    qsl = lg.ConstructQSL(users, users, lambda _: None, lambda _: None)
+    try:
+        lg.StartTestWithLogSettings(sut, qsl, settings, log)
+    finally:
+        lg.DestroyQSL(qsl)
+        lg.DestroySUT(sut)
+    summary = parse_summary((out / SUMMARY).read_text())
+    return {"target_qps": qps, "errors": sut_impl.errors, **summary}
+
+
+def parse_summary(text: str) -> dict:
+    """LoadGen's verdict, achieved QPS and latency percentiles (ms) from mlperf_log_summary.txt."""
+
+    def number(label: str) -> float | None:
+        match = re.search(rf"^{re.escape(label)}\s*:\s*([0-9.eE+-]+)", text, re.M)
+        return float(match.group(1)) if match else None
+
+    verdict = re.search(r"^Result is\s*:\s*(\w+)", text, re.M)
+    ns = {key: number(label) for key, label in (("p50_ms", "50.00 percentile latency (ns)"), ("p99_ms", "99.00 percentile latency (ns)"))}
+    return {
+        "result": verdict.group(1) if verdict else "UNKNOWN",
+        "achieved_qps": number("Completed samples per second") or number("Scheduled samples per second"),
+        **{key: (v / 1e6 if v is not None else None) for key, v in ns.items()},
+    }
+
+
+def run(args: argparse.Namespace) -> dict:
+    try:
+        import mlperf_loadgen  # noqa: F401, PLC0415 - checked before a server starts
+    except ImportError:
+        raise SystemExit("bench-loadgen needs MLPerf LoadGen: pip install 'helmrec[loadgen]' (mlcommons-loadgen)") from None
+    from helmrec.launcher import TritonServer  # noqa: PLC0415
+    from helmrec.launcher.repository import stage_repository  # noqa: PLC0415
+    from helmrec.load.bench.served import _first_contact  # noqa: PLC0415
+    from helmrec.serving.network import read_limits  # noqa: PLC0415
+
+    shapes = f"{args.history}x{args.candidates},{args.history + args.grow_room}x{args.candidates}"
+    pool_parameters = {"pool_bytes": str(args.pool_bytes), "page_bytes": str(args.page_bytes), "alpha": str(args.alpha),
+                       "controller": "static", "warmup_shapes": shapes if args.device == "cuda" else ""}  # fmt: skip
+    report: dict = {"device": args.device, "preset": args.preset, "history": args.history, "candidates": args.candidates,
+                    "mix": args.mix, "latency_bound_ms": args.latency_ms, "seconds": args.seconds, "runs": []}  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = stage_repository(Path(tmp) / "model_repository", args.preset, args.seed, pool_parameters=pool_parameters)
+        limits = read_limits(repo / "hstu" / "1" / "weights.pt")
+        traffic = Traffic(args.history, args.candidates, limits.num_items, args.grow_room, 0.0, 0.0, args.seed)
+        with TritonServer(model_repository=repo, device=args.device, startup_timeout_s=600) as server:
+            _first_contact(server.grpc_url, traffic, args.users)
+            for qps in args.qps:
+                t0 = time.perf_counter()
+                row = run_target(server.grpc_url, traffic, args.mix, args.users, qps, args.latency_ms, args.seconds, args.out / f"qps_{qps:g}")
+                row["wall_s"] = time.perf_counter() - t0
+                report["runs"].append(row)
+                print(json.dumps(row), flush=True)
+    valid = [r["target_qps"] for r in report["runs"] if r["result"] == "VALID"]
+    report["max_valid_qps"] = max(valid) if valid else None
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--history", type=int, default=32)
+    parser.add_argument("--candidates", type=int, default=16)
+    parser.add_argument("--grow-room", type=int, default=32)
+    parser.add_argument("--users", type=int, default=256)
+    parser.add_argument("--mix", choices=("hit", "grow"), default="grow")
+    parser.add_argument("--qps", type=float, nargs="+", default=[20.0, 40.0])
+    parser.add_argument("--latency-ms", type=float, default=80.0, help="the P99 bound LoadGen judges (MLPerf DLRMv3 Server: 80)")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--pool-bytes", type=int, default=256 * 2**20)
+    parser.add_argument("--page-bytes", type=int, default=1 << 20)
+    parser.add_argument("--alpha", type=float, default=0.3)
+    parser.add_argument("--out", type=Path, default=Path("out/loadgen"))
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    report = run(args)
+    for r in report["runs"]:
+        print(f"target {r['target_qps']:>8.0f} QPS: {r['result']:<8} achieved {r['achieved_qps'] or 0:>8.1f}  "
+              f"P50 {r['p50_ms'] or 0:>7.2f} ms  P99 {r['p99_ms'] or 0:>7.2f} ms  errors {r['errors']}")  # fmt: skip
+    print(f"largest VALID Server QPS at P99 <= {args.latency_ms:g} ms: {report['max_valid_qps']}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

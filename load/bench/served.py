@@ -1,0 +1,305 @@
+"""Served throughput of `hstu_ensemble`: closed-loop stock-tritonclient load against one
+tritonserver, next to the in-process ceiling of the same pooled path measured in the same run.
+
+    helmrec bench-served --device cuda --preset large --history 2048 --candidates 256 \
+        --concurrency 1 8 32 128 --processes 8 --mix hit grow mixed --json out/served.json
+
+Load comes from `--processes` load-generator processes, each with its share of the
+`--concurrency` client threads (one Python process cannot drive thousands of gRPC
+requests a second). Every thread owns its users, so a user's requests never race:
+
+- `hit`: a user sends the same history again (a full KV hit: rank only);
+- `grow`: a returning user whose history gained one event (extend one token, then rank);
+- `mixed`: `grow` with `--miss-share` of requests from new users (a full prefill) and
+  `--hit-share` exact repeats; rows give each class's own latency, so a KV hit's P99
+  with prefills around it can be read against its P99 in `hit`.
+
+Users start at `--history` events and grow by at most `--grow-room`; the server
+captures the graphs of both buckets at load (`warmup_shapes`), so no capture runs
+while the clock does. The ceiling is `PooledRanker.rank_many` in this process on
+groups of `--group` requests of the same mix: pool lookup, graphs and commit, without
+Triton, gRPC or the clients. The last line is the headline ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from helmrec import schema
+
+MIXES = ("hit", "grow", "mixed")
+NEW_USER_BASE = 10_000_000  # ids of `mixed`'s new users: disjoint from the warmed ones
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """What every load generator needs to build the same users' requests."""
+
+    history: int
+    candidates: int
+    num_items: int
+    grow_room: int
+    miss_share: float
+    hit_share: float
+    seed: int
+
+
+def user_arrays(traffic: Traffic, user: int, length: int) -> dict[str, np.ndarray]:
+    """The public request of `user` with the first `length` events of its (fixed) history."""
+    pos = np.arange(length, dtype=np.int64)
+    rng = np.random.default_rng(traffic.seed * 1_000_003 + user)
+    return {
+        schema.USER_ID: np.array([user], np.int64),
+        schema.HISTORY_ITEM_IDS: 1 + (user * 7919 + pos * 104729) % (traffic.num_items - 1),
+        schema.HISTORY_TIMESTAMPS: 1_700_000_000 + pos * 60,
+        schema.HISTORY_ACTIONS: ((user + pos) % 2).astype(np.int32),
+        schema.CANDIDATE_ITEM_IDS: rng.integers(1, traffic.num_items, traffic.candidates).astype(np.int64),
+    }
+
+
+def _client_thread(url: str, traffic: Traffic, mix: str, users: list[int], lengths: dict[int, int],
+                   stop_at: float, out: list[tuple[str, float]], seed: int) -> None:  # fmt: skip
+    import tritonclient.grpc as grpcclient  # noqa: PLC0415 - in the load-generator processes only
+
+    from helmrec.load.client import infer_inputs  # noqa: PLC0415
+
+    client = grpcclient.InferenceServerClient(url)
+    rng = np.random.default_rng(seed)
+    limit = traffic.history + traffic.grow_room
+    new_user = NEW_USER_BASE + seed * 1_000_000
+    k = 0
+    while time.perf_counter() < stop_at:
+        user = users[k % len(users)]
+        k += 1
+        kind = mix
+        if mix == "mixed":
+            draw = rng.random()
+            kind = "miss" if draw < traffic.miss_share else "hit" if draw < traffic.miss_share + traffic.hit_share else "grow"
+        if kind == "grow" and lengths[user] >= limit:
+            kind = "hit"
+        if kind == "miss":
+            arrays = user_arrays(traffic, new_user, traffic.history)
+            new_user += 1
+        else:
+            lengths[user] += kind == "grow"
+            arrays = user_arrays(traffic, user, lengths[user])
+        t0 = time.perf_counter()
+        client.infer(schema.ENSEMBLE_MODEL, infer_inputs(grpcclient, arrays))
+        out.append((kind, (time.perf_counter() - t0) * 1e3))
+    client.close()
+
+
+def _load_generator(job: tuple) -> tuple[list[tuple[str, float]], dict[int, int]]:
+    """One process: a thread per user share, all stopping at `seconds` from now."""
+    url, traffic, mix, user_shares, lengths, seconds, seed = job
+    stop_at = time.perf_counter() + seconds
+    outs: list[list[tuple[str, float]]] = [[] for _ in user_shares]
+    threads = [
+        threading.Thread(target=_client_thread, args=(url, traffic, mix, users, lengths, stop_at, outs[i], seed * 1000 + i))
+        for i, users in enumerate(user_shares)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return [x for o in outs for x in o], lengths
+
+
+def closed_loop(pool: mp.pool.Pool, url: str, traffic: Traffic, mix: str, concurrency: int, processes: int,
+                lengths: dict[int, int], seconds: float) -> dict:  # fmt: skip
+    """`concurrency` client threads over `processes` processes for `seconds`; updates `lengths`."""
+    users = sorted(lengths)
+    shares = [users[i::concurrency] for i in range(concurrency)]
+    procs = min(processes, concurrency)
+    jobs = []
+    for p in range(procs):
+        mine = shares[p::procs]
+        owned = {u: lengths[u] for share in mine for u in share}
+        jobs.append((url, traffic, mix, mine, owned, seconds, 1 + p + 100 * concurrency))
+    t0 = time.perf_counter()
+    results = pool.map(_load_generator, jobs)
+    elapsed = time.perf_counter() - t0
+    samples = [x for res, _ in results for x in res]
+    for _, owned in results:
+        lengths.update(owned)
+    row = {"mix": mix, "concurrency": concurrency, "requests": len(samples), "rps": len(samples) / min(elapsed, seconds + 0.5)}
+    row.update(_percentiles([ms for _, ms in samples]))
+    for kind in sorted({k for k, _ in samples}):
+        row[f"{kind}_requests"] = sum(1 for k, _ in samples if k == kind)
+        row.update({f"{kind}_{key}": v for key, v in _percentiles([ms for k, ms in samples if k == kind]).items()})
+    return row
+
+
+def _percentiles(ms: Sequence[float]) -> dict[str, float]:
+    if not ms:
+        return {}
+    arr = np.asarray(ms)
+    return {"p50_ms": float(np.percentile(arr, 50)), "p99_ms": float(np.percentile(arr, 99))}
+
+
+def in_process_ceiling(repo: Path, device: str, traffic: Traffic, mix: str, group: int, users: int, seconds: float) -> dict:
+    """`PooledRanker.rank_many` on groups of `group` requests of `mix`, in this process."""
+    import torch  # noqa: PLC0415
+
+    from helmrec.hstu.weights import load  # noqa: PLC0415
+    from helmrec.launcher.repository import WEIGHTS  # noqa: PLC0415
+    from helmrec.model_config import get_parameter  # noqa: PLC0415
+    from helmrec.pool.config import PoolConfig  # noqa: PLC0415
+    from helmrec.pool.ranker import PooledRanker, RankRequest  # noqa: PLC0415
+    from helmrec.serving.network import serving_dtype  # noqa: PLC0415
+
+    dev = torch.device(device)
+    model = load(repo / WEIGHTS).eval().to(dev, serving_dtype("auto", dev))
+    pool_config = repo / schema.POOL_MODEL / "config.pbtxt"
+    config = PoolConfig(
+        pool_bytes=int(get_parameter(pool_config, "pool_bytes")),
+        page_bytes=int(get_parameter(pool_config, "page_bytes")),
+        alpha=float(get_parameter(pool_config, "alpha")),
+        refill_bandwidth_bytes_per_s=float(get_parameter(pool_config, "refill_bandwidth_bytes_per_s")),
+        max_move_pages_per_step=int(get_parameter(pool_config, "max_move_pages_per_step")),
+        device=device,
+    )
+
+    def request(user: int, length: int) -> RankRequest:
+        a = {k: torch.from_numpy(v) for k, v in user_arrays(traffic, user, length).items()}
+        ts = a[schema.HISTORY_TIMESTAMPS]
+        return RankRequest(user, a[schema.HISTORY_ITEM_IDS], ts, a[schema.HISTORY_ACTIONS].long(), a[schema.CANDIDATE_ITEM_IDS], int(ts[-1]) + 60)
+
+    rng = np.random.default_rng(traffic.seed)
+    lengths = dict.fromkeys(range(users), traffic.history)
+    new_user = NEW_USER_BASE
+    with PooledRanker(model, config, graph_max_batch=int(get_parameter(pool_config, "graph_max_batch"))) as ranker:
+        ranker.warm([(traffic.history, traffic.candidates), (traffic.history + traffic.grow_room, traffic.candidates)])
+        for lo in range(0, users, group):
+            ranker.rank_many([request(u, traffic.history) for u in range(lo, min(users, lo + group))])
+        lat, served, k = [], 0, 0
+        stop_at = time.perf_counter() + seconds
+        while time.perf_counter() < stop_at:
+            batch = []
+            for _ in range(group):
+                user = k % users
+                k += 1
+                draw = rng.random() if mix == "mixed" else 1.0
+                if mix == "mixed" and draw < traffic.miss_share:
+                    batch.append(request(new_user, traffic.history))
+                    new_user += 1
+                    continue
+                grow = (mix == "grow" or (mix == "mixed" and draw >= traffic.miss_share + traffic.hit_share))
+                if grow and lengths[user] < traffic.history + traffic.grow_room:
+                    lengths[user] += 1
+                batch.append(request(user, lengths[user]))
+            t0 = time.perf_counter()
+            ranker.rank_many(batch)
+            lat.append((time.perf_counter() - t0) * 1e3)
+            served += len(batch)
+        elapsed = sum(lat) / 1e3
+    return {"mix": mix, "group": group, "requests": served, "rps": served / elapsed,
+            "group_p50_ms": statistics.median(lat), "group_p99_ms": float(np.percentile(lat, 99))}  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> dict:
+    from helmrec.launcher import TritonServer  # noqa: PLC0415
+    from helmrec.launcher.repository import stage_repository  # noqa: PLC0415
+    from helmrec.serving.network import read_limits  # noqa: PLC0415
+
+    shapes = f"{args.history}x{args.candidates},{args.history + args.grow_room}x{args.candidates}"
+    pool_parameters = {"pool_bytes": str(args.pool_bytes), "page_bytes": str(args.page_bytes), "alpha": str(args.alpha),
+                       "controller": "static", "warmup_shapes": shapes if args.device == "cuda" else ""}  # fmt: skip
+    report: dict = {"device": args.device, "preset": args.preset, "history": args.history, "candidates": args.candidates,
+                    "users": args.users, "processes": args.processes, "seconds": args.seconds, "served": [], "ceiling": []}  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = stage_repository(Path(tmp) / "model_repository", args.preset, args.seed, pool_parameters=pool_parameters)
+        limits = read_limits(repo / "hstu" / "1" / "weights.pt")
+        traffic = Traffic(args.history, args.candidates, limits.num_items, args.grow_room, args.miss_share, args.hit_share, args.seed)
+        if args.history + args.grow_room > limits.max_seq_len:
+            raise SystemExit(f"--history {args.history} + --grow-room {args.grow_room} exceed the preset's max history {limits.max_seq_len}")
+        t0 = time.perf_counter()
+        with TritonServer(model_repository=repo, device=args.device, startup_timeout_s=600) as server, \
+                mp.get_context("spawn").Pool(args.processes) as pool:  # fmt: skip
+            report["server_start_s"] = time.perf_counter() - t0
+            lengths = dict.fromkeys(range(args.users), args.history)
+            warm = closed_loop(pool, server.grpc_url, traffic, "hit", min(args.users, 32), args.processes, lengths, 0.0)
+            report["warm_requests"] = warm["requests"]
+            for u in range(args.users):  # first contact of every user: a prefill, outside the measurement
+                lengths[u] = args.history
+            _first_contact(server.grpc_url, traffic, args.users)
+            for mix in args.mix:
+                for c in args.concurrency:
+                    row = closed_loop(pool, server.grpc_url, traffic, mix, c, args.processes, lengths, args.seconds)
+                    report["served"].append(row)
+                    print(json.dumps(row), flush=True)
+        for mix in args.mix:
+            row = in_process_ceiling(repo, args.device, traffic, mix, args.group, args.users, args.seconds)
+            report["ceiling"].append(row)
+            print(json.dumps(row), flush=True)
+    ceiling = {r["mix"]: r["rps"] for r in report["ceiling"]}
+    for row in report["served"]:
+        row["share_of_ceiling"] = row["rps"] / ceiling[row["mix"]]
+    return report
+
+
+def _first_contact(url: str, traffic: Traffic, users: int) -> None:
+    """Every user's first request (a full prefill), so that measured `hit`/`grow` requests find their KV."""
+    import tritonclient.grpc as grpcclient  # noqa: PLC0415
+
+    from helmrec.load.client import infer_inputs  # noqa: PLC0415
+
+    client = grpcclient.InferenceServerClient(url)
+    for user in range(users):
+        client.infer(schema.ENSEMBLE_MODEL, infer_inputs(grpcclient, user_arrays(traffic, user, traffic.history)))
+    client.close()
+
+
+def print_table(report: dict) -> None:
+    ceiling = {r["mix"]: r for r in report["ceiling"]}
+    print(f"\nserved hstu_ensemble, {report['preset']} on {report['device']}, history {report['history']}, "
+          f"{report['candidates']} candidates, {report['users']} users, {report['processes']} load processes")  # fmt: skip
+    print(f"{'mix':<7}{'clients':>8}{'req/s':>10}{'P50 ms':>9}{'P99 ms':>9}{'ceiling req/s':>15}{'share':>8}")
+    for row in report["served"]:
+        print(f"{row['mix']:<7}{row['concurrency']:>8}{row['rps']:>10.0f}{row.get('p50_ms', 0):>9.2f}{row.get('p99_ms', 0):>9.2f}"
+              f"{ceiling[row['mix']]['rps']:>15.0f}{row['share_of_ceiling']:>8.2f}")  # fmt: skip
+    best = max(report["served"], key=lambda r: r["share_of_ceiling"])
+    print(f"best served / in-process ceiling: {best['share_of_ceiling']:.2f} ({best['mix']}, {best['concurrency']} clients)")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--history", type=int, default=32)
+    parser.add_argument("--candidates", type=int, default=16)
+    parser.add_argument("--grow-room", type=int, default=32, help="events a user may gain over the run (default 64)")
+    parser.add_argument("--users", type=int, default=256)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--processes", type=int, default=2, help="load-generator processes")
+    parser.add_argument("--mix", nargs="+", choices=MIXES, default=list(MIXES))
+    parser.add_argument("--miss-share", type=float, default=0.1, help="`mixed`: share of requests from new users")
+    parser.add_argument("--hit-share", type=float, default=0.3, help="`mixed`: share of exact repeats")
+    parser.add_argument("--seconds", type=float, default=5.0, help="per closed-loop row")
+    parser.add_argument("--group", type=int, default=32, help="requests per rank_many group of the in-process ceiling")
+    parser.add_argument("--pool-bytes", type=int, default=256 * 2**20)
+    parser.add_argument("--page-bytes", type=int, default=1 << 20)
+    parser.add_argument("--alpha", type=float, default=0.3)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    report = run(args)
+    print_table(report)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

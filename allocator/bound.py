@@ -2,7 +2,8 @@
 
 The full controller's gap to alpha* was about 0.02 from the first eight
 observation fields and is 0.015-0.017 with the measured counterfactual KV hit
-rates (docs/allocator.md). To tell a weak policy from a weak signal, this fits the best memoryless predictor we can train offline —
+rates (docs/allocator.md). To tell a weak policy from a weak signal, this fits the best memoryless
+predictor we can train offline —
 an MLP regressing the next window's alpha* with an L1 loss, trained on the
 training seeds and scored on the held-out seeds of `eval-allocator` — from
 four signal sets, all recorded along the PPO controller's own trajectory
@@ -79,7 +80,9 @@ SIGNALS: dict[str, Callable[..., np.ndarray] | None] = {
 }
 
 
-def dataset(regime: str, seed: int, duration_s: float, policy: Policy, node: NodeConfig) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def dataset(
+    regime: str, seed: int, duration_s: float, policy: Policy, node: NodeConfig
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Inputs of every signal set, and the targets alpha*(w + 1), along the PPO controller's trajectory."""
     trace = make_trace(regime, seed, duration_s=duration_s)
     table = build_table(trace, node)
@@ -92,14 +95,18 @@ def dataset(regime: str, seed: int, duration_s: float, policy: Policy, node: Nod
     return inputs, star[1:]
 
 
-def fit_gap(train: list[tuple[np.ndarray, np.ndarray]], test: dict[str, list[tuple[np.ndarray, np.ndarray]]], epochs: int, seed: int) -> dict[str, float]:
+def fit_gap(
+    train: list[tuple[np.ndarray, np.ndarray]], test: dict[str, list[tuple[np.ndarray, np.ndarray]]], epochs: int, seed: int
+) -> dict[str, float]:
     """Held-out mean |prediction - alpha*| per regime of a 2x64 tanh MLP fitted with L1 loss (full batch, Adam)."""
     import torch
 
     torch.manual_seed(seed)
     x = torch.tensor(np.concatenate([a for a, _ in train]), dtype=torch.float32)
     y = torch.tensor(np.concatenate([b for _, b in train]), dtype=torch.float32)[:, None]
-    net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 64), torch.nn.Tanh(), torch.nn.Linear(64, 64), torch.nn.Tanh(), torch.nn.Linear(64, 1))
+    net = torch.nn.Sequential(
+        torch.nn.Linear(x.shape[1], 64), torch.nn.Tanh(), torch.nn.Linear(64, 64), torch.nn.Tanh(), torch.nn.Linear(64, 1)
+    )
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     for _ in range(epochs):
         opt.zero_grad()
@@ -113,7 +120,14 @@ def fit_gap(train: list[tuple[np.ndarray, np.ndarray]], test: dict[str, list[tup
         }
 
 
-def bound(duration_s: float, train_seeds: tuple[int, ...], test_seeds: tuple[int, ...], epochs: int, policy: Policy, node: NodeConfig = NodeConfig()) -> dict[str, dict[str, float]]:
+def bound(
+    duration_s: float,
+    train_seeds: tuple[int, ...],
+    test_seeds: tuple[int, ...],
+    epochs: int,
+    policy: Policy,
+    node: NodeConfig = NodeConfig(),
+) -> dict[str, dict[str, float]]:
     """{signal set: {regime: held-out gap}}."""
     train = {name: [] for name in SIGNALS}
     test: dict[str, dict[str, list]] = {name: {r: [] for r in REGIMES} for name in SIGNALS}

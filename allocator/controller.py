@@ -71,7 +71,7 @@ class Controller:
         self.alpha: float | None = None  # the last decision
 
     @classmethod
-    def load(cls, path: str | Path | None = None, config: ControllerConfig = ControllerConfig()) -> "Controller":
+    def load(cls, path: str | Path | None = None, config: ControllerConfig = ControllerConfig()) -> Controller:
         """A controller on the policy file at `path` (default: the packaged, trained policy.npz)."""
         return cls(Policy.load(path), config)
 

@@ -14,8 +14,8 @@ import argparse
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -53,7 +53,9 @@ def policies(policy: Policy) -> dict[str, Callable[[], Decider]]:
     return out
 
 
-def replay(table: WindowTable, decider: Decider, start_alpha: float = 0.5, seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[Observation]]:
+def replay(
+    table: WindowTable, decider: Decider, start_alpha: float = 0.5, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, list[Observation]]:
     """Alphas chosen for windows 1..W-1, their P99 (ms) and the observations the decider saw.
 
     The KV hit rates are counted over the lookback's requests (`NodeState.rng`, seeded by `seed`),
@@ -84,7 +86,9 @@ def decision_latency_us(controller: Controller, observations: list[Observation],
     return {"median": float(np.median(samples)) / 1e3, "p99": float(np.percentile(samples, 99)) / 1e3}
 
 
-def evaluate(policy: Policy, seeds: tuple[int, ...], duration_s: float, node: NodeConfig = NodeConfig(), plot: Path | None = None) -> dict:
+def evaluate(
+    policy: Policy, seeds: tuple[int, ...], duration_s: float, node: NodeConfig = NodeConfig(), plot: Path | None = None
+) -> dict:
     """The report of docs/reports.md for `policy` on `seeds` of every regime."""
     factories = policies(policy)
     report: dict = {"regimes": {}}
@@ -183,5 +187,6 @@ def run(args: argparse.Namespace) -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
     print(format_table(report))
-    print(f"seeds {list(seeds)}, {duration:.0f} s per trace, emb miss cost x{args.emb_miss_scale}; wrote {args.json}" + (f" and {args.plot}" if args.plot else ""))
+    wrote = f"{args.json}" + (f" and {args.plot}" if args.plot else "")
+    print(f"seeds {list(seeds)}, {duration:.0f} s per trace, emb miss cost x{args.emb_miss_scale}; wrote {wrote}")
     return 0

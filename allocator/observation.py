@@ -127,7 +127,9 @@ class KVLookback:
         if not window_s >= 0:
             raise ValueError(f"KVLookback needs window_s >= 0, got {window_s}")
         if not hits_less <= hits <= hits_more <= requests:
-            raise ValueError(f"KVLookback needs hits_less <= hits <= hits_more <= requests, got {hits_less}, {hits}, {hits_more}, {requests}")
+            raise ValueError(
+                f"KVLookback needs hits_less <= hits <= hits_more <= requests, got {hits_less}, {hits}, {hits_more}, {requests}"
+            )
         row = (window_s, requests, hits, hits_more, hits_less)
         self._windows.append(row)
         self._sums = [a + b for a, b in zip(self._sums, row)]

@@ -43,7 +43,9 @@ class Policy:
             if key not in weights:
                 raise ValueError(f"policy weights lack '{key}'")
         if not (np.allclose(weights["feature_shift"], FEATURE_SHIFT) and np.allclose(weights["feature_scale"], FEATURE_SCALE)):
-            raise ValueError("policy feature_shift/feature_scale differ from helmrec.allocator.observation's: retrain or re-export")
+            raise ValueError(
+                "policy feature_shift/feature_scale differ from helmrec.allocator.observation's: retrain or re-export"
+            )
         w1 = np.asarray(weights["w1"], dtype=np.float64)
         if w1.shape[1] != OBS_DIM or weights["w3"].shape[0] != 1:
             raise ValueError(f"policy w1 must be [h, {OBS_DIM}] and w3 [1, h], got {w1.shape}, {weights['w3'].shape}")
@@ -62,7 +64,7 @@ class Policy:
         self._h2_out = self._h2[:-1]
 
     @classmethod
-    def load(cls, path: str | Path | None = None) -> "Policy":
+    def load(cls, path: str | Path | None = None) -> Policy:
         """Load `path`, or the trained policy.npz shipped inside the package."""
         with np.load(Path(path) if path is not None else DEFAULT_POLICY) as data:
             return cls({k: data[k] for k in data.files})

@@ -25,7 +25,9 @@ from helmrec.workload.traces import REGIMES, make_trace
 TRAIN_SEEDS = (0, 1, 2)
 
 
-def training_tables(seeds: tuple[int, ...] = TRAIN_SEEDS, duration_s: float = 600.0, node: NodeConfig = NodeConfig()) -> list[WindowTable]:
+def training_tables(
+    seeds: tuple[int, ...] = TRAIN_SEEDS, duration_s: float = 600.0, node: NodeConfig = NodeConfig()
+) -> list[WindowTable]:
     """One window table per (regime, seed)."""
     return [build_table(make_trace(r, seed, duration_s=duration_s), node) for r in REGIMES for seed in seeds]
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 _KEYS = ("pool_bytes", "page_bytes", "alpha", "refill_bandwidth_bytes_per_s", "max_move_pages_per_step")
 _SHARE_KEY = "counterfactual_share"  # optional: see PoolConfig
@@ -67,7 +67,7 @@ class PoolConfig:
         return self.pool_bytes // self.page_bytes
 
     @classmethod
-    def from_triton_parameters(cls, params: Mapping[str, str], device: str = "cpu") -> "PoolConfig":
+    def from_triton_parameters(cls, params: Mapping[str, str], device: str = "cpu") -> PoolConfig:
         """Build from config.pbtxt `parameters` (Triton hands every value over as a string).
 
         All five keys are required: config.pbtxt is the single place these

@@ -70,7 +70,7 @@ def test_packaged_pool_measures_the_share_the_policy_was_trained_at():
     the two, so a drift would silently feed the controller hit rates at the wrong capacities."""
     config = model_repository() / "hstu_pool" / "config.pbtxt"
     params = {}
-    for key in ("pool_bytes", "page_bytes", "alpha", "refill_bandwidth_bytes_per_s", "max_move_pages_per_step", "counterfactual_share"):
+    for key in (*GOOD, "counterfactual_share"):
         try:
             params[key] = get_parameter(config, key)
         except KeyError:

@@ -36,15 +36,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _admin_header(flag: str | None) -> AdminHeader:
-    """The flag, else the environment (which keeps the secret out of `ps` for this process), else random."""
+def _admin_header(flag: str | None) -> AdminHeader | None:
+    """The flag, else the environment (which keeps the secret out of `ps` for this process);
+    None when the operator chose neither."""
     text = flag if flag is not None else os.environ.get(ADMIN_ENV)
-    return AdminHeader.random() if not text else AdminHeader.parse(text)
+    return AdminHeader.parse(text) if text else None
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        admin = _admin_header(args.admin_header)
+        chosen = _admin_header(args.admin_header)
     except ValueError as exc:
         print(f"helmrec serve: --admin-header: {exc}", file=sys.stderr)
         return 1
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         tritonserver=args.tritonserver,
         log_verbose=args.log_verbose,
-        admin=admin,
+        admin=chosen or AdminHeader.random(),
     )
     stop = threading.Event()
 
@@ -76,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"  HTTP    http://{server.http_url}")
     print(f"  metrics {server.metrics_url}")
     print(f"  log     {server.log_path}")
+    opened_by = f"header {chosen.name}" if chosen else "nobody (no --admin-header)"
+    print(f"  {', '.join(RESTRICTED)} APIs open to: {opened_by}")
     sys.stdout.flush()
     exited = threading.Event()
     threading.Thread(target=lambda: (server.wait(), exited.set()), daemon=True).start()

@@ -167,6 +167,28 @@ def test_serve_wrapper_killed_under_load_takes_server_and_stubs_along(tiny_repos
                 os.kill(member, signal.SIGKILL)
 
 
+def test_serve_stops_cleanly_when_the_server_dies_on_its_own(tiny_repository: Path) -> None:
+    wrapper = subprocess.Popen(
+        [sys.executable, "-m", "helmrec.cli", "serve", "--model-repository", str(tiny_repository),
+         "--device", "cpu", "--http-port", str(free_port()), "--grpc-port", str(free_port()),
+         "--metrics-port", str(free_port())],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        ready = wrapper.stdout.readline()  # type: ignore[union-attr]
+        assert ready.startswith("tritonserver ready"), ready
+        pid = int(ready.split("pid ")[1].split(",")[0])
+        os.kill(pid, signal.SIGKILL)
+        out, _ = wrapper.communicate(timeout=30)
+    finally:
+        if wrapper.poll() is None:
+            wrapper.kill()
+    assert wrapper.returncode == 1
+    assert "tritonserver exited by itself (exit code -9)" in out
+    assert "trace APIs open to: nobody (no --admin-header)" in out
+    assert not group_members(pid) and not regions(f"helmrec_{wrapper.pid}_")
+
+
 # -- the sweep on start ----------------------------------------------------------------
 def test_sweep_removes_only_what_dead_launchers_left(tmp_path: Path) -> None:
     """Real processes and real /dev/shm files: a dead launcher's are removed, a live one's,

@@ -179,7 +179,8 @@ def test_serve_stops_cleanly_when_the_server_dies_on_its_own(tiny_repository: Pa
         assert ready.startswith("tritonserver ready"), ready
         pid = int(ready.split("pid ")[1].split(",")[0])
         os.kill(pid, signal.SIGKILL)
-        out, _ = wrapper.communicate(timeout=30)
+        wrapper.wait(timeout=30)
+        out = ready + wrapper.stdout.read()  # type: ignore[union-attr] # not communicate(): it skips what readline buffered
     finally:
         if wrapper.poll() is None:
             wrapper.kill()

@@ -35,7 +35,7 @@ class BackendAddress:
     metrics_port: int | None = None
 
     @classmethod
-    def parse(cls, spec: str) -> "BackendAddress":
+    def parse(cls, spec: str) -> BackendAddress:
         """Parse `HOST:GRPC_PORT[,http=PORT][,metrics=PORT]`."""
         head, *options = [part.strip() for part in spec.split(",")]
         host, sep, port = head.rpartition(":")

@@ -12,8 +12,9 @@ own error answer, goes back to the client as it is.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Sequence, TypeVar
+from typing import TypeVar
 
 from helmrec.router.config import RouterConfig
 from helmrec.router.policies import AllBackendsBusy, NoHealthyBackend, RoutingPolicy, make_policy

@@ -12,8 +12,9 @@ all-model statistics list only the exposed ones.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import AsyncIterator, Awaitable, Callable, NoReturn
+from typing import NoReturn
 
 import grpc
 from google.protobuf.message import DecodeError

@@ -13,9 +13,10 @@ signals jointly and guards against overrunning a hot node.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from bisect import bisect_left
-from typing import Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 from helmrec.router.state import BackendState, RouteRequest
 

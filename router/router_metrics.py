@@ -6,7 +6,7 @@ nothing, and the figures are the dispatcher's own (no second bookkeeping).
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector

@@ -115,12 +115,12 @@ class RouterThread:
         self.server = RouterServer(config)
         self._thread = threading.Thread(target=self.loop.run_forever, name="helmrec-router", daemon=True)
 
-    def start(self) -> "RouterThread":
+    def start(self) -> RouterThread:
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(timeout=30)
         return self
 
-    def call(self, coro: "asyncio.Future[object] | object", timeout: float = 30) -> object:
+    def call(self, coro: asyncio.Future[object] | object, timeout: float = 30) -> object:
         """Run a coroutine on the router's loop (e.g. a health probe) and return its result."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=timeout)  # type: ignore[arg-type]
 
@@ -144,7 +144,7 @@ class RouterThread:
             self._thread.join(timeout=10)
         self.loop.close()
 
-    def __enter__(self) -> "RouterThread":
+    def __enter__(self) -> RouterThread:
         return self.start()
 
     def __exit__(

@@ -24,13 +24,13 @@ from pathlib import Path
 
 from rich.console import Console
 
+from helmrec.launcher import LauncherError
 from helmrec.load.bench.cluster import ADAPTIVE, ClusterConfig
 from helmrec.load.bench.report import Comparison, best_static, write_run, write_summary
 from helmrec.load.bench.run import BenchError, RunResult, RunSpec, run_once
 from helmrec.load.bench.workload import WorkloadConfig, add_trace_shape_options
-from helmrec.workload.traces import REGIMES
-from helmrec.launcher import LauncherError
 from helmrec.router.config import POLICIES
+from helmrec.workload.traces import REGIMES
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,7 @@ class MetricsPoller:
         while not self._stop.wait(self.interval_s):
             self.poll_once()
 
-    def start(self) -> "MetricsPoller":
+    def start(self) -> MetricsPoller:
         time.sleep(self.settle_s)  # requests before the run (warm-up) are published by now
         self.poll_once()  # the baseline the run's counter deltas start from
         self._thread.start()

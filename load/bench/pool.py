@@ -34,11 +34,11 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from helmrec.workload.traces import TraceConfig, generate
 from helmrec.hstu.config import preset
 from helmrec.hstu.model import HSTU
 from helmrec.pool.config import PoolConfig
 from helmrec.pool.ranker import PooledRanker, RankRequest
+from helmrec.workload.traces import TraceConfig, generate
 
 ALPHAS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 SWEEP = (0.1, 0.3, 0.5, 0.7, 0.9, 0.7, 0.5, 0.3, 0.1)

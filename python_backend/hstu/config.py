@@ -7,8 +7,9 @@ learns every size from the weights it loads and never from a second copy.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, fields
-from typing import Any, Mapping
+from typing import Any
 
 VARIANTS = ("research", "production")
 
@@ -80,7 +81,7 @@ class HSTUConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "HSTUConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> HSTUConfig:
         """Rebuild a config; unknown or missing keys are an error, not a silent default."""
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - names)

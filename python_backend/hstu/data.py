@@ -49,7 +49,7 @@ class UserHistory:
     def __len__(self) -> int:
         return int(self.items.shape[0])
 
-    def cut(self, end: int, max_len: int) -> "UserHistory":
+    def cut(self, end: int, max_len: int) -> UserHistory:
         """Events [.., end) keeping at most the most recent `max_len`."""
         start = max(0, end - max_len)
         return UserHistory(self.user_id, self.items[start:end], self.timestamps[start:end], self.actions[start:end])

@@ -22,7 +22,7 @@ from helmrec.kernels.reference import candidate_attention_reference, causal_atte
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def triton_importable() -> bool:
     """Whether the `triton` package is installed (GPU images; not the CPU CI venv)."""
     return importlib.util.find_spec("triton") is not None

@@ -152,7 +152,7 @@ def _candidate_kernel(
     tl.store(out, (acc * norm_scale).to(out_ptr.dtype.element_ty), mask=q_ok[:, None] & dv_ok[None, :])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _num_sms(device: torch.device) -> int:
     if device.type != "cuda":
         return 1  # the Triton interpreter (TRITON_INTERPRET=1) runs programs one by one on the CPU

@@ -8,8 +8,8 @@ controller's observation covers exactly one control interval.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 
 @dataclass(frozen=True)

@@ -26,11 +26,11 @@ import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 
+from helmrec import schema
 from helmrec.allocator.interface import Decider
 from helmrec.pool.config import PoolConfig
 from helmrec.pool.metrics import PoolMetrics
 from helmrec.pool.ranker import PooledRanker
-from helmrec import schema
 from helmrec.serving.network import load_network, read_limits, resolve_device, serving_dtype
 from helmrec.serving.node_control import NodeControl, ServiceTimes
 from helmrec.serving.triton_io import ModelArgs, error_response, input_arrays, output_tensor, to_torch

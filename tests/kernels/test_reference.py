@@ -12,10 +12,10 @@ import dataclasses
 import pytest
 import torch
 
+from helmrec.fastpath.fused_model import FusedHSTU, layer_extend, layer_rank
 from helmrec.hstu.config import preset
 from helmrec.hstu.model import HSTU
 from helmrec.kernels.attention import candidate_attention, causal_attention
-from helmrec.fastpath.fused_model import FusedHSTU, layer_extend, layer_rank
 
 torch.set_num_threads(1)
 ATOL = 1e-5

@@ -12,10 +12,10 @@ import dataclasses
 import pytest
 import torch
 
+from helmrec.fastpath.fused_model import FusedHSTU
 from helmrec.hstu.config import preset
 from helmrec.hstu.model import HSTU
 from helmrec.kernels.attention import candidate_attention, causal_attention, supported
-from helmrec.fastpath.fused_model import FusedHSTU
 from helmrec.kernels.reference import candidate_attention_reference, causal_attention_reference
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

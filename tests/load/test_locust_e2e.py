@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
+from helmrec.launcher import TritonServer
 from helmrec.load.bench.latency import read_latencies
 from helmrec.load.client import infer_inputs
-from helmrec.launcher import TritonServer
 from helmrec.resources import locustfile
 from helmrec.router.backend_metrics import BackendReport, parse_report
 from helmrec.router.config import BackendAddress, RouterConfig

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from helmrec.load.sim.node import NodePool
-from helmrec.workload.traces import zipf_cdf
 from helmrec.pool.kv_cache import HistoryTokens, KVCache
 from helmrec.pool.kv_ghost import KVGhost
 from helmrec.pool.pages import PageAllocator
+from helmrec.workload.traces import zipf_cdf
 from tests.load.sim.test_node import small_config
 
 TOKENS_PER_PAGE = 4

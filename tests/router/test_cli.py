@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 
-
 def route(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "helmrec.cli", "route", *args],

@@ -21,9 +21,9 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -32,8 +32,8 @@ import tritonclient.grpc.aio as grpcaio
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from helmrec.load.client import infer_inputs
 from helmrec.launcher import TritonServer, free_port
+from helmrec.load.client import infer_inputs
 from helmrec.router.backend_metrics import BackendReport, parse_report
 from helmrec.router.config import BackendAddress, RouterConfig
 from helmrec.router.server import RouterThread

@@ -16,9 +16,9 @@ import queue
 import socket
 import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.client import HTTPConnection
-from typing import Iterator
 
 import grpc
 import numpy as np

@@ -36,7 +36,7 @@ def test_cuda_ranker_matches_uncached_scores_under_alpha_moves(variant):
         thread = threading.Thread(target=controller)
         thread.start()
         try:
-            for step in range(120):
+            for _ in range(120):
                 user = int(torch.randint(0, 6, (1,), generator=gen))
                 n = int(torch.randint(0, 64, (1,), generator=gen))
                 ids = torch.randint(0, 300, (64,), generator=torch.Generator().manual_seed(user))[:n]

@@ -160,7 +160,7 @@ def test_concurrent_requests_alpha_moves_and_background_thread():
             gen = torch.Generator().manual_seed(seed)
             ids, ts, acts = _history(gen, 60)
             try:
-                for step in range(25):
+                for _ in range(25):
                     user = int(torch.randint(0, 4, (1,), generator=gen))
                     n = int(torch.randint(1, 61, (1,), generator=gen))
                     cand = torch.randint(0, TINY.num_items, (8,), generator=gen)

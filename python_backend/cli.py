@@ -41,8 +41,14 @@ TOOLS: dict[str, tuple[str, str]] = {
     "bench-router": ("helmrec.load.bench.router:main", "what the router costs: added latency and its throughput ceiling"),
     "bench-serving": ("helmrec.load.bench.serving:main", "latency of hstu_ensemble through a real tritonserver vs in-process"),
     "bench-model": ("helmrec.load.bench.model:main", "cached vs uncached HSTU inference on one device: equivalence and speed"),
-    "bench-served": ("helmrec.load.bench.served:main", "served req/s of hstu_ensemble under closed-loop load vs the in-process ceiling"),
-    "bench-loadgen": ("helmrec.load.bench.loadgen:main", "MLPerf LoadGen Server scenario on hstu_ensemble: the largest VALID QPS"),
+    "bench-served": (
+        "helmrec.load.bench.served:main",
+        "served req/s of hstu_ensemble under closed-loop load vs the in-process ceiling",
+    ),
+    "bench-loadgen": (
+        "helmrec.load.bench.loadgen:main",
+        "MLPerf LoadGen Server scenario on hstu_ensemble: the largest VALID QPS",
+    ),
     "calibrate": ("helmrec.allocator.calibrate:main", "measure the cost-model constants on this machine"),
     "bound": ("helmrec.allocator.bound:main", "how close to alpha* a controller that sees a given signal can get"),
     "replay": ("helmrec.load.sim.replay:main", "the simulator's KV hit rates against an exact replay of the same trace"),

@@ -242,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
 
     console = Console()
     console.print(
-        f"helmrec.load.bench.pool: device={args.device} preset={args.preset} items={args.num_items} pool={args.pool_bytes} B page={args.page_bytes} B "
+        f"helmrec.load.bench.pool: device={args.device} preset={args.preset} items={args.num_items} "
+        f"pool={args.pool_bytes} B page={args.page_bytes} B "
         f"requests/point={args.requests} users={args.users} candidates={args.candidates} threads={args.threads}"
     )
     curve = hit_rate_curve(model, work, args)

@@ -93,7 +93,10 @@ def main(argv: list[str] | None = None) -> None:
             triton = time_triton(server, requests, args.warmup)
         local = time_in_process(model, requests, args.warmup)
 
-    table = Table(title=f"hstu_ensemble on CPU, preset {args.preset}, history {args.history}, {args.candidates} candidates, {args.requests} requests")
+    table = Table(
+        title=f"hstu_ensemble on CPU, preset {args.preset}, history {args.history}, "
+        f"{args.candidates} candidates, {args.requests} requests"
+    )
     for col in ("path", "P50 ms", "P99 ms", "mean ms"):
         table.add_column(col)
     for name, lat in (("in-process model.score", local), ("tritonserver gRPC end-to-end", triton)):

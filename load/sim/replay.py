@@ -37,10 +37,15 @@ def replay_kv(trace: Trace, alpha: float, node: NodeConfig = NodeConfig()) -> np
     return flags
 
 
-def compare(trace: Trace, table: WindowTable, alpha: float, flags: np.ndarray, node: NodeConfig = NodeConfig()) -> dict[str, dict[str, float]]:
+def compare(
+    trace: Trace, table: WindowTable, alpha: float, flags: np.ndarray, node: NodeConfig = NodeConfig()
+) -> dict[str, dict[str, float]]:
     """Per field: mean |table - replay| and mean (table - replay) over the table's windows."""
     simulated = np.array(
-        [[table.at(w, alpha + d)[1] for d in (0.0, -COUNTERFACTUAL_SHARE, COUNTERFACTUAL_SHARE)] for w in range(table.num_windows)]
+        [
+            [table.at(w, alpha + d)[1] for d in (0.0, -COUNTERFACTUAL_SHARE, COUNTERFACTUAL_SHARE)]
+            for w in range(table.num_windows)
+        ]
     )
     measured = np.zeros_like(simulated)
     for w, t0 in enumerate(table.t0_s):
@@ -48,7 +53,11 @@ def compare(trace: Trace, table: WindowTable, alpha: float, flags: np.ndarray, n
         measured[w] = flags[trace.window(t1 - node.lookback_s, t1)].mean(axis=0)
     error = simulated - measured
     return {
-        field: {"mean_abs_error": float(np.abs(error[:, k]).mean()), "bias": float(error[:, k].mean()), "replay_mean": float(measured[:, k].mean())}
+        field: {
+            "mean_abs_error": float(np.abs(error[:, k]).mean()),
+            "bias": float(error[:, k].mean()),
+            "replay_mean": float(measured[:, k].mean()),
+        }
         for k, field in enumerate(FIELDS)
     }
 
@@ -68,7 +77,10 @@ def main(argv: list[str] | None = None) -> None:
         for alpha in (float(a) for a in args.alphas.split(",")):
             result = compare(trace, table, alpha, replay_kv(trace, alpha))
             report.setdefault(regime, {})[f"{alpha:.2f}"] = result
-            print(f"{regime:8s}{alpha:7.2f}" + "".join(f"{result[f]['mean_abs_error']:24.4f}{result[f]['bias']:+9.4f}" for f in FIELDS))
+            print(
+                f"{regime:8s}{alpha:7.2f}"
+                + "".join(f"{result[f]['mean_abs_error']:24.4f}{result[f]['bias']:+9.4f}" for f in FIELDS)
+            )
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")

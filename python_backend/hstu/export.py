@@ -79,7 +79,12 @@ class ScoreGraph(nn.Module):
         self.model = model
 
     def forward(
-        self, hist_ids: torch.Tensor, hist_ts: torch.Tensor, hist_actions: torch.Tensor, cand_ids: torch.Tensor, query_ts: torch.Tensor
+        self,
+        hist_ids: torch.Tensor,
+        hist_ts: torch.Tensor,
+        hist_actions: torch.Tensor,
+        cand_ids: torch.Tensor,
+        query_ts: torch.Tensor,
     ) -> torch.Tensor:
         m = self.model
         return m.forward_unchecked(m.item_emb(hist_ids), hist_ts, hist_actions, m.item_emb(cand_ids), query_ts)
@@ -107,7 +112,11 @@ class RankGraph(nn.Module):
         return self.model.rank_unchecked(kv, hist_ts, cand_emb, query_ts)
 
 
-GRAPH_MODULES: dict[str, type[nn.Module]] = {schema.NETWORK_MODEL: ScoreGraph, "hstu_prefill": PrefillGraph, "hstu_rank": RankGraph}
+GRAPH_MODULES: dict[str, type[nn.Module]] = {
+    schema.NETWORK_MODEL: ScoreGraph,
+    "hstu_prefill": PrefillGraph,
+    "hstu_rank": RankGraph,
+}
 
 
 def example_inputs(model: HSTU, n: int, c: int, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -136,7 +136,11 @@ def test_batched_rank_core_with_zero_padded_histories_equals_each_rank() -> None
 
 def test_batched_ops_equal_per_request_ops() -> None:
     gen = torch.Generator().manual_seed(9)
-    q, ks, vs = torch.randn(3, 5, 2, 16, generator=gen), torch.randn(3, 5, 2, 16, generator=gen), torch.randn(3, 5, 2, 8, generator=gen)
+    q, ks, vs = (
+        torch.randn(3, 5, 2, 16, generator=gen),
+        torch.randn(3, 5, 2, 16, generator=gen),
+        torch.randn(3, 5, 2, 8, generator=gen),
+    )
     k, v = torch.randn(3, 11, 2, 16, generator=gen), torch.randn(3, 11, 2, 8, generator=gen)
     for op in (candidate_attention, causal_attention):
         got = op(q, k, v, ks, vs, 0.25, 0.1)

@@ -7,7 +7,8 @@ from helmrec.pool.stats import PoolStats
 def _stats(**over):
     base = dict(
         window_s=0.1, requests=10, history_len_sum=200, hot_user_requests=4, emb_lookups=300, emb_hits=210,
-        kv_requests=10, kv_hits=6, kv_partial_hits=2, kv_hits_more=7, kv_hits_less=5, kv_tokens=200, kv_hit_tokens=150, emb_evictions=5,
+        kv_requests=10, kv_hits=6, kv_partial_hits=2, kv_hits_more=7, kv_hits_less=5, kv_tokens=200, kv_hit_tokens=150,
+        emb_evictions=5,
         kv_evictions=1, emb_pages=30, kv_pages=70, kv_cached_users=12, h2d_critical_bytes=4096,
         h2d_background_bytes=8192, lookup_s=0.002, alpha=0.3, target_alpha=0.5,
     )

@@ -51,7 +51,9 @@ REQUEST = st.tuples(st.integers(0, 5), st.sampled_from(["grow", "grow", "hit", "
 
 
 class GroupMachine(RuleBasedStateMachine):
-    @initialize(variant=st.sampled_from(sorted(MODELS)), pages=st.integers(6, 48), alpha=st.floats(0.1, 0.9), seed=st.integers(0, 99))
+    @initialize(
+        variant=st.sampled_from(sorted(MODELS)), pages=st.integers(6, 48), alpha=st.floats(0.1, 0.9), seed=st.integers(0, 99)
+    )
     def setup(self, variant, pages, alpha, seed):
         self.model = MODELS[variant]
         config = PoolConfig(pages * 1024, 1024, alpha, 1e6, 2)  # tiny: one KV token is 512 B, one row 128 B
@@ -70,7 +72,8 @@ class GroupMachine(RuleBasedStateMachine):
         if old is None or kind == "rewrite":
             hist = _events(self.gen, int(torch.randint(1, 24, (1,), generator=self.gen)), 1_000_000)
         elif kind == "grow" and old[0].numel() < TINY.max_seq_len:
-            add = _events(self.gen, min(int(torch.randint(1, 7, (1,), generator=self.gen)), TINY.max_seq_len - old[0].numel()), int(old[1][-1]))
+            n_new = min(int(torch.randint(1, 7, (1,), generator=self.gen)), TINY.max_seq_len - old[0].numel())
+            add = _events(self.gen, n_new, int(old[1][-1]))
             hist = tuple(torch.cat([a, b]) for a, b in zip(old, add))
         else:
             hist = old

@@ -183,7 +183,8 @@ def test_in_flight_admission_is_a_miss_not_a_wait():
     ids = np.array([3, 5, 7])
     reservation, _ = pool.emb_cache.reserve(ids, max_rows=3, evict=True)
     assert reservation.size == 3
-    tokens = HistoryTokens(torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.int64))
+    empty = torch.empty(0, dtype=torch.int64)
+    tokens = HistoryTokens(empty, empty, empty)
     found = pool.lookup(1, tokens, torch.empty(0, dtype=torch.int64), torch.from_numpy(ids))
     assert torch.equal(found.cand_emb, table[torch.from_numpy(ids)])
     assert list(found.miss_ids) == [3, 5, 7]

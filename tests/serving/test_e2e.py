@@ -101,7 +101,12 @@ def _bad_requests(max_candidates: int, num_items: int) -> list[tuple[str, Reques
             "CANDIDATE_ITEM_IDS",
             f"exceed max_candidates {max_candidates}",
         ),
-        ("timestamps going back", Request(timestamps=np.array([5, 4, 6, 7, 8], np.int64)), "HISTORY_TIMESTAMPS", "non-decreasing"),
+        (
+            "timestamps going back",
+            Request(timestamps=np.array([5, 4, 6, 7, 8], np.int64)),
+            "HISTORY_TIMESTAMPS",
+            "non-decreasing",
+        ),
         ("missing user", Request(user_id=None), "USER_ID", ""),
     ]
 

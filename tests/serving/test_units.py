@@ -95,7 +95,8 @@ def test_the_network_checks_its_own_arguments_with_the_schema_rules() -> None:
 def window(**overrides: float) -> PoolStats:
     base = dict(
         window_s=0.1, requests=20, history_len_sum=1000, hot_user_requests=5, emb_lookups=400, emb_hits=300,
-        kv_requests=20, kv_hits=10, kv_partial_hits=4, kv_hits_more=13, kv_hits_less=8, kv_tokens=1000, kv_hit_tokens=600, emb_evictions=0,
+        kv_requests=20, kv_hits=10, kv_partial_hits=4, kv_hits_more=13, kv_hits_less=8, kv_tokens=1000, kv_hit_tokens=600,
+        emb_evictions=0,
         kv_evictions=0, emb_pages=10, kv_pages=10, kv_cached_users=7, h2d_critical_bytes=0,
         h2d_background_bytes=0, lookup_s=0.001, alpha=0.5, target_alpha=0.5,
     )

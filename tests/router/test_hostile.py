@@ -112,12 +112,27 @@ def _bomb() -> bytes:
 HTTP_PROBES = [
     # Size
     HttpProbe("body over the limit (Content-Length)", 413, ("--max-request-bytes", str(LIMIT)), b"x" * (LIMIT + 1)),
-    HttpProbe("gzip bomb over the limit once decoded", 413, ("--max-request-bytes", "gzip"), _bomb(), {"Content-Encoding": "gzip"}),
+    HttpProbe(
+        "gzip bomb over the limit once decoded", 413, ("--max-request-bytes", "gzip"),
+        _bomb(), {"Content-Encoding": "gzip"},
+    ),
     # Headers
-    HttpProbe("Inference-Header-Content-Length '²'", 400, ("Inference-Header-Content-Length", "²"), v2_json(), {"Inference-Header-Content-Length": "²"}),
-    HttpProbe("Inference-Header-Content-Length '-1'", 400, ("Inference-Header-Content-Length", "-1"), v2_json(), {"Inference-Header-Content-Length": "-1"}),
-    HttpProbe("Inference-Header-Content-Length 'abc'", 400, ("Inference-Header-Content-Length",), v2_json(), {"Inference-Header-Content-Length": "abc"}),
-    HttpProbe("Inference-Header-Content-Length past the body", 400, ("Inference-Header-Content-Length", "99999"), v2_json(), {"Inference-Header-Content-Length": "99999"}),
+    HttpProbe(
+        "Inference-Header-Content-Length '²'", 400, ("Inference-Header-Content-Length", "²"),
+        v2_json(), {"Inference-Header-Content-Length": "²"},
+    ),
+    HttpProbe(
+        "Inference-Header-Content-Length '-1'", 400, ("Inference-Header-Content-Length", "-1"),
+        v2_json(), {"Inference-Header-Content-Length": "-1"},
+    ),
+    HttpProbe(
+        "Inference-Header-Content-Length 'abc'", 400, ("Inference-Header-Content-Length",),
+        v2_json(), {"Inference-Header-Content-Length": "abc"},
+    ),
+    HttpProbe(
+        "Inference-Header-Content-Length past the body", 400, ("Inference-Header-Content-Length", "99999"),
+        v2_json(), {"Inference-Header-Content-Length": "99999"},
+    ),
     HttpProbe("false Content-Encoding gzip", 400, ("Content-Encoding", "gzip"), v2_json(), {"Content-Encoding": "gzip"}),
     HttpProbe("false Content-Encoding deflate", 400, ("Content-Encoding", "deflate"), v2_json(), {"Content-Encoding": "deflate"}),
     HttpProbe("Content-Encoding br", 400, ("Content-Encoding", "br", "not supported"), v2_json(), {"Content-Encoding": "br"}),
@@ -135,14 +150,23 @@ HTTP_PROBES = [
     HttpProbe("body a JSON list", 400, ("JSON object", "list"), b"[1, 2]"),
     HttpProbe("inputs not a list", 400, ("inputs",), v2_json(inputs={"USER_ID": 1})),
     # Tensors: the backend's own rules, relayed
-    HttpProbe("negative candidate id", 400, ("CANDIDATE_ITEM_IDS",), v2_json({**arrays(), "CANDIDATE_ITEM_IDS": np.array([3, -1])})),
+    HttpProbe(
+        "negative candidate id", 400, ("CANDIDATE_ITEM_IDS",),
+        v2_json({**arrays(), "CANDIDATE_ITEM_IDS": np.array([3, -1])}),
+    ),
     HttpProbe("history past the model's maximum", 400, ("HISTORY_ITEM_IDS",), v2_json(arrays(history=65))),
     HttpProbe("too many candidates", 400, ("CANDIDATE_ITEM_IDS",), v2_json(arrays(candidates=65))),
     HttpProbe("two user ids", 400, ("USER_ID",), v2_json({**arrays(), "USER_ID": np.array([1, 2])})),
-    HttpProbe("missing HISTORY_TIMESTAMPS", 400, ("HISTORY_TIMESTAMPS",), v2_json({k: v for k, v in arrays().items() if k != "HISTORY_TIMESTAMPS"})),
+    HttpProbe(
+        "missing HISTORY_TIMESTAMPS", 400, ("HISTORY_TIMESTAMPS",),
+        v2_json({k: v for k, v in arrays().items() if k != "HISTORY_TIMESTAMPS"}),
+    ),
     # Models and endpoints the router does not expose
     HttpProbe("infer on internal model hstu", 404, ("'hstu'", "--expose-model"), v2_json(), path="/v2/models/hstu/infer"),
-    HttpProbe("infer on internal model hstu_pool", 404, ("'hstu_pool'", "--expose-model"), v2_json(), path="/v2/models/hstu_pool/infer"),
+    HttpProbe(
+        "infer on internal model hstu_pool", 404, ("'hstu_pool'", "--expose-model"),
+        v2_json(), path="/v2/models/hstu_pool/infer",
+    ),
     HttpProbe("infer on a versioned internal model", 404, ("'hstu'",), v2_json(), path="/v2/models/hstu/versions/1/infer"),
     HttpProbe("infer on an unknown model", 404, ("'nope'", "--expose-model"), v2_json(), path="/v2/models/nope/infer"),
     HttpProbe("metadata of hstu", 404, ("'hstu'",), path="/v2/models/hstu", method="GET"),
@@ -260,24 +284,61 @@ def _missing(name: str) -> dict[str, np.ndarray]:
 
 
 GRPC_PROBES = [
-    GrpcProbe("undecodable ModelInfer", "ModelInfer", b"\xff\xff\xff", grpc.StatusCode.INVALID_ARGUMENT, ("ModelInferRequest", "decoded")),
-    GrpcProbe("message over the limit", "ModelInfer", grpc_request(tensors={**arrays(), "CANDIDATE_ITEM_IDS": np.arange(LIMIT // 8 + 1)}), grpc.StatusCode.RESOURCE_EXHAUSTED, ("larger than max",)),
+    GrpcProbe(
+        "undecodable ModelInfer", "ModelInfer", b"\xff\xff\xff",
+        grpc.StatusCode.INVALID_ARGUMENT, ("ModelInferRequest", "decoded"),
+    ),
+    GrpcProbe(
+        "message over the limit", "ModelInfer",
+        grpc_request(tensors={**arrays(), "CANDIDATE_ITEM_IDS": np.arange(LIMIT // 8 + 1)}),
+        grpc.StatusCode.RESOURCE_EXHAUSTED, ("larger than max",),
+    ),
     GrpcProbe("infer on hstu", "ModelInfer", grpc_request("hstu"), grpc.StatusCode.NOT_FOUND, ("'hstu'", "--expose-model")),
-    GrpcProbe("infer on hstu_pool", "ModelInfer", grpc_request("hstu_pool"), grpc.StatusCode.NOT_FOUND, ("'hstu_pool'", "--expose-model")),
+    GrpcProbe(
+        "infer on hstu_pool", "ModelInfer", grpc_request("hstu_pool"),
+        grpc.StatusCode.NOT_FOUND, ("'hstu_pool'", "--expose-model"),
+    ),
     GrpcProbe("infer on an unknown model", "ModelInfer", grpc_request("nope"), grpc.StatusCode.NOT_FOUND, ("'nope'",)),
     GrpcProbe("infer with no model name", "ModelInfer", grpc_request(""), grpc.StatusCode.NOT_FOUND, ("''", "--expose-model")),
-    GrpcProbe("metadata of hstu", "ModelMetadata", service_pb2.ModelMetadataRequest(name="hstu").SerializeToString(), grpc.StatusCode.NOT_FOUND, ("'hstu'",)),
-    GrpcProbe("config of hstu_pool", "ModelConfig", service_pb2.ModelConfigRequest(name="hstu_pool").SerializeToString(), grpc.StatusCode.NOT_FOUND, ("'hstu_pool'",)),
-    GrpcProbe("readiness of hstu", "ModelReady", service_pb2.ModelReadyRequest(name="hstu").SerializeToString(), grpc.StatusCode.NOT_FOUND, ("'hstu'",)),
-    GrpcProbe("statistics of hstu_pool", "ModelStatistics", service_pb2.ModelStatisticsRequest(name="hstu_pool").SerializeToString(), grpc.StatusCode.NOT_FOUND, ("'hstu_pool'",)),
-    GrpcProbe("undecodable metadata request", "ModelMetadata", b"\xff\xff", grpc.StatusCode.INVALID_ARGUMENT, ("ModelMetadata", "decoded")),
+    GrpcProbe(
+        "metadata of hstu", "ModelMetadata", service_pb2.ModelMetadataRequest(name="hstu").SerializeToString(),
+        grpc.StatusCode.NOT_FOUND, ("'hstu'",),
+    ),
+    GrpcProbe(
+        "config of hstu_pool", "ModelConfig", service_pb2.ModelConfigRequest(name="hstu_pool").SerializeToString(),
+        grpc.StatusCode.NOT_FOUND, ("'hstu_pool'",),
+    ),
+    GrpcProbe(
+        "readiness of hstu", "ModelReady", service_pb2.ModelReadyRequest(name="hstu").SerializeToString(),
+        grpc.StatusCode.NOT_FOUND, ("'hstu'",),
+    ),
+    GrpcProbe(
+        "statistics of hstu_pool", "ModelStatistics", service_pb2.ModelStatisticsRequest(name="hstu_pool").SerializeToString(),
+        grpc.StatusCode.NOT_FOUND, ("'hstu_pool'",),
+    ),
+    GrpcProbe(
+        "undecodable metadata request", "ModelMetadata", b"\xff\xff",
+        grpc.StatusCode.INVALID_ARGUMENT, ("ModelMetadata", "decoded"),
+    ),
     GrpcProbe("log settings", "LogSettings", b"", grpc.StatusCode.UNIMPLEMENTED, ("LogSettings", "not supported")),
-    GrpcProbe("shared-memory registration", "SystemSharedMemoryRegister", b"", grpc.StatusCode.UNIMPLEMENTED, ("SystemSharedMemoryRegister",)),
+    GrpcProbe(
+        "shared-memory registration", "SystemSharedMemoryRegister", b"",
+        grpc.StatusCode.UNIMPLEMENTED, ("SystemSharedMemoryRegister",),
+    ),
     GrpcProbe("model load", "RepositoryModelLoad", b"", grpc.StatusCode.UNIMPLEMENTED, ("RepositoryModelLoad",)),
     GrpcProbe("repository index", "RepositoryIndex", b"", grpc.StatusCode.UNIMPLEMENTED, ("RepositoryIndex", "admin")),
-    GrpcProbe("negative candidate id", "ModelInfer", grpc_request(tensors={**arrays(), "CANDIDATE_ITEM_IDS": np.array([3, -1])}), grpc.StatusCode.INVALID_ARGUMENT, ("CANDIDATE_ITEM_IDS",)),
-    GrpcProbe("history past the model's maximum", "ModelInfer", grpc_request(tensors=arrays(history=65)), grpc.StatusCode.INVALID_ARGUMENT, ("HISTORY_ITEM_IDS",)),
-    GrpcProbe("missing HISTORY_TIMESTAMPS", "ModelInfer", grpc_request(tensors=_missing("HISTORY_TIMESTAMPS")), grpc.StatusCode.INVALID_ARGUMENT, ("HISTORY_TIMESTAMPS",)),
+    GrpcProbe(
+        "negative candidate id", "ModelInfer", grpc_request(tensors={**arrays(), "CANDIDATE_ITEM_IDS": np.array([3, -1])}),
+        grpc.StatusCode.INVALID_ARGUMENT, ("CANDIDATE_ITEM_IDS",),
+    ),
+    GrpcProbe(
+        "history past the model's maximum", "ModelInfer", grpc_request(tensors=arrays(history=65)),
+        grpc.StatusCode.INVALID_ARGUMENT, ("HISTORY_ITEM_IDS",),
+    ),
+    GrpcProbe(
+        "missing HISTORY_TIMESTAMPS", "ModelInfer", grpc_request(tensors=_missing("HISTORY_TIMESTAMPS")),
+        grpc.StatusCode.INVALID_ARGUMENT, ("HISTORY_TIMESTAMPS",),
+    ),
 ]
 
 
@@ -304,7 +365,11 @@ def test_grpc_statistics_list_only_the_public_model(front: RouterThread) -> None
 @pytest.mark.parametrize("bad", ["undecodable", "internal model", "unknown model"])
 def test_stream_answers_all_five_messages_with_a_bad_one_among_them(front: RouterThread, bad: str, bad_at: int) -> None:
     """Raw bytes over ModelStreamInfer (a stock client cannot write undecodable ones): 5 in, 5 out."""
-    bad_raw = {"undecodable": b"\xff\xff\xff", "internal model": grpc_request("hstu_pool", request_id="bad"), "unknown model": grpc_request("nope", request_id="bad")}[bad]
+    bad_raw = {
+        "undecodable": b"\xff\xff\xff",
+        "internal model": grpc_request("hstu_pool", request_id="bad"),
+        "unknown model": grpc_request("nope", request_id="bad"),
+    }[bad]
     messages = [grpc_request(request_id=str(i), tensors=arrays(user=10 + i)) for i in range(5)]
     messages[bad_at] = bad_raw
     with grpc.insecure_channel(front.server.grpc_url) as channel:
@@ -340,7 +405,9 @@ def test_stock_stream_client_sees_the_refusal_and_the_stream_goes_on(front: Rout
 DIRECT = [p for p in HTTP_PROBES if p.path == f"/v2/models/{MODEL}/infer" and p.status == 400]
 
 
-def test_tritonserver_directly_refuses_the_same_probes_but_not_always_clearly(front: RouterThread, triton_server: TritonServer) -> None:
+def test_tritonserver_directly_refuses_the_same_probes_but_not_always_clearly(
+    front: RouterThread, triton_server: TritonServer
+) -> None:
     """No probe gets a 2xx or takes the server down; the table shows where the router is clearer."""
     rows = []
     for probe in DIRECT:

@@ -1,4 +1,4 @@
-# helmrec: `make demo` runs the whole path on this machine, `make test` runs the suite.
+# helmrec: `make demo` runs the whole path on this machine, `make test` lints (ruff) and runs the suite.
 # Both build the virtual environment first (torch's CPU build before anything else,
 # so no dependency pulls the multi-GB CUDA build).
 
@@ -29,6 +29,7 @@ demo: $(VENV)/.installed $(WEIGHTS)
 	$(PY) -m helmrec.load.demo --model-repository model_repository
 
 test: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -ra
 
 clean:

@@ -80,7 +80,9 @@ class TritonPythonModel:
         model = ModelArgs(args)
         self.mode = model.parameter("network")
         if self.mode not in NETWORK_MODES:
-            raise pb_utils.TritonModelException(f"hstu_pool: parameter 'network' must be one of {NETWORK_MODES}, got {self.mode!r}")
+            raise pb_utils.TritonModelException(
+                f"hstu_pool: parameter 'network' must be one of {NETWORK_MODES}, got {self.mode!r}"
+            )
         self.limits = read_limits(model.path_parameter("weights"))
         if self.mode == "bls":
             return

@@ -19,9 +19,7 @@ uncached, since the engine takes whole histories.
 
 from __future__ import annotations
 
-import functools
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -33,7 +31,6 @@ from helmrec.allocator.interface import Decider
 from helmrec.pool.config import PoolConfig
 from helmrec.pool.metrics import PoolMetrics
 from helmrec.pool.ranker import PooledRanker
-from helmrec.serving.group_scheduler import GroupScheduler
 from helmrec.serving.network import load_network, read_limits, resolve_device, serving_dtype
 from helmrec.serving.node_control import NodeControl, ServiceTimes
 from helmrec.serving.triton_io import ModelArgs, error_response, input_arrays, output_tensor, to_torch
@@ -113,39 +110,43 @@ class TritonPythonModel:
             interval_s=float(model.parameter("control_interval_ms")) / 1e3,
         )
         self.control.start()
-        max_group = int(model.parameter("max_group"))
-        self.scheduler = GroupScheduler(self._rank, max_group=max_group, max_waiting=4 * max_group, name="hstu_pool-groups")
 
-    def execute(self, requests: list[Any]) -> None:
-        """Validate each request and hand the valid ones to the group scheduler; answers go out
-        through each request's response sender (one final response each), so this returns at
-        once and the stub takes the next requests while the GPU ranks the current group.
-        A bad request gets its own INVALID_ARG; the others are not held back by it."""
-        for request in requests:
-            sender = request.get_response_sender()
+    def execute(self, requests: list[Any]) -> list[Any]:
+        """One response per request, in order. Triton's dynamic batcher hands over every request
+        waiting in the queue (each `[1, n]`, `allow_ragged_batch`); a bad one gets its own
+        INVALID_ARG and the rest are ranked together as one group."""
+        out: list[Any] = [None] * len(requests)
+        valid: list[tuple[int, schema.ValidRequest]] = []
+        for i, request in enumerate(requests):
             try:
-                req = schema.validate(_unbatched(input_arrays(request, schema.PUBLIC_INPUTS)), self.limits)
+                valid.append((i, schema.validate(_unbatched(input_arrays(request, schema.PUBLIC_INPUTS)), self.limits)))
             except schema.RequestError as exc:
-                _send(sender, error_response(str(exc)))
-                continue
-            if self.mode == "bls":
-                _send(sender, self._bls(req))
-            else:
-                self.scheduler.submit(req, functools.partial(_answer, sender))
-        return None
+                out[i] = error_response(str(exc))
+        if self.mode == "bls":
+            for i, req in valid:
+                out[i] = self._bls(req)
+        elif valid:
+            for (i, _), response in zip(valid, self._rank([req for _, req in valid])):
+                out[i] = response
+        return out
 
-    def _rank(self, reqs: Sequence[schema.ValidRequest]) -> list[torch.Tensor | BaseException]:
-        """One group through the pool (the scheduler's thread); a failure of the node's own
-        machinery fails every request of the group loudly."""
+    def _rank(self, reqs: list[schema.ValidRequest]) -> list[Any]:
+        """Valid requests through the pool as one group; a failure of the node's own machinery fails loudly."""
         for failed in (self.control.error, self.ranker.background_error):
             if failed is not None:
-                raise RuntimeError(f"hstu_pool: node control stopped: {failed!r}")
+                error = error_response(f"hstu_pool: node control stopped: {failed!r}", pb_utils.TritonError.INTERNAL)
+                return [error] * len(reqs)
         t0 = time.perf_counter()
         results = self.ranker.rank_many(reqs)
         group_ms = (time.perf_counter() - t0) * 1e3
         for _ in reqs:  # each request of the group waited for all of it
             self.service_times.record(group_ms)
-        return results
+        return [
+            error_response(f"hstu_pool: {r}")  # a rule of the pool's own that schema does not state
+            if isinstance(r, ValueError)
+            else pb_utils.InferenceResponse(output_tensors=[output_tensor(schema.SCORES, r.unsqueeze(0))])
+            for r in results
+        ]
 
     def _bls(self, req: schema.ValidRequest) -> Any:
         """Forward the valid request to the `hstu` model and relay its answer or error."""
@@ -169,21 +170,5 @@ class TritonPythonModel:
 
     def finalize(self) -> None:
         if self.mode == "inprocess":
-            self.scheduler.close()
             self.control.stop()
             self.ranker.close()
-
-
-def _send(sender: Any, response: Any) -> None:
-    sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-
-
-def _answer(sender: Any, result: torch.Tensor | BaseException) -> None:
-    """One request's final response: its scores, a rule of the pool's own it broke (INVALID_ARG),
-    or the failure of the node's machinery (INTERNAL)."""
-    if isinstance(result, torch.Tensor):
-        _send(sender, pb_utils.InferenceResponse(output_tensors=[output_tensor(schema.SCORES, result.unsqueeze(0))]))
-    elif isinstance(result, ValueError):
-        _send(sender, error_response(f"hstu_pool: {result}"))
-    else:
-        _send(sender, error_response(f"hstu_pool: {result!r}", pb_utils.TritonError.INTERNAL))

@@ -36,13 +36,13 @@ from rich.console import Console
 from rich.table import Table
 
 from helmrec import schema
-from helmrec.hstu.config import preset
-from helmrec.hstu.model import HSTU
-from helmrec.kernels.attention import candidate_attention, causal_attention
 from helmrec.fastpath.fused_model import FusedHSTU
 from helmrec.fastpath.graphed_extend import GraphedExtend
 from helmrec.fastpath.graphed_prefill import GraphedPrefill
 from helmrec.fastpath.graphed_rank import GraphedRank, RankInput
+from helmrec.hstu.config import preset
+from helmrec.hstu.model import HSTU
+from helmrec.kernels.attention import candidate_attention, causal_attention
 from helmrec.kernels.reference import candidate_attention_reference, causal_attention_reference
 
 console = Console()
@@ -169,32 +169,66 @@ def rank_latency(model: HSTU, device: torch.device, histories: list[int], c: int
                 ),
                 "eager full prefill": (
                     lambda: model.rank(model.prefill(model.item_emb(ids), ts, actions), ts, model.item_emb(cands), q_int),
-                    lambda: model.rank_unchecked(model.extend_suffix_unchecked(model.empty_kv(), model.item_emb(ids), ts, actions),
-                                                 ts, model.item_emb(cands), query),
+                    lambda: model.rank_unchecked(
+                        model.extend_suffix_unchecked(model.empty_kv(), model.item_emb(ids), ts, actions),
+                        ts,
+                        model.item_emb(cands),
+                        query,
+                    ),
                 ),
                 "fused KV hit": (lambda: fused.rank(kv, ts, model.item_emb(cands), query),) * 2,
-                "fused extend 16 + rank": (lambda: fused.rank(
-                    torch.cat([kv[:, :tail], fused.extend_suffix(kv[:, :tail], model.item_emb(ids[tail:]), ts, actions[tail:])], 1),
-                    ts, model.item_emb(cands), query),) * 2,
-                "fused full prefill": (lambda: fused.rank(fused.prefill(model.item_emb(ids), ts, actions), ts, model.item_emb(cands), query),) * 2,
+                "fused extend 16 + rank": (
+                    lambda: fused.rank(
+                        torch.cat(
+                            [kv[:, :tail], fused.extend_suffix(kv[:, :tail], model.item_emb(ids[tail:]), ts, actions[tail:])], 1
+                        ),
+                        ts,
+                        model.item_emb(cands),
+                        query,
+                    ),
+                )
+                * 2,
+                "fused full prefill": (
+                    lambda: fused.rank(fused.prefill(model.item_emb(ids), ts, actions), ts, model.item_emb(cands), query),
+                )
+                * 2,
             }
             if graphed is not None:  # its device work is the fused KV hit's plus the copy into the bucket
                 paths["graphed KV hit"] = (lambda: graphed.rank(kv, ts_host, model.item_emb(cands), q_int), None)
                 paths["graphed extend 16 + rank"] = (
                     lambda: graphed.rank(
-                        torch.cat([kv[:, :tail], graphed_extend.extend_suffix(kv[:, :tail], model.item_emb(ids[tail:]), ts, actions[tail:])], 1),
-                        ts_host, model.item_emb(cands), q_int),
+                        torch.cat(
+                            [
+                                kv[:, :tail],
+                                graphed_extend.extend_suffix(kv[:, :tail], model.item_emb(ids[tail:]), ts, actions[tail:]),
+                            ],
+                            1,
+                        ),
+                        ts_host,
+                        model.item_emb(cands),
+                        q_int,
+                    ),
                     None,
                 )
                 paths["graphed full prefill"] = (
-                    lambda: graphed.rank(graphed_prefill.prefill(model.item_emb(ids), ts, actions), ts_host, model.item_emb(cands), q_int),
+                    lambda: graphed.rank(
+                        graphed_prefill.prefill(model.item_emb(ids), ts, actions), ts_host, model.item_emb(cands), q_int
+                    ),
                     None,
                 )
             for name, (wall_fn, device_fn) in paths.items():
                 lat = wall_ms(wall_fn, device, iters, warmup=3)
                 dev = _device_ms_or_none(device_fn, device, name) if device_fn is not None and device.type == "cuda" else None
-                rows.append({"history": n, "candidates": c, "path": name, "p50_ms": pct(lat, 50), "p90_ms": pct(lat, 90),
-                             "device_ms": dev})
+                rows.append(
+                    {
+                        "history": n,
+                        "candidates": c,
+                        "path": name,
+                        "p50_ms": pct(lat, 50),
+                        "p90_ms": pct(lat, 90),
+                        "device_ms": dev,
+                    }
+                )
     return rows
 
 
@@ -235,7 +269,9 @@ def _eager_candidate(q, kh, vh, ks, vs, scale, norm):
     return torch.einsum("hcn,nhd->chd", w, vh) + ws.unsqueeze(-1) * vs
 
 
-def kernel_throughput(cfg, device: torch.device, dtype: torch.dtype, shapes: list[tuple[str, int, int]], gen: torch.Generator) -> list[dict]:
+def kernel_throughput(
+    cfg, device: torch.device, dtype: torch.dtype, shapes: list[tuple[str, int, int]], gen: torch.Generator
+) -> list[dict]:
     """shapes: (op, keys n, queries m); causal = full prefill of n tokens (m = n), candidate = m candidates over n."""
     h, dqk, dv = cfg.num_heads, cfg.d_qk, cfg.d_v
     scale, norm = dqk**-0.5, 1.0 / cfg.max_seq_len
@@ -259,14 +295,36 @@ def kernel_throughput(cfg, device: torch.device, dtype: torch.dtype, shapes: lis
         with torch.inference_mode():
             ms = device_ms(lambda: fused(*args), device, iters=20, warmup=3)
             eager_ms = device_ms(lambda: eager(*args), device, iters=5, warmup=1)
-        rows.append({"op": op, "keys": n, "queries": m, "ms": ms, "tflops": flops / ms / 1e9, "gbs": io / ms / 1e6,
-                     "eager_ms": eager_ms, "speedup_vs_eager": eager_ms / ms})
+        rows.append(
+            {
+                "op": op,
+                "keys": n,
+                "queries": m,
+                "ms": ms,
+                "tflops": flops / ms / 1e9,
+                "gbs": io / ms / 1e6,
+                "eager_ms": eager_ms,
+                "speedup_vs_eager": eager_ms / ms,
+            }
+        )
     return rows
 
 
 # Candidate launch shapes for `--sweep-tiles` (block_m, block_n, num_warps, num_stages).
-SWEEP_TILES = [(128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 4), (128, 32, 4, 4), (64, 64, 4, 3),
-               (64, 64, 4, 4), (64, 128, 4, 3), (64, 128, 8, 3), (64, 32, 4, 3), (32, 64, 4, 3), (16, 64, 4, 3)]
+SWEEP_TILES = [
+    (128, 64, 8, 3),
+    (128, 64, 4, 3),
+    (128, 128, 8, 3),
+    (128, 64, 8, 4),
+    (128, 32, 4, 4),
+    (64, 64, 4, 3),
+    (64, 64, 4, 4),
+    (64, 128, 4, 3),
+    (64, 128, 8, 3),
+    (64, 32, 4, 3),
+    (32, 64, 4, 3),
+    (16, 64, 4, 3),
+]
 SWEEP_SPLITS = [1, 4, 16, 64]
 
 
@@ -277,9 +335,13 @@ def sweep_tiles(cfg, device: torch.device, dtype: torch.dtype, gen: torch.Genera
     h, dqk, dv = cfg.num_heads, cfg.d_qk, cfg.d_v
     scale, norm = dqk**-0.5, 1.0 / cfg.max_seq_len
     r = lambda *s: torch.randn(*s, generator=gen).to(device, dtype)  # noqa: E731
-    cases = [("causal prefill", causal_attention_triton, 0, 4096), ("causal prefill", causal_attention_triton, 0, 16384),
-             ("causal extend", causal_attention_triton, 4080, 16),
-             ("candidate", candidate_attention_triton, 4096, 256), ("candidate", candidate_attention_triton, 16384, 2048)]
+    cases = [
+        ("causal prefill", causal_attention_triton, 0, 4096),
+        ("causal prefill", causal_attention_triton, 0, 16384),
+        ("causal extend", causal_attention_triton, 4080, 16),
+        ("candidate", candidate_attention_triton, 4096, 256),
+        ("candidate", candidate_attention_triton, 16384, 2048),
+    ]
     cases = [cs for cs in cases if cs[2] + cs[3] <= cfg.max_seq_len]
     rows = []
     for name, fn, n, m in cases:
@@ -294,7 +356,9 @@ def sweep_tiles(cfg, device: torch.device, dtype: torch.dtype, gen: torch.Genera
 
 
 # ---------------------------------------------------------------------------------- (d) throughput
-def throughput(model: HSTU, device: torch.device, n: int, c: int, concurrency: list[int], seconds: float, gen: torch.Generator) -> list[dict]:
+def throughput(
+    model: HSTU, device: torch.device, n: int, c: int, concurrency: list[int], seconds: float, gen: torch.Generator
+) -> list[dict]:
     """KV-hit rank throughput with `k` requests in flight, two ways:
     threads: k threads, each on its own CUDA stream with its own user (and its own graphs);
     batched: one caller ranks the k users' requests together in one graph replay per round."""
@@ -306,8 +370,10 @@ def throughput(model: HSTU, device: torch.device, n: int, c: int, concurrency: l
             users.append((fused.prefill(model.item_emb(ids), ts, actions), ts, cands, query, int(query) - int(ts[-1])))
     cuda = device.type == "cuda"
     graphs = [GraphedRank(fused) for _ in range(max(concurrency))] if cuda else []
-    paths = {"eager": lambda i, kv, ts, cands, query, gap: model.rank(kv, ts, model.item_emb(cands), int(query)),
-             "fused": lambda i, kv, ts, cands, query, gap: fused.rank(kv, ts, model.item_emb(cands), query)}
+    paths = {
+        "eager": lambda i, kv, ts, cands, query, gap: model.rank(kv, ts, model.item_emb(cands), int(query)),
+        "fused": lambda i, kv, ts, cands, query, gap: fused.rank(kv, ts, model.item_emb(cands), query),
+    }
     if cuda:
         paths["graphed"] = lambda i, kv, ts, cands, query, gap: graphs[i].rank_many([RankInput(kv, model.item_emb(cands), gap)])
         with torch.inference_mode():
@@ -321,7 +387,7 @@ def throughput(model: HSTU, device: torch.device, n: int, c: int, concurrency: l
 
             def worker(i: int) -> None:
                 stream = torch.cuda.Stream(device) if cuda else None
-                with torch.inference_mode(), (torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()):
+                with torch.inference_mode(), torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
                     while time.perf_counter() < stop:
                         t0 = time.perf_counter()
                         step(i, *users[i])
@@ -337,17 +403,35 @@ def throughput(model: HSTU, device: torch.device, n: int, c: int, concurrency: l
                 t.join()
             elapsed = time.perf_counter() - t0
             flat = [x for xs in lat for x in xs]
-            rows.append({"path": f"{name} threads", "concurrency": k, "requests": len(flat), "rps": len(flat) / elapsed,
-                         "p50_ms": pct(flat, 50), "p99_ms": pct(flat, 99)})
+            rows.append(
+                {
+                    "path": f"{name} threads",
+                    "concurrency": k,
+                    "requests": len(flat),
+                    "rps": len(flat) / elapsed,
+                    "p50_ms": pct(flat, 50),
+                    "p99_ms": pct(flat, 99),
+                }
+            )
     if cuda:
         batched = GraphedRank(fused)
         with torch.inference_mode():
             for k in concurrency:
-                batch = lambda: batched.rank_many([RankInput(kv, model.item_emb(cands), gap) for kv, _, cands, _, gap in users[:k]])  # noqa: E731
+                batch = lambda: batched.rank_many(
+                    [RankInput(kv, model.item_emb(cands), gap) for kv, _, cands, _, gap in users[:k]]
+                )  # noqa: E731
                 rounds = max(5, int(seconds / max(1e-3, statistics.median(wall_ms(batch, device, 5, warmup=2)) / 1e3)))
                 lat = wall_ms(batch, device, rounds, warmup=0)
-                rows.append({"path": "graphed batched", "concurrency": k, "requests": k * rounds, "rps": k * 1e3 / statistics.mean(lat),
-                             "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99)})
+                rows.append(
+                    {
+                        "path": "graphed batched",
+                        "concurrency": k,
+                        "requests": k * rounds,
+                        "rps": k * 1e3 / statistics.mean(lat),
+                        "p50_ms": pct(lat, 50),
+                        "p99_ms": pct(lat, 99),
+                    }
+                )
     return rows
 
 
@@ -360,7 +444,9 @@ def model_compute_us(client, models: tuple[str, ...]) -> dict:
         if m["name"] in models:
             s = m["inference_stats"]
             count = max(1, int(s["success"]["count"]))
-            out[m["name"]] = {k: int(s[k]["ns"]) / count / 1e3 for k in ("queue", "compute_input", "compute_infer", "compute_output")}
+            out[m["name"]] = {
+                k: int(s[k]["ns"]) / count / 1e3 for k in ("queue", "compute_input", "compute_infer", "compute_output")
+            }
     return out
 
 
@@ -403,10 +489,10 @@ def triton_vs_in_process(args: argparse.Namespace) -> dict:
     import numpy as np
     import tritonclient.grpc as grpcclient
 
-    from helmrec.load.client import infer_inputs
     from helmrec.hstu.weights import load
     from helmrec.launcher import TritonServer
     from helmrec.launcher.repository import WEIGHTS, stage_repository
+    from helmrec.load.client import infer_inputs
     from helmrec.pool.config import PoolConfig
     from helmrec.pool.ranker import PooledRanker, RankRequest
     from helmrec.serving.network import serving_dtype
@@ -426,16 +512,18 @@ def triton_vs_in_process(args: argparse.Namespace) -> dict:
             return schema.ensemble_request(7, ids[:length].numpy(), ts[:length].numpy(), cands.numpy(), actions[:length].numpy())
 
         request = arrays(n)
-        inputs = infer_inputs(grpcclient, request)
-        shared = infer_inputs(grpcclient, {k: v for k, v in request.items() if k != schema.USER_ID})
         users, served_len = itertools.count(1_000), itertools.count(n)
 
         def infer(client, model: str):
             if args.kv == "hit":
-                return client.infer(model, inputs)
-            if args.kv == "grow":
-                return client.infer(model, infer_inputs(grpcclient, arrays(next(served_len))))
-            return client.infer(model, infer_inputs(grpcclient, {schema.USER_ID: np.array([next(users)], np.int64)}) + shared)
+                now = request
+            elif args.kv == "grow":
+                now = arrays(next(served_len))
+            else:
+                now = {**request, schema.USER_ID: np.array([next(users)], np.int64)}
+            if model != schema.ENSEMBLE_MODEL:  # hstu_pool and the floor model batch: each request is [1, n]
+                now = {name: value[None] for name, value in now.items()}
+            return client.infer(model, infer_inputs(grpcclient, now))
 
         add_floor_model(repo)
         with TritonServer(model_repository=repo, device=args.device) as server:
@@ -459,13 +547,24 @@ def triton_vs_in_process(args: argparse.Namespace) -> dict:
 
         with PooledRanker(model, config) as ranker:
             local_ms = wall_ms(lambda: ranker.rank(request_of()), device, args.requests, warmup=10)
-    return {"device": args.device, "preset": args.preset, "history": n, "candidates": c, "requests": args.requests, "kv": args.kv,
-            "dtype": str(model.item_emb.weight.dtype),
-            "triton_p50_ms": pct(triton_ms, 50), "triton_p99_ms": pct(triton_ms, 99),
-            "hstu_pool_direct_p50_ms": pct(direct_ms, 50), "server_side_us_per_request": per_model,
-            "grpc_is_server_live_p50_ms": pct(live_ms, 50), "transport_floor_p50_ms": pct(floor_ms, 50),
-            "in_process_p50_ms": pct(local_ms, 50), "in_process_p99_ms": pct(local_ms, 99),
-            "ratio_p50": pct(triton_ms, 50) / pct(local_ms, 50)}
+    return {
+        "device": args.device,
+        "preset": args.preset,
+        "history": n,
+        "candidates": c,
+        "requests": args.requests,
+        "kv": args.kv,
+        "dtype": str(model.item_emb.weight.dtype),
+        "triton_p50_ms": pct(triton_ms, 50),
+        "triton_p99_ms": pct(triton_ms, 99),
+        "hstu_pool_direct_p50_ms": pct(direct_ms, 50),
+        "server_side_us_per_request": per_model,
+        "grpc_is_server_live_p50_ms": pct(live_ms, 50),
+        "transport_floor_p50_ms": pct(floor_ms, 50),
+        "in_process_p50_ms": pct(local_ms, 50),
+        "in_process_p99_ms": pct(local_ms, 99),
+        "ratio_p50": pct(triton_ms, 50) / pct(local_ms, 50),
+    }
 
 
 # ---------------------------------------------------------------------------------- report
@@ -487,9 +586,13 @@ def run_in_process(args: argparse.Namespace) -> dict:
     with torch.device(device):
         model32 = HSTU(cfg).eval()
     model = copy.deepcopy(model32).to(dtype)
-    report: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                    "torch": torch.__version__, "preset": args.preset, "dtype": args.dtype,
-                    "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    report: dict = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "preset": args.preset,
+        "dtype": args.dtype,
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
     if device.type == "cuda":
         import triton
 
@@ -498,33 +601,58 @@ def run_in_process(args: argparse.Namespace) -> dict:
     console.print(report["correctness"])
     del model32
     report["latency"] = lat = rank_latency(model, device, args.histories, args.candidates, args.iters, gen)
-    console.print(_table(f"(a) rank latency, {args.preset} {args.dtype}, {args.candidates} candidates", lat,
-                         ["history", "path", "p50_ms", "p90_ms", "device_ms"]))
+    console.print(
+        _table(
+            f"(a) rank latency, {args.preset} {args.dtype}, {args.candidates} candidates",
+            lat,
+            ["history", "path", "p50_ms", "p90_ms", "device_ms"],
+        )
+    )
     longest = max(args.histories)
     p50 = {r["path"]: r["p50_ms"] for r in lat if r["history"] == longest}
     best_hit = min(v for k, v in p50.items() if "KV hit" in k)
     best_prefill = min(v for k, v in p50.items() if "full prefill" in k)
     report["headline_hit_vs_prefill"] = best_prefill / best_hit
-    console.print(f"history {longest}: eager hit vs eager prefill {p50['eager full prefill'] / p50['eager KV hit']:.2f}x, "
-                  f"fused hit vs fused prefill {p50['fused full prefill'] / p50['fused KV hit']:.2f}x"
-                  + (f", graphed hit vs graphed prefill {p50['graphed full prefill'] / p50['graphed KV hit']:.2f}x" if "graphed KV hit" in p50 else ""))
+    console.print(
+        f"history {longest}: eager hit vs eager prefill {p50['eager full prefill'] / p50['eager KV hit']:.2f}x, "
+        f"fused hit vs fused prefill {p50['fused full prefill'] / p50['fused KV hit']:.2f}x"
+        + (
+            f", graphed hit vs graphed prefill {p50['graphed full prefill'] / p50['graphed KV hit']:.2f}x"
+            if "graphed KV hit" in p50
+            else ""
+        )
+    )
     dev = {r["path"]: r["device_ms"] for r in lat if r["history"] == longest}
     for kind in ("eager", "fused"):
         if dev.get(f"{kind} full prefill") and dev.get(f"{kind} KV hit"):
             report[f"device_hit_vs_prefill_{kind}"] = dev[f"{kind} full prefill"] / dev[f"{kind} KV hit"]
-            console.print(f"history {longest}: {kind} device time, full prefill / KV hit = {report[f'device_hit_vs_prefill_{kind}']:.2f}x")
+            console.print(
+                f"history {longest}: {kind} device time, full prefill / KV hit = {report[f'device_hit_vs_prefill_{kind}']:.2f}x"
+            )
     console.print(f"history {longest}: best full prefill P50 / best KV-hit rank P50 = {report['headline_hit_vs_prefill']:.2f}x")
     report["ceilings"] = ceil = ceilings(device, dtype)
-    shapes = [("causal", n, n) for n in args.histories + [16384]] + [("candidate", n, args.candidates) for n in args.histories] + [("candidate", 16384, 2048)]
+    shapes = (
+        [("causal", n, n) for n in args.histories + [16384]]
+        + [("candidate", n, args.candidates) for n in args.histories]
+        + [("candidate", 16384, 2048)]
+    )
     shapes = [s for s in shapes if max(s[1], s[2]) <= cfg.max_seq_len]
     report["kernels"] = kern = kernel_throughput(cfg, device, dtype, shapes, gen)
     for row in kern:
         row["share_of_matmul"] = row["tflops"] / ceil["matmul_tflops"]
         row["share_of_copy_bw"] = row["gbs"] / ceil["copy_gbs"]
-    console.print(_table(f"(c) attention kernels vs ceilings: matmul {ceil['matmul_tflops']:.0f} TFLOP/s, copy {ceil['copy_gbs']:.0f} GB/s",
-                         kern, ["op", "keys", "queries", "ms", "tflops", "share_of_matmul", "gbs", "share_of_copy_bw", "speedup_vs_eager"]))
+    console.print(
+        _table(
+            f"(c) attention kernels vs ceilings: matmul {ceil['matmul_tflops']:.0f} TFLOP/s, copy {ceil['copy_gbs']:.0f} GB/s",
+            kern,
+            ["op", "keys", "queries", "ms", "tflops", "share_of_matmul", "gbs", "share_of_copy_bw", "speedup_vs_eager"],
+        )
+    )
     top = max(kern, key=lambda r: r["tflops"])
-    console.print(f"best kernel: {top['op']} {top['keys']}x{top['queries']} at {top['tflops']:.0f} TFLOP/s = {top['share_of_matmul']:.0%} of measured bf16 matmul")
+    console.print(
+        f"best kernel: {top['op']} {top['keys']}x{top['queries']} at {top['tflops']:.0f} TFLOP/s"
+        f" = {top['share_of_matmul']:.0%} of measured bf16 matmul"
+    )
     if args.sweep_tiles and device.type == "cuda":
         report["tile_sweep"] = sw = sweep_tiles(cfg, device, dtype, gen)
         console.print(_table("tile sweep (device ms)", sw, ["case", "keys", "queries", "tiles", "ms"]))
@@ -532,8 +660,16 @@ def run_in_process(args: argparse.Namespace) -> dict:
             rows = [r for r in sw if (r["case"], r["keys"]) == case]
             best = min(rows, key=lambda r: r["ms"])
             console.print(f"{case}: best {best['tiles']} {best['ms']:.4f} ms vs default {rows[0]['ms']:.4f} ms")
-    report["throughput"] = tp = throughput(model, device, args.throughput_history, args.candidates, args.concurrency, args.seconds, gen)
-    console.print(_table(f"(d) KV-hit rank throughput, history {args.throughput_history}", tp, ["path", "concurrency", "requests", "rps", "p50_ms", "p99_ms"]))
+    report["throughput"] = tp = throughput(
+        model, device, args.throughput_history, args.candidates, args.concurrency, args.seconds, gen
+    )
+    console.print(
+        _table(
+            f"(d) KV-hit rank throughput, history {args.throughput_history}",
+            tp,
+            ["path", "concurrency", "requests", "rps", "p50_ms", "p99_ms"],
+        )
+    )
     best = {k: max(r["rps"] for r in tp if r["concurrency"] == k) for k in args.concurrency}
     console.print(f"throughput at concurrency {max(args.concurrency)} / at 1 = {best[max(args.concurrency)] / best[1]:.2f}x")
     return report
@@ -556,8 +692,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, help="write the report here")
     parser.add_argument("--triton", action="store_true", help="(b): through tritonserver on the GPU vs in-process")
     parser.add_argument("--history", type=int, default=1024, help="--triton: history length")
-    parser.add_argument("--kv", choices=("hit", "miss", "grow"), default="hit",
-                        help="--triton: repeat one user (KV hit), a new user per request (full prefill), or one user gaining an event per request (partial hit)")
+    parser.add_argument(
+        "--kv",
+        choices=("hit", "miss", "grow"),
+        default="hit",
+        help="--triton: repeat one user (KV hit), a new user per request (full prefill), "
+        "or one user gaining an event per request (partial hit)",
+    )
     parser.add_argument("--requests", type=int, default=200, help="--triton: timed requests per side")
     parser.add_argument("--pool-bytes", type=int, default=8 << 30, help="--triton: hstu_pool pool_bytes")
     parser.add_argument("--page-bytes", type=int, default=1 << 20, help="--triton: hstu_pool page_bytes")

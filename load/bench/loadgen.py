@@ -62,6 +62,7 @@ class TritonSUT:
         import mlperf_loadgen as lg  # noqa: PLC0415
 
         for sample in samples:
+
             def done(result, error, sample_id=sample.id) -> None:  # noqa: ANN001 - tritonclient's callback
                 if error is not None:
                     self.errors += 1
@@ -73,7 +74,9 @@ class TritonSUT:
         """Nothing is held back: every query was sent when it was issued."""
 
 
-def run_target(url: str, traffic: Traffic, mix: str, users: int, qps: float, latency_ms: float, seconds: float, out: Path) -> dict:
+def run_target(
+    url: str, traffic: Traffic, mix: str, users: int, qps: float, latency_ms: float, seconds: float, out: Path
+) -> dict:
     """One LoadGen Server run at `qps`; LoadGen's verdict and figures from its summary."""
     import mlperf_loadgen as lg  # noqa: PLC0415
 
@@ -109,7 +112,10 @@ def parse_summary(text: str) -> dict:
         return float(match.group(1)) if match else None
 
     verdict = re.search(r"^Result is\s*:\s*(\w+)", text, re.M)
-    ns = {key: number(label) for key, label in (("p50_ms", "50.00 percentile latency (ns)"), ("p99_ms", "99.00 percentile latency (ns)"))}
+    ns = {
+        key: number(label)
+        for key, label in (("p50_ms", "50.00 percentile latency (ns)"), ("p99_ms", "99.00 percentile latency (ns)"))
+    }
     return {
         "result": verdict.group(1) if verdict else "UNKNOWN",
         "achieved_qps": number("Completed samples per second") or number("Scheduled samples per second"),
@@ -141,7 +147,9 @@ def run(args: argparse.Namespace) -> dict:
             _first_contact(server.grpc_url, traffic, args.users)
             for qps in args.qps:
                 t0 = time.perf_counter()
-                row = run_target(server.grpc_url, traffic, args.mix, args.users, qps, args.latency_ms, args.seconds, args.out / f"qps_{qps:g}")
+                row = run_target(
+                    server.grpc_url, traffic, args.mix, args.users, qps, args.latency_ms, args.seconds, args.out / f"qps_{qps:g}"
+                )
                 row["wall_s"] = time.perf_counter() - t0
                 report["runs"].append(row)
                 print(json.dumps(row), flush=True)

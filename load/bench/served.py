@@ -174,7 +174,9 @@ def in_process_ceiling(repo: Path, device: str, traffic: Traffic, mix: str, grou
     def request(user: int, length: int) -> RankRequest:
         a = {k: torch.from_numpy(v) for k, v in user_arrays(traffic, user, length).items()}
         ts = a[schema.HISTORY_TIMESTAMPS]
-        return RankRequest(user, a[schema.HISTORY_ITEM_IDS], ts, a[schema.HISTORY_ACTIONS].long(), a[schema.CANDIDATE_ITEM_IDS], int(ts[-1]) + 60)
+        return RankRequest(
+            user, a[schema.HISTORY_ITEM_IDS], ts, a[schema.HISTORY_ACTIONS].long(), a[schema.CANDIDATE_ITEM_IDS], int(ts[-1]) + 60
+        )
 
     rng = np.random.default_rng(traffic.seed)
     lengths = dict.fromkeys(range(users), traffic.history)
@@ -195,7 +197,7 @@ def in_process_ceiling(repo: Path, device: str, traffic: Traffic, mix: str, grou
                     batch.append(request(new_user, traffic.history))
                     new_user += 1
                     continue
-                grow = (mix == "grow" or (mix == "mixed" and draw >= traffic.miss_share + traffic.hit_share))
+                grow = mix == "grow" or (mix == "mixed" and draw >= traffic.miss_share + traffic.hit_share)
                 if grow and lengths[user] < traffic.history + traffic.grow_room:
                     lengths[user] += 1
                 batch.append(request(user, lengths[user]))
@@ -217,13 +219,18 @@ def run(args: argparse.Namespace) -> dict:
     pool_parameters = {"pool_bytes": str(args.pool_bytes), "page_bytes": str(args.page_bytes), "alpha": str(args.alpha),
                        "controller": "static", "warmup_shapes": shapes if args.device == "cuda" else ""}  # fmt: skip
     report: dict = {"device": args.device, "preset": args.preset, "history": args.history, "candidates": args.candidates,
-                    "users": args.users, "processes": args.processes, "seconds": args.seconds, "served": [], "ceiling": []}  # fmt: skip
+                    "users": args.users, "processes": args.processes, "seconds": args.seconds,
+                    "served": [], "ceiling": []}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         repo = stage_repository(Path(tmp) / "model_repository", args.preset, args.seed, pool_parameters=pool_parameters)
         limits = read_limits(repo / "hstu" / "1" / "weights.pt")
-        traffic = Traffic(args.history, args.candidates, limits.num_items, args.grow_room, args.miss_share, args.hit_share, args.seed)
+        traffic = Traffic(
+            args.history, args.candidates, limits.num_items, args.grow_room, args.miss_share, args.hit_share, args.seed
+        )
         if args.history + args.grow_room > limits.max_seq_len:
-            raise SystemExit(f"--history {args.history} + --grow-room {args.grow_room} exceed the preset's max history {limits.max_seq_len}")
+            raise SystemExit(
+                f"--history {args.history} + --grow-room {args.grow_room} exceed the preset's max history {limits.max_seq_len}"
+            )
         t0 = time.perf_counter()
         with TritonServer(model_repository=repo, device=args.device, startup_timeout_s=600) as server, \
                 mp.get_context("spawn").Pool(args.processes) as pool:  # fmt: skip

@@ -1,1 +1,2 @@
-"""The model-level fast path on the GPU: the fused HSTU built on the attention kernels, and its CUDA-graphed prefill, extend and rank."""
+"""The model-level fast path on the GPU: the fused HSTU built on the attention kernels,
+and its CUDA-graphed prefill, extend and rank."""

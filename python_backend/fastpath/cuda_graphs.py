@@ -34,7 +34,9 @@ def require_cuda(fused: FusedHSTU, owner: str) -> torch.device:
     return device
 
 
-def capture(step: Callable[[], T], device: torch.device, lock: contextlib.AbstractContextManager | None) -> tuple[torch.cuda.CUDAGraph, T]:
+def capture(
+    step: Callable[[], T], device: torch.device, lock: contextlib.AbstractContextManager | None
+) -> tuple[torch.cuda.CUDAGraph, T]:
     """A CUDA graph of `step` and the output it writes on every replay.
 
     `step` runs twice on a side stream first (Triton compiles its kernels, the

@@ -39,7 +39,9 @@ class FusedHSTU:
 
     def __init__(self, model: HSTU) -> None:
         if model.config.variant != "production":
-            raise ValueError(f"FusedHSTU: model.config.variant must be 'production' (no attention bias), got {model.config.variant!r}")
+            raise ValueError(
+                f"FusedHSTU: model.config.variant must be 'production' (no attention bias), got {model.config.variant!r}"
+            )
         self.model = model
 
     def prefill(self, hist_emb: torch.Tensor, hist_ts: torch.Tensor, hist_actions: torch.Tensor) -> torch.Tensor:

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 import torch
 
-from helmrec.hstu.features import previous_event_gaps
 from helmrec.fastpath.cuda_graphs import capture, require_cuda, round_up
 from helmrec.fastpath.fused_model import FusedHSTU
+from helmrec.hstu.features import previous_event_gaps
 
 
 @dataclass
@@ -97,7 +97,9 @@ class GraphedExtend:
             graph = self._graphs[(c, b)] = _ExtendGraph(self.fused, context, b, self._capture_lock)
         return context, graph
 
-    def extend_suffix(self, kv: torch.Tensor, new_emb: torch.Tensor, hist_ts: torch.Tensor, new_actions: torch.Tensor) -> torch.Tensor:
+    def extend_suffix(
+        self, kv: torch.Tensor, new_emb: torch.Tensor, hist_ts: torch.Tensor, new_actions: torch.Tensor
+    ) -> torch.Tensor:
         """Same result as `FusedHSTU.extend_suffix` (kv [L, m, W] of the new tokens, a fresh tensor)."""
         n0, m = kv.shape[1], new_emb.shape[0]
         if not self.applies(n0, m):

@@ -94,9 +94,7 @@ class Pool:
         paged = self.storage[: self.num_pages * page_bytes]
         emb_flat = paged.view(host_table.dtype)
         emb_page_elems = page_bytes // host_table.table.element_size()
-        emb_rows = emb_flat.as_strided(
-            (self.num_pages, rows_per_page, host_table.width), (emb_page_elems, host_table.width, 1)
-        )
+        emb_rows = emb_flat.as_strided((self.num_pages, rows_per_page, host_table.width), (emb_page_elems, host_table.width, 1))
         kv_flat = paged.view(kv_dtype)
         kv_page_elems = page_bytes // kv_flat.element_size()
         kv_pages = kv_flat.as_strided(
@@ -107,9 +105,7 @@ class Pool:
         emb_pages = _pages_for(config.alpha, self.num_pages)
         self._alloc = PageAllocator(self.num_pages, emb_pages)
         num_slots = self.num_pages * rows_per_page
-        self.emb_cache = EmbCache(
-            self._alloc, emb_rows, host_table.num_items, aging_lookups=_AGING_LOOKUPS_PER_SLOT * num_slots
-        )
+        self.emb_cache = EmbCache(self._alloc, emb_rows, host_table.num_items, aging_lookups=_AGING_LOOKUPS_PER_SLOT * num_slots)
         self.kv_cache = KVCache(self._alloc, kv_pages, ghost_pages=max(1, round(config.counterfactual_share * self.num_pages)))
         self._target_emb_pages = emb_pages
         self._admit_queue: deque[int] = deque(maxlen=_ADMIT_QUEUE_PER_SLOT * num_slots)
@@ -180,7 +176,9 @@ class Pool:
         start = time.perf_counter()
         with self.lock:
             matches = [self.kv_cache.match(q.user_id, q.tokens) for q in queries]
-            parts = [np.concatenate([q.hist_ids.cpu().numpy()[m.length :], q.cand_ids.cpu().numpy()]) for q, m in zip(queries, matches)]
+            parts = [
+                np.concatenate([q.hist_ids.cpu().numpy()[m.length :], q.cand_ids.cpu().numpy()]) for q, m in zip(queries, matches)
+            ]
             need = np.concatenate(parts)
             slots = self.emb_cache.lookup(need)
             hit = slots >= 0

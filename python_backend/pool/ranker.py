@@ -19,12 +19,12 @@ import numpy as np
 import torch
 
 from helmrec import schema
-from helmrec.hstu.model import HSTU
-from helmrec.kernels.attention import triton_importable
 from helmrec.fastpath.fused_model import FusedHSTU
 from helmrec.fastpath.graphed_extend import GraphedExtend
 from helmrec.fastpath.graphed_prefill import GraphedPrefill
 from helmrec.fastpath.graphed_rank import GraphedRank, RankInput
+from helmrec.hstu.model import HSTU
+from helmrec.kernels.attention import triton_importable
 from helmrec.pool.background import BackgroundWorker, RefillThrottle
 from helmrec.pool.config import PoolConfig
 from helmrec.pool.host_table import HostTable
@@ -316,7 +316,7 @@ class PooledRanker:
             self._worker.close()
             self._worker = None
 
-    def __enter__(self) -> "PooledRanker":
+    def __enter__(self) -> PooledRanker:
         return self
 
     def __exit__(self, *exc: object) -> None:

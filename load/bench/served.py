@@ -148,8 +148,12 @@ def _percentiles(ms: Sequence[float]) -> dict[str, float]:
     return {"p50_ms": float(np.percentile(arr, 50)), "p99_ms": float(np.percentile(arr, 99))}
 
 
-def in_process_ceiling(repo: Path, device: str, traffic: Traffic, mix: str, group: int, users: int, seconds: float) -> dict:
-    """`PooledRanker.rank_many` on groups of `group` requests of `mix`, in this process."""
+def in_process_ceiling(
+    repo: Path, device: str, traffic: Traffic, mix: str, group: int, users: int, seconds: float, profile: Path | None = None
+) -> dict:
+    """`PooledRanker.rank_many` on groups of `group` requests of `mix`, in this process.
+    With `profile`, one more group runs under torch.profiler and its op table (host and
+    device time, top 40 by host time) is written there: where a group's time goes."""
     import torch  # noqa: PLC0415
 
     from helmrec.hstu.weights import load  # noqa: PLC0415
@@ -206,6 +210,10 @@ def in_process_ceiling(repo: Path, device: str, traffic: Traffic, mix: str, grou
             lat.append((time.perf_counter() - t0) * 1e3)
             served += len(batch)
         elapsed = sum(lat) / 1e3
+        if profile is not None:
+            with torch.profiler.profile() as prof:
+                ranker.rank_many(batch)
+            profile.write_text(prof.key_averages().table(sort_by="cpu_time_total", row_limit=40))
     return {"mix": mix, "group": group, "requests": served, "rps": served / elapsed,
             "group_p50_ms": statistics.median(lat), "group_p99_ms": float(np.percentile(lat, 99))}  # fmt: skip
 
@@ -247,7 +255,8 @@ def run(args: argparse.Namespace) -> dict:
                     report["served"].append(row)
                     print(json.dumps(row), flush=True)
         for mix in args.mix:
-            row = in_process_ceiling(repo, args.device, traffic, mix, args.group, args.users, args.seconds)
+            profile = args.profile.with_name(f"{args.profile.stem}_{mix}.txt") if args.profile else None
+            row = in_process_ceiling(repo, args.device, traffic, mix, args.group, args.users, args.seconds, profile)
             report["ceiling"].append(row)
             print(json.dumps(row), flush=True)
     ceiling = {r["mix"]: r["rps"] for r in report["ceiling"]}
@@ -299,6 +308,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--pool-bytes", type=int, default=256 * 2**20)
     parser.add_argument("--page-bytes", type=int, default=1 << 20)
     parser.add_argument("--alpha", type=float, default=0.3)
+    parser.add_argument("--profile", type=Path, help="write each mix's profiled in-process group to PROFILE_<mix>.txt")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     report = run(args)

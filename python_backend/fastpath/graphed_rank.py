@@ -136,8 +136,9 @@ class GraphedRank:
         gap = int(query_ts) - int(hist_ts[-1]) if kv.shape[1] else 0
         return self.rank_many([RankInput(kv, cand_emb, gap)])[0]
 
-    def rank_many(self, requests: Sequence[RankInput]) -> list[torch.Tensor]:
-        """Scores [c_i, T] float32 of each request, all from one graph replay."""
+    def rank_many(self, requests: Sequence[RankInput], to_host: bool = False) -> list[torch.Tensor]:
+        """Scores [c_i, T] float32 of each request, all from one graph replay: on the host with
+        `to_host`, else on the device."""
         cfg = self.fused.model.config
         if not requests:
             raise ValueError("requests: must hold at least one RankInput")
@@ -164,5 +165,7 @@ class GraphedRank:
             host = torch.tensor([lengths, [r.gap_s for r in requests]], dtype=torch.int64)
             buffers.length_gap[:, :batch].copy_(host)
             graph.graph.replay()
-            scores = graph.scores[:batch].clone()
+            # One copy out of the graph's output for the whole batch: on the host when asked
+            # (one D2H and one sync instead of one per request), else on the device.
+            scores = graph.scores[:batch].float().cpu() if to_host else graph.scores[:batch].clone()
         return [scores[b, : counts[b]] for b in range(batch)]

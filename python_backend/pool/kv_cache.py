@@ -16,9 +16,11 @@ the controller's measured view of the neighbouring splits.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from helmrec.pool.kv_ghost import KVGhost
@@ -36,8 +38,9 @@ class HistoryTokens:
     """
 
     def __init__(self, ids: torch.Tensor, ts: torch.Tensor, actions: torch.Tensor) -> None:
-        packed = torch.stack([ids.to(torch.int64), ts.to(torch.int64), actions.to(torch.int64)], dim=1)
-        self._bytes = packed.cpu().numpy().tobytes()
+        # numpy, not torch: on the GPU host each small torch op costs ~10 us, and a group pays this per request.
+        packed = np.stack([_host_int64(ids), _host_int64(ts), _host_int64(actions)], axis=1)
+        self._bytes = packed.tobytes()
         self.length = ids.numel()
 
     def prefix(self, length: int) -> bytes:
@@ -92,12 +95,21 @@ class KVCache:
 
     def read(self, user_id: int, length: int) -> torch.Tensor:
         """Copy the first `length` cached tokens out of the pool as [L, length, W]."""
-        entry = self._entries[user_id]
-        blocks = -(-length // self.tokens_per_page)
-        index = torch.tensor(entry.pages[:blocks], dtype=torch.int64, device=self._pages.device)
-        gathered = self._pages[index]  # [blocks, L, tpp, W]
+        return self.read_many([(user_id, length)])[0]
+
+    def read_many(self, wanted: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
+        """`read` of several (user, length) prefixes: one block table and one gather for all of them."""
+        tpp = self.tokens_per_page
+        blocks = [-(-length // tpp) for _, length in wanted]
+        pages = [page for (user, _), b in zip(wanted, blocks) for page in self._entries[user].pages[:b]]
+        gathered = self._pages[torch.tensor(pages, dtype=torch.int64, device=self._pages.device)]  # [sum blocks, L, tpp, W]
         layers, width = gathered.shape[1], gathered.shape[3]
-        return gathered.permute(1, 0, 2, 3).reshape(layers, blocks * self.tokens_per_page, width)[:, :length]
+        out, start = [], 0
+        for (_, length), b in zip(wanted, blocks):
+            mine = gathered[start : start + b].permute(1, 0, 2, 3).reshape(layers, b * tpp, width)
+            out.append(mine[:, :length])
+            start += b
+        return out
 
     def store(self, user_id: int, kv: torch.Tensor, reused: int, tokens: HistoryTokens) -> int:
         """Cache `kv` [L, n, W] as this user's prefix; returns how many other users were evicted.
@@ -192,6 +204,11 @@ class KVCache:
             self._ghost.evicted(user_id, len(entry.pages), entry)
         else:
             self._ghost.forgotten(user_id)
+
+
+def _host_int64(t: torch.Tensor) -> np.ndarray:
+    """A 1-D id tensor as an int64 host array (zero-copy when it already is one)."""
+    return t.detach().cpu().numpy().astype(np.int64, copy=False)
 
 
 def _reusable(entry: KVEntry, tokens: HistoryTokens) -> bool:

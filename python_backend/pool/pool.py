@@ -183,7 +183,9 @@ class Pool:
             slots = self.emb_cache.lookup(need)
             hit = slots >= 0
             hit_rows = self.emb_cache.gather(slots[hit])
-            prefix_kvs = [self.kv_cache.read(q.user_id, m.length) if m.length else None for q, m in zip(queries, matches)]
+            reused = [(q.user_id, m.length) for q, m in zip(queries, matches) if m.length]
+            prefix_reads = iter(self.kv_cache.read_many(reused) if reused else [])
+            prefix_kvs = [next(prefix_reads) if m.length else None for m in matches]
             self._stats.emb_lookups += need.size
             self._stats.emb_hits += int(hit.sum())
             miss_ids = need[~hit]

@@ -271,7 +271,7 @@ class PooledRanker:
             for lo in range(0, len(members), graphs.rank.max_batch):
                 chunk = members[lo : lo + graphs.rank.max_batch]
                 inputs = [RankInput(kvs[i], found[i].cand_emb, _gap_s(reqs[i])) for i in chunk]
-                for i, s in zip(chunk, graphs.rank.rank_many(inputs)):
+                for i, s in zip(chunk, graphs.rank.rank_many(inputs, to_host=True)):
                     scores[i] = s
         return scores  # type: ignore[return-value]
 

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from helmrec import schema
-from helmrec.load.bench.served import Traffic, user_arrays
+from helmrec.load.bench.served import Traffic, add_traffic_options, first_contact, stage, user_arrays
 
 SUMMARY = "mlperf_log_summary.txt"
 
@@ -112,12 +112,15 @@ def parse_summary(text: str) -> dict:
         return float(match.group(1)) if match else None
 
     verdict = re.search(r"^Result is\s*:\s*(\w+)", text, re.M)
+    # Which of LoadGen's criteria failed (e.g. early stopping needs enough queries to bound the P99).
+    unmet = [m.group(1).strip() for m in re.finditer(r"^\s*(.+?) satisfied\s*:\s*NO", text, re.M)]
     ns = {
         key: number(label)
         for key, label in (("p50_ms", "50.00 percentile latency (ns)"), ("p99_ms", "99.00 percentile latency (ns)"))
     }
     return {
         "result": verdict.group(1) if verdict else "UNKNOWN",
+        "unmet": unmet,
         "achieved_qps": number("Completed samples per second") or number("Scheduled samples per second"),
         **{key: (v / 1e6 if v is not None else None) for key, v in ns.items()},
     }
@@ -129,22 +132,14 @@ def run(args: argparse.Namespace) -> dict:
     except ImportError:
         raise SystemExit("bench-loadgen needs MLPerf LoadGen: pip install 'helmrec[loadgen]' (mlcommons-loadgen)") from None
     from helmrec.launcher import TritonServer  # noqa: PLC0415
-    from helmrec.launcher.repository import stage_repository  # noqa: PLC0415
-    from helmrec.load.bench.served import _first_contact  # noqa: PLC0415
-    from helmrec.serving.network import read_limits  # noqa: PLC0415
 
-    shapes = f"{args.history}x{args.candidates},{args.history + args.grow_room}x{args.candidates}"
-    pool_parameters = {"pool_bytes": str(args.pool_bytes), "page_bytes": str(args.page_bytes), "alpha": str(args.alpha),
-                       "controller": "static", "warmup_shapes": shapes if args.device == "cuda" else ""}  # fmt: skip
     report: dict = {"device": args.device, "preset": args.preset, "history": args.history, "candidates": args.candidates,
                     "mix": args.mix, "latency_bound_ms": args.latency_ms, "seconds": args.seconds, "runs": []}  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        repo = stage_repository(Path(tmp) / "model_repository", args.preset, args.seed, pool_parameters=pool_parameters)
-        limits = read_limits(repo / "hstu" / "1" / "weights.pt")
-        traffic = Traffic(args.history, args.candidates, limits.num_items, args.grow_room, 0.0, 0.0, args.seed)
+        repo, traffic = stage(args, Path(tmp))
         with TritonServer(model_repository=repo, device=args.device, startup_timeout_s=600) as server:
-            _first_contact(server.grpc_url, traffic, args.users)
+            first_contact(server.grpc_url, traffic, args.users)
             for qps in args.qps:
                 t0 = time.perf_counter()
                 row = run_target(
@@ -160,27 +155,19 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--history", type=int, default=32)
-    parser.add_argument("--candidates", type=int, default=16)
-    parser.add_argument("--grow-room", type=int, default=32)
-    parser.add_argument("--users", type=int, default=256)
+    add_traffic_options(parser)
     parser.add_argument("--mix", choices=("hit", "grow"), default="grow")
     parser.add_argument("--qps", type=float, nargs="+", default=[20.0, 40.0])
     parser.add_argument("--latency-ms", type=float, default=80.0, help="the P99 bound LoadGen judges (MLPerf DLRMv3 Server: 80)")
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--pool-bytes", type=int, default=256 * 2**20)
-    parser.add_argument("--page-bytes", type=int, default=1 << 20)
-    parser.add_argument("--alpha", type=float, default=0.3)
     parser.add_argument("--out", type=Path, default=Path("out/loadgen"))
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     report = run(args)
     for r in report["runs"]:
         print(f"target {r['target_qps']:>8.0f} QPS: {r['result']:<8} achieved {r['achieved_qps'] or 0:>8.1f}  "
-              f"P50 {r['p50_ms'] or 0:>7.2f} ms  P99 {r['p99_ms'] or 0:>7.2f} ms  errors {r['errors']}")  # fmt: skip
+              f"P50 {r['p50_ms'] or 0:>7.2f} ms  P99 {r['p99_ms'] or 0:>7.2f} ms  errors {r['errors']}  "
+              f"unmet: {', '.join(r['unmet']) or '-'}")  # fmt: skip
     print(f"largest VALID Server QPS at P99 <= {args.latency_ms:g} ms: {report['max_valid_qps']}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -218,27 +218,46 @@ def in_process_ceiling(
             "group_p50_ms": statistics.median(lat), "group_p99_ms": float(np.percentile(lat, 99))}  # fmt: skip
 
 
-def run(args: argparse.Namespace) -> dict:
-    from helmrec.launcher import TritonServer  # noqa: PLC0415
+def add_traffic_options(parser: argparse.ArgumentParser) -> None:
+    """The node and the users every load bench of `hstu_ensemble` shares (bench-served, bench-loadgen)."""
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--history", type=int, default=32, help="events of each user's history at the start")
+    parser.add_argument("--candidates", type=int, default=16)
+    parser.add_argument("--grow-room", type=int, default=32, help="events a user may gain over the run")
+    parser.add_argument("--users", type=int, default=256)
+    parser.add_argument("--pool-bytes", type=int, default=256 * 2**20)
+    parser.add_argument("--page-bytes", type=int, default=1 << 20)
+    parser.add_argument("--alpha", type=float, default=0.3)
+
+
+def stage(args: argparse.Namespace, folder: Path, miss_share: float = 0.0, hit_share: float = 0.0) -> tuple[Path, Traffic]:
+    """A model repository for `args` (static alpha; on a GPU the graphs of the run's two history
+    buckets are captured at load) and the traffic its users send."""
     from helmrec.launcher.repository import stage_repository  # noqa: PLC0415
     from helmrec.serving.network import read_limits  # noqa: PLC0415
 
     shapes = f"{args.history}x{args.candidates},{args.history + args.grow_room}x{args.candidates}"
     pool_parameters = {"pool_bytes": str(args.pool_bytes), "page_bytes": str(args.page_bytes), "alpha": str(args.alpha),
                        "controller": "static", "warmup_shapes": shapes if args.device == "cuda" else ""}  # fmt: skip
+    repo = stage_repository(folder / "model_repository", args.preset, args.seed, pool_parameters=pool_parameters)
+    limits = read_limits(repo / "hstu" / "1" / "weights.pt")
+    if args.history + args.grow_room > limits.max_seq_len:
+        raise SystemExit(
+            f"--history {args.history} + --grow-room {args.grow_room} exceed the preset's max history {limits.max_seq_len}"
+        )
+    return repo, Traffic(args.history, args.candidates, limits.num_items, args.grow_room, miss_share, hit_share, args.seed)
+
+
+def run(args: argparse.Namespace) -> dict:
+    from helmrec.launcher import TritonServer  # noqa: PLC0415
+
     report: dict = {"device": args.device, "preset": args.preset, "history": args.history, "candidates": args.candidates,
                     "users": args.users, "processes": args.processes, "seconds": args.seconds,
                     "served": [], "ceiling": []}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
-        repo = stage_repository(Path(tmp) / "model_repository", args.preset, args.seed, pool_parameters=pool_parameters)
-        limits = read_limits(repo / "hstu" / "1" / "weights.pt")
-        traffic = Traffic(
-            args.history, args.candidates, limits.num_items, args.grow_room, args.miss_share, args.hit_share, args.seed
-        )
-        if args.history + args.grow_room > limits.max_seq_len:
-            raise SystemExit(
-                f"--history {args.history} + --grow-room {args.grow_room} exceed the preset's max history {limits.max_seq_len}"
-            )
+        repo, traffic = stage(args, Path(tmp), args.miss_share, args.hit_share)
         t0 = time.perf_counter()
         with TritonServer(model_repository=repo, device=args.device, startup_timeout_s=600) as server, \
                 mp.get_context("spawn").Pool(args.processes) as pool:  # fmt: skip
@@ -248,7 +267,7 @@ def run(args: argparse.Namespace) -> dict:
             report["warm_requests"] = warm["requests"]
             for u in range(args.users):  # first contact of every user: a prefill, outside the measurement
                 lengths[u] = args.history
-            _first_contact(server.grpc_url, traffic, args.users)
+            first_contact(server.grpc_url, traffic, args.users)
             for mix in args.mix:
                 for c in args.concurrency:
                     row = closed_loop(pool, server.grpc_url, traffic, mix, c, args.processes, lengths, args.seconds)
@@ -265,7 +284,7 @@ def run(args: argparse.Namespace) -> dict:
     return report
 
 
-def _first_contact(url: str, traffic: Traffic, users: int) -> None:
+def first_contact(url: str, traffic: Traffic, users: int) -> None:
     """Every user's first request (a full prefill), so that measured `hit`/`grow` requests find their KV."""
     import tritonclient.grpc as grpcclient  # noqa: PLC0415
 
@@ -291,13 +310,7 @@ def print_table(report: dict) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--history", type=int, default=32)
-    parser.add_argument("--candidates", type=int, default=16)
-    parser.add_argument("--grow-room", type=int, default=32, help="events a user may gain over the run (default 64)")
-    parser.add_argument("--users", type=int, default=256)
+    add_traffic_options(parser)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--processes", type=int, default=2, help="load-generator processes")
     parser.add_argument("--mix", nargs="+", choices=MIXES, default=list(MIXES))
@@ -305,9 +318,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--hit-share", type=float, default=0.3, help="`mixed`: share of exact repeats")
     parser.add_argument("--seconds", type=float, default=5.0, help="per closed-loop row")
     parser.add_argument("--group", type=int, default=32, help="requests per rank_many group of the in-process ceiling")
-    parser.add_argument("--pool-bytes", type=int, default=256 * 2**20)
-    parser.add_argument("--page-bytes", type=int, default=1 << 20)
-    parser.add_argument("--alpha", type=float, default=0.3)
     parser.add_argument("--profile", type=Path, help="write each mix's profiled in-process group to PROFILE_<mix>.txt")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)

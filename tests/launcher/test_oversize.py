@@ -18,6 +18,7 @@ from tritonclient.utils import InferenceServerException
 
 from helmrec.launcher import TritonServer, orphans
 from helmrec.load.client import infer_inputs
+from tests.launcher.test_faults import group_members
 
 pytestmark = pytest.mark.e2e
 OVERSIZE_TOKENS = 10_000_000  # int64 ids and timestamps, int32 actions: 20 bytes a token, ~200 MB
@@ -32,17 +33,8 @@ def rss_mb(pid: int) -> float:
 
 
 def stubs(pgid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or entry.name == str(pgid):
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            found.append(int(entry.name))
-    return found
+    """The live Python-backend stubs of the server whose process group is `pgid`."""
+    return sorted(group_members(pgid) - {pgid})
 
 
 def memory(server: TritonServer) -> tuple[float, float, float]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -64,7 +63,6 @@ class PoolLookup:
     suffix_emb: torch.Tensor  # [n - prefix_len, D] rows of the history not covered by the prefix
     cand_emb: torch.Tensor  # [c, D]
     miss_ids: np.ndarray  # ids gathered from the host table (queued for admission at commit)
-    lookup_s: float
     # Would the KV prefix have been reused with PoolConfig.counterfactual_share of the pool more / less for KV?
     kv_hit_more: bool
     kv_hit_less: bool
@@ -173,7 +171,6 @@ class Pool:
         (the only critical-path H2D copy). A user must not appear twice in one group:
         its second request would not see the first one's commit.
         """
-        start = time.perf_counter()
         with self.lock:
             matches = [self.kv_cache.match(q.user_id, q.tokens) for q in queries]
             parts = [
@@ -201,7 +198,6 @@ class Pool:
                 emb = torch.empty(need.size, self.host_table.width, dtype=self.host_table.dtype, device=self.device)
                 emb.index_copy_(0, torch.from_numpy(np.flatnonzero(hit)).to(self.device), hit_rows)
                 emb.index_copy_(0, torch.from_numpy(np.flatnonzero(~hit)).to(self.device), miss_rows)
-        lookup_s = (time.perf_counter() - start) / len(queries)
         out, offset, miss_offset = [], 0, 0
         misses_before = np.concatenate([[0], np.cumsum(~hit)])
         for q, m, part, prefix_kv in zip(queries, matches, parts, prefix_kvs):
@@ -214,7 +210,6 @@ class Pool:
                     suffix_emb=emb[offset : offset + suffix],
                     cand_emb=emb[offset + suffix : end],
                     miss_ids=miss_ids[miss_offset:miss_end],
-                    lookup_s=lookup_s,
                     kv_hit_more=m.hit_more,
                     kv_hit_less=m.hit_less,
                 )
@@ -243,7 +238,6 @@ class Pool:
                 if lookup.prefix_len:
                     stats.kv_hits += 1
                     stats.kv_partial_hits += int(lookup.prefix_len < tokens.length)
-                stats.lookup_s += lookup.lookup_s
 
     # -- background ----------------------------------------------------------------------------------
     def background_step(self, budget_bytes: int) -> int:

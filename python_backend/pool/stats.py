@@ -44,7 +44,6 @@ class PoolStats:
     kv_cached_users: int
     h2d_critical_bytes: int
     h2d_background_bytes: int
-    lookup_s: float
     alpha: float
     target_alpha: float
 
@@ -98,7 +97,6 @@ class StatsRecorder:
         self.kv_evictions = 0
         self.h2d_critical_bytes = 0
         self.h2d_background_bytes = 0
-        self.lookup_s = 0.0
         self.window_users: set[int] = set()
 
     def record_request(self, user_id: int, history_len: int) -> None:
@@ -135,7 +133,6 @@ class StatsRecorder:
             kv_cached_users=kv_cached_users,
             h2d_critical_bytes=self.h2d_critical_bytes,
             h2d_background_bytes=self.h2d_background_bytes,
-            lookup_s=self.lookup_s,
             alpha=alpha,
             target_alpha=target_alpha,
         )

@@ -10,7 +10,7 @@ def _stats(**over):
         kv_requests=10, kv_hits=6, kv_partial_hits=2, kv_hits_more=7, kv_hits_less=5, kv_tokens=200, kv_hit_tokens=150,
         emb_evictions=5,
         kv_evictions=1, emb_pages=30, kv_pages=70, kv_cached_users=12, h2d_critical_bytes=4096,
-        h2d_background_bytes=8192, lookup_s=0.002, alpha=0.3, target_alpha=0.5,
+        h2d_background_bytes=8192, alpha=0.3, target_alpha=0.5,
     )
     base.update(over)
     return PoolStats(**base)

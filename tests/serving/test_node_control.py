@@ -20,7 +20,7 @@ def window(alpha: float = 0.5, requests: int = 20) -> PoolStats:
         emb_lookups=400, emb_hits=300, kv_requests=requests, kv_hits=requests // 2, kv_partial_hits=0,
         kv_hits_more=requests // 2 + requests // 5, kv_hits_less=requests // 4, kv_tokens=1000, kv_hit_tokens=600,
         emb_evictions=0, kv_evictions=0, emb_pages=10, kv_pages=10, kv_cached_users=7, h2d_critical_bytes=0,
-        h2d_background_bytes=0, lookup_s=0.001, alpha=alpha, target_alpha=alpha,
+        h2d_background_bytes=0, alpha=alpha, target_alpha=alpha,
     )
 
 

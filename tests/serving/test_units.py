@@ -98,7 +98,7 @@ def window(**overrides: float) -> PoolStats:
         kv_requests=20, kv_hits=10, kv_partial_hits=4, kv_hits_more=13, kv_hits_less=8, kv_tokens=1000, kv_hit_tokens=600,
         emb_evictions=0,
         kv_evictions=0, emb_pages=10, kv_pages=10, kv_cached_users=7, h2d_critical_bytes=0,
-        h2d_background_bytes=0, lookup_s=0.001, alpha=0.5, target_alpha=0.5,
+        h2d_background_bytes=0, alpha=0.5, target_alpha=0.5,
     )
     base.update(overrides)
     return PoolStats(**base)

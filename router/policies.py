@@ -6,9 +6,11 @@ simulator reuses these classes unchanged. The caller owns the backend state:
 after `choose` it calls `backend.admit(request)` and `policy.on_placed(...)`,
 after the answer `backend.release()` and `policy.on_done(...)`.
 
-Baselines: `round_robin`, `least_loaded`, `kv_aware` (go where the user's prefix
-is), `emb_aware` (go where the candidates are hot). `helm` scores all three
-signals jointly and guards against overrunning a hot node.
+Baselines: `round_robin`, `least_loaded`, `kv_aware` (the user's rendezvous
+home, where its prefix is), `emb_aware` (go where the candidates are hot).
+`helm` keeps the user home and guards against overrunning a hot node. `kv_aware`
+and `helm` decide from what every router replica shares (user id, backend
+addresses, health, scraped queues), so replicas agree without talking.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from helmrec.router.rendezvous import home_order
 from helmrec.router.state import BackendState, RouteRequest
 
 
@@ -102,10 +105,12 @@ class LeastLoaded(_Policy):
 
 
 class KVAware(_Policy):
-    """Where the longest prefix of the user's history is resident; least loaded otherwise.
+    """The user's rendezvous home; its next choice only when the home is down or full.
 
-    No load guard: a popular user's node takes all of that user's traffic, which
-    is exactly the weakness `helm` fixes.
+    Every replica computes the same home (see `rendezvous`), so a user's prefix
+    stays on one backend however many routers share the traffic. No load guard:
+    a popular user's node takes all of that user's traffic, which is exactly the
+    weakness `helm` fixes.
     """
 
     name = "kv_aware"
@@ -114,8 +119,7 @@ class KVAware(_Policy):
         room = backends_with_room(backends)
         if request.user_id is None:
             return self._best(room, len(backends), lambda i: -backends[i].load)
-        user, n = request.user_id, request.history_len
-        return self._best(room, len(backends), lambda i: (backends[i].kv.cached_len(user, n), -backends[i].load))
+        return next(i for i in home_order(request.user_id, [b.name for b in backends]) if backends[i].has_room)
 
 
 class EMBAware(_Policy):
@@ -130,83 +134,47 @@ class EMBAware(_Policy):
 
 
 @dataclass(frozen=True)
-class HelmWeights:
-    """How `helm` trades the three signals.
+class LoadGuard:
+    """How far a user's home may run ahead of the least-loaded backend before `helm` spills.
 
-    Score = kv * (share of the history resident) + emb * (share of candidates hot)
-            - load * (requests above the least-loaded backend) / (guard_slack + 1)
-            + homes * (share by which the backend's users fall short of the mean),
-    the last term only for a request whose user has a prefix nowhere (a new user).
-    With these defaults a resident prefix outweighs up to `guard_slack` extra
-    queued requests, and the guard then forbids the node outright, so a hot
-    user's node is never overrun; EMB locality decides among nodes without the
-    user's prefix (new users) and breaks near-ties.
-
-    The homes term is load over a longer horizon than requests in flight: the
-    users homed on a backend bring their next requests there. A backend that
-    restarts has none (its record is cleared: its caches are gone) and a cold
-    EMB sketch; with homes > emb its empty home count outweighs the others' hot
-    candidates, so new users flow to it until it holds 1 - emb/homes (20%) of
-    the mean, by which time its sketch has warmed on their candidates. In a
-    balanced cluster the shortfalls are a few percent and EMB locality decides.
+    A backend with more than `slack` requests above the least-loaded backend
+    with room is skipped for the user's next rendezvous choice. Load is the
+    larger of the backend's own queue report (scraped by every replica, so the
+    same everywhere) and this router's requests in flight there.
     """
 
-    kv: float = 1.0
-    emb: float = 0.4
-    load: float = 0.5
-    homes: float = 0.5
-    # A backend with more than this many requests above the least-loaded
-    # eligible backend is skipped, whatever its cache score.
-    guard_slack: int = 4
+    slack: int = 4
 
     def __post_init__(self) -> None:
-        for name in ("kv", "emb", "load", "homes"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"HelmWeights.{name} must be >= 0, got {getattr(self, name)}")
-        if self.guard_slack < 0:
-            raise ValueError(f"HelmWeights.guard_slack must be >= 0, got {self.guard_slack}")
+        if self.slack < 0:
+            raise ValueError(f"LoadGuard.slack must be >= 0, got {self.slack}")
 
 
 class Helm(_Policy):
-    """Joint KV residency + EMB locality + load score with a load guard."""
+    """The user's rendezvous home, guarded: a home overrun spills to the user's next choice.
+
+    Decisions read only what every replica shares: the user id, the backend
+    addresses, health, and the backends' reported queues (plus this router's
+    in-flight count, which only matters once a home is already overrun). So N
+    replicas that never talk keep each user's prefix on one backend, and a
+    spill lands on the same second choice in all of them. A backend that
+    restarts gets its own users back at once (their prefixes are gone
+    everywhere else too: they were only ever on it) and its share of new ones.
+    """
 
     name = "helm"
 
-    def __init__(self, weights: HelmWeights = HelmWeights()) -> None:
+    def __init__(self, guard: LoadGuard = LoadGuard()) -> None:
         super().__init__()
-        self.weights = weights
+        self.guard = guard
 
     def choose(self, request: RouteRequest, backends: Sequence[BackendState]) -> int:
-        w = self.weights
         room = backends_with_room(backends)
-        loads = {i: backends[i].load for i in room}
-        floor = min(loads.values())
-        user, n = request.user_id, request.history_len
-        # KV, load and homes terms first (dictionary lookups); the EMB term (a numpy
-        # gather) can add at most w.emb, so it is only computed for backends
-        # within w.emb of the best partial score: usually just the user's home.
-        eligible = [i for i, load in loads.items() if load - floor <= w.guard_slack]
-        kv = {i: backends[i].kv.fraction(user, n) if user is not None else 0.0 for i in eligible}
-        homes = self._home_shortfall(eligible, backends) if w.homes and not any(kv.values()) else {}
-        partial = {
-            i: w.kv * kv[i] - w.load * (loads[i] - floor) / (w.guard_slack + 1) + w.homes * homes.get(i, 0.0)
-            for i in eligible
-        }
-        cut = max(partial.values()) - w.emb
-        slots = request.item_slots
-        score = {
-            i: s + w.emb * backends[i].emb.hot_share(slots) if w.emb and s >= cut else s for i, s in partial.items()
-        }
-        return self._best(list(score), len(backends), score.__getitem__)
-
-    @staticmethod
-    def _home_shortfall(eligible: list[int], backends: Sequence[BackendState]) -> dict[int, float]:
-        """Per backend, the share (0..1) by which its homed users fall short of the eligible mean."""
-        counts = {i: len(backends[i].kv) for i in eligible}
-        mean = sum(counts.values()) / len(counts)
-        if mean == 0:
-            return {}
-        return {i: max(0.0, 1.0 - c / mean) for i, c in counts.items()}
+        if request.user_id is None:
+            return self._best(room, len(backends), lambda i: -backends[i].load)
+        ceiling = min(backends[i].load for i in room) + self.guard.slack
+        order = home_order(request.user_id, [b.name for b in backends])
+        return next(i for i in order if backends[i].has_room and backends[i].load <= ceiling)
 
 
 POLICY_CLASSES: dict[str, type[_Policy]] = {

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -226,55 +226,32 @@ class PooledRanker:
         replay per rank bucket, and one commit pass.
         """
         results: list[torch.Tensor | ValueError | None] = [None] * len(requests)
-
-        def keep(i: int, result: torch.Tensor | ValueError) -> None:
-            results[i] = result
-
-        self.rank_each(requests, keep)
-        return results  # type: ignore[return-value] - rank_each answers every request
-
-    def rank_each(
-        self, requests: Sequence[RankRequest | schema.ValidRequest], answer: Callable[[int, torch.Tensor | ValueError], None]
-    ) -> None:
-        """`rank_many`, answering `answer(i, result)` for each request as soon as its result
-        exists: within a round the full KV hits are ranked and answered before the extends
-        and prefills of the round run, so a hit never waits for a long prefill in its group."""
         valid: dict[int, RankRequest] = {}
         for i, req in enumerate(requests):
             try:
                 valid[i] = _on_host(req if isinstance(req, schema.ValidRequest) else req.validated(self.limits))
             except schema.RequestError as exc:
-                answer(i, exc)
+                results[i] = exc
         users = [valid[i].user_id if i in valid else -1 for i in range(len(requests))]
         for members in _rounds(list(valid), users):
-            self._rank_round([valid[i] for i in members], lambda k, scores, members=members: answer(members[k], scores))
+            for i, scores in zip(members, self._rank_round([valid[i] for i in members])):
+                results[i] = scores
+        return results  # type: ignore[return-value]
 
-    def _rank_round(self, reqs: list[RankRequest], answer: Callable[[int, torch.Tensor], None]) -> None:
+    def _rank_round(self, reqs: list[RankRequest]) -> list[torch.Tensor]:
         dev = self._device
         tokens = [HistoryTokens(r.hist_ids, r.hist_ts, r.hist_actions) for r in reqs]
         with torch.inference_mode():
             found = self.pool.lookup_many([LookupQuery(r.user_id, t, r.hist_ids, r.cand_ids) for r, t in zip(reqs, tokens)])
-            kvs: list[torch.Tensor | None] = [
-                f.prefix_kv if f.prefix_len == tok.length and f.prefix_kv is not None else None  # full hit: no history to compute
-                for tok, f in zip(tokens, found)
-            ]
-            hits = [k for k, kv in enumerate(kvs) if kv is not None]
-            rest = [k for k, kv in enumerate(kvs) if kv is None]
-            self._answer_part(hits, reqs, kvs, found, answer)  # before any extend or prefill is queued
-            for k in rest:
-                req, f = reqs[k], found[k]
-                kvs[k] = self._history_kv(f, req.hist_ts.to(dev), req.hist_actions[f.prefix_len :].to(dev))
-            self._answer_part(rest, reqs, kvs, found, answer)
+            kvs = []
+            for req, tok, f in zip(reqs, tokens, found):
+                if f.prefix_len == tok.length and f.prefix_kv is not None:
+                    kvs.append(f.prefix_kv)  # full hit: nothing to compute for the history
+                else:
+                    kvs.append(self._history_kv(f, req.hist_ts.to(dev), req.hist_actions[f.prefix_len :].to(dev)))
+            scores = self._rank_scores(reqs, kvs, found)
             self.pool.commit_many([(r.user_id, t, f, kv) for r, t, f, kv in zip(reqs, tokens, found, kvs)])
-
-    def _answer_part(
-        self, part: list[int], reqs: list[RankRequest], kvs: list, found: list[PoolLookup], answer: Callable
-    ) -> None:
-        """Rank the requests `part` indexes and answer each; nothing to do for an empty part."""
-        if part:
-            scores = self._rank_scores([reqs[k] for k in part], [kvs[k] for k in part], [found[k] for k in part])
-            for k, s in zip(part, scores):
-                answer(k, s.float().cpu())
+            return [s.float().cpu() for s in scores]
 
     def _rank_scores(self, reqs: list[RankRequest], kvs: list[torch.Tensor], found: list[PoolLookup]) -> list[torch.Tensor]:
         """Scores of each request: one graph replay per (history, candidates) bucket of at most

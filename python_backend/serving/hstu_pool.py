@@ -20,7 +20,6 @@ uncached, since the engine takes whole histories.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -112,54 +111,42 @@ class TritonPythonModel:
         )
         self.control.start()
 
-    def execute(self, requests: list[Any]) -> None:
-        """One final response per request, sent through its response sender as soon as it
-        exists. Triton's dynamic batcher hands over every request waiting (each `[1, n]`,
-        `allow_ragged_batch`); a bad one gets its own INVALID_ARG at once, and the rest are
-        ranked as one group whose KV hits are answered before its extends and prefills run."""
-        senders = [request.get_response_sender() for request in requests]
-        answered: set[int] = set()
-
-        def answer(i: int, response: Any) -> None:
-            answered.add(i)
-            senders[i].send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-
+    def execute(self, requests: list[Any]) -> list[Any]:
+        """One response per request, in order. Triton's dynamic batcher hands over every request
+        waiting in the queue (each `[1, n]`, `allow_ragged_batch`); a bad one gets its own
+        INVALID_ARG and the rest are ranked together as one group."""
+        out: list[Any] = [None] * len(requests)
         valid: list[tuple[int, schema.ValidRequest]] = []
         for i, request in enumerate(requests):
             try:
                 valid.append((i, schema.validate(_unbatched(input_arrays(request, schema.PUBLIC_INPUTS)), self.limits)))
             except schema.RequestError as exc:
-                answer(i, error_response(str(exc)))
-        try:
-            if self.mode == "bls":
-                for i, req in valid:
-                    answer(i, self._bls(req))
-            elif valid:
-                self._rank(valid, answer)
-        except Exception as exc:  # noqa: BLE001 - nothing is lost: every unanswered request hears of it
-            failure = error_response(f"hstu_pool: {exc!r}", pb_utils.TritonError.INTERNAL)
-            for i, _ in valid:
-                if i not in answered:
-                    answer(i, failure)
-        return None
+                out[i] = error_response(str(exc))
+        if self.mode == "bls":
+            for i, req in valid:
+                out[i] = self._bls(req)
+        elif valid:
+            for (i, _), response in zip(valid, self._rank([req for _, req in valid])):
+                out[i] = response
+        return out
 
-    def _rank(self, valid: list[tuple[int, schema.ValidRequest]], answer: Callable[[int, Any], None]) -> None:
-        """Valid requests through the pool as one group, each answered when its scores exist;
-        a failure of the node's own machinery fails them loudly."""
+    def _rank(self, reqs: list[schema.ValidRequest]) -> list[Any]:
+        """Valid requests through the pool as one group; a failure of the node's own machinery fails loudly."""
         for failed in (self.control.error, self.ranker.background_error):
             if failed is not None:
-                raise RuntimeError(f"node control stopped: {failed!r}")
+                error = error_response(f"hstu_pool: node control stopped: {failed!r}", pb_utils.TritonError.INTERNAL)
+                return [error] * len(reqs)
         t0 = time.perf_counter()
-
-        def scored(k: int, result: torch.Tensor | ValueError) -> None:
-            self.service_times.record((time.perf_counter() - t0) * 1e3)
-            if isinstance(result, ValueError):  # a rule of the pool's own that schema does not state
-                answer(valid[k][0], error_response(f"hstu_pool: {result}"))
-            else:
-                scores = output_tensor(schema.SCORES, result.unsqueeze(0))
-                answer(valid[k][0], pb_utils.InferenceResponse(output_tensors=[scores]))
-
-        self.ranker.rank_each([req for _, req in valid], scored)
+        results = self.ranker.rank_many(reqs)
+        group_ms = (time.perf_counter() - t0) * 1e3
+        for _ in reqs:  # each request of the group waited for all of it
+            self.service_times.record(group_ms)
+        return [
+            error_response(f"hstu_pool: {r}")  # a rule of the pool's own that schema does not state
+            if isinstance(r, ValueError)
+            else pb_utils.InferenceResponse(output_tensors=[output_tensor(schema.SCORES, r.unsqueeze(0))])
+            for r in results
+        ]
 
     def _bls(self, req: schema.ValidRequest) -> Any:
         """Forward the valid request to the `hstu` model and relay its answer or error."""

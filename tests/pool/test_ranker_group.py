@@ -132,21 +132,3 @@ def test_group_serves_repeated_users_in_order() -> None:
         torch.testing.assert_close(b, _reference(model, second), atol=ATOL, rtol=0)
         stats = ranker.stats()
         assert stats.kv_requests == 2 and stats.kv_hits == 1  # the second reused the first's 12 tokens
-
-
-def test_hits_are_answered_before_the_extends_and_prefills_of_their_group() -> None:
-    """A group's full KV hits leave first, so a hit never waits for a long prefill beside it."""
-    model = MODELS["production"]
-    with PooledRanker(model, PoolConfig(64 * 1024, 1024, 0.3, 1e6, 2), background_interval_s=None) as ranker:
-        gen = torch.Generator().manual_seed(2)
-        ids, ts, acts = _events(gen, 20, 1_000_000)
-        cands = torch.randint(0, TINY.num_items, (4,), generator=gen)
-
-        def request(user: int, n: int) -> RankRequest:
-            return RankRequest(user, ids[:n], ts[:n], acts[:n], cands, int(ts[n - 1]) + 60)
-
-        ranker.rank_many([request(1, 10), request(2, 10)])  # users 1 and 2 now have cached prefixes
-        group = [request(3, 20), request(2, 16), request(1, 10), request(4, 12)]  # prefill, extend, hit, prefill
-        order: list[int] = []
-        ranker.rank_each(group, lambda i, result: order.append(i))
-        assert order[0] == 2 and sorted(order) == [0, 1, 2, 3]

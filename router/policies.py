@@ -140,14 +140,25 @@ class LoadGuard:
     A backend with more than `slack` requests above the least-loaded backend
     with room is skipped for the user's next rendezvous choice. Load is the
     larger of the backend's own queue report (scraped by every replica, so the
-    same everywhere) and this router's requests in flight there.
+    same everywhere, but as old as the last scrape) and this router's requests
+    in flight there times `replicas`: with traffic dealt evenly over R routers
+    each sees about 1/R of a backend's in-flight requests, and without the
+    factor the guard would trip only at R times the imbalance (in the cluster
+    simulator, 3 replicas without it: P99 16 ms against one router's 3 ms).
     """
 
     slack: int = 4
+    replicas: int = 1
 
     def __post_init__(self) -> None:
         if self.slack < 0:
             raise ValueError(f"LoadGuard.slack must be >= 0, got {self.slack}")
+        if self.replicas < 1:
+            raise ValueError(f"LoadGuard.replicas must be >= 1, got {self.replicas}")
+
+    def load(self, backend: BackendState) -> float:
+        """The backend's requests as every replica together would count them."""
+        return max(float(backend.in_flight * self.replicas), backend.queue_depth)
 
 
 class Helm(_Policy):
@@ -172,9 +183,10 @@ class Helm(_Policy):
         room = backends_with_room(backends)
         if request.user_id is None:
             return self._best(room, len(backends), lambda i: -backends[i].load)
-        ceiling = min(backends[i].load for i in room) + self.guard.slack
+        load = self.guard.load
+        ceiling = min(load(backends[i]) for i in room) + self.guard.slack
         order = home_order(request.user_id, [b.name for b in backends])
-        return next(i for i in order if backends[i].has_room and backends[i].load <= ceiling)
+        return next(i for i in order if backends[i].has_room and load(backends[i]) <= ceiling)
 
 
 POLICY_CLASSES: dict[str, type[_Policy]] = {
@@ -182,8 +194,10 @@ POLICY_CLASSES: dict[str, type[_Policy]] = {
 }
 
 
-def make_policy(name: str) -> RoutingPolicy:
-    """A fresh policy object by its CLI name."""
+def make_policy(name: str, replicas: int = 1) -> RoutingPolicy:
+    """A fresh policy object by its CLI name, for one of `replicas` routers sharing the traffic evenly."""
+    if name == Helm.name:
+        return Helm(LoadGuard(replicas=replicas))
     try:
         return POLICY_CLASSES[name]()
     except KeyError:

@@ -10,6 +10,13 @@ does), and the node's controller decides the next alpha from the window's
 `Observation`. The routing policy objects and `BackendState`s are the ones
 `helmrec route` uses, unchanged.
 
+Replicas: with `replicas=R` the trace is dealt round-robin to R independent
+routers (as a TCP balancer in front of `helmrec route --workers R` would),
+each with its own policy object and its own `BackendState`s; every replica
+scrapes the same node reports, and a completion is released on the replica
+that placed it. The nodes' KV hits are the truth that the replicas' agreement
+(or not) produces.
+
 Candidates: the router's EMB sketch reads at most 64 evenly strided candidate
 ids of a request (`helmrec.router.emb_locality.sample`). The simulator hands it 64 ids
 drawn from the trace's own item law (`item_cdf`, `item_of_rank`) for each
@@ -61,15 +68,23 @@ def routing_candidates(trace: Trace, start: int, stop: int, seed: int) -> np.nda
     return trace.item_of_rank[rank].reshape(stop - start, MAX_SAMPLED_ITEMS)
 
 
-def simulate(trace: Trace, config: SimConfig, router: str, make_decider: Callable[[], Decider]) -> RunResult:
-    """Run `trace` through `config.nodes` nodes routed by policy `router`, one fresh decider per node."""
+def simulate(
+    trace: Trace, config: SimConfig, router: str, make_decider: Callable[[], Decider], replicas: int = 1
+) -> RunResult:
+    """Run `trace` through `config.nodes` nodes routed by policy `router` in `replicas` independent
+    routers (request i to replica i mod replicas), one fresh decider per node."""
+    if replicas < 1:
+        raise ValueError(f"simulate: replicas must be >= 1, got {replicas}")
     started = time.perf_counter()
     n = len(trace)
     num_nodes = config.nodes
     interval = config.interval_s
     nodes = [SimNode(config, trace.item_cdf, trace.config.candidates, config.start_alpha) for _ in range(num_nodes)]
-    backends = [BackendState(name=f"node{j}", max_in_flight=config.max_in_flight) for j in range(num_nodes)]
-    policy = make_policy(router)
+    states = [
+        [BackendState(name=f"node{j}", max_in_flight=config.max_in_flight) for j in range(num_nodes)]
+        for _ in range(replicas)
+    ]
+    policies = [make_policy(router, replicas) for _ in range(replicas)]
     deciders = [make_decider() for _ in range(num_nodes)]
     windows = int(round(trace.config.duration_s / interval))
     alpha = np.zeros((windows, num_nodes))
@@ -85,9 +100,9 @@ def simulate(trace: Trace, config: SimConfig, router: str, make_decider: Callabl
 
     def deliver(until: float) -> None:
         while heap and heap[0][0] <= until:
-            _, _, j, req = heapq.heappop(heap)
-            backends[j].release()
-            policy.on_done(req, j, True, backends)
+            _, i, j, req = heapq.heappop(heap)
+            states[i % replicas][j].release()
+            policies[i % replicas].on_done(req, j, True, states[i % replicas])
 
     def tick(k: int) -> None:
         """Close window k-1 at time k * interval on every node; set alphas for window k."""
@@ -95,10 +110,11 @@ def simulate(trace: Trace, config: SimConfig, router: str, make_decider: Callabl
         deliver(now)
         for j, node in enumerate(nodes):
             obs = node.observation(now, interval)
-            b = backends[j]
-            b.alpha = node.pool.alpha
-            b.queue_depth = obs.queue_depth
-            b.kv.observe_backend(float(node.pool.cached_users), float(node.pool.kv_evictions_total))
+            for replica in states:  # every replica scrapes the same report
+                b = replica[j]
+                b.alpha = node.pool.alpha
+                b.queue_depth = obs.queue_depth
+                b.kv.observe_backend(float(node.pool.cached_users), float(node.pool.kv_evictions_total))
             a = float(deciders[j].decide(obs))
             node.pool.set_alpha(a, now)
             if k < windows:
@@ -118,6 +134,7 @@ def simulate(trace: Trace, config: SimConfig, router: str, make_decider: Callabl
             next_k += 1
         deliver(t)
         req = RouteRequest(user_id=users[i], history_len=hist[i], candidates=cands[i % _CHUNK])
+        policy, backends = policies[i % replicas], states[i % replicas]
         try:
             j = policy.choose(req, backends)
         except AllBackendsBusy:

@@ -85,6 +85,11 @@ def test_helm_keeps_a_user_home_until_the_load_guard_trips_then_spills_to_its_ne
     backends[order[0]].in_flight = 0
     backends[order[0]].queue_depth = guard.slack + 1.0
     assert policy.choose(RouteRequest(user_id=1, history_len=21), backends) == order[1]
+    # One of 3 replicas sees about a third of the backend's in-flight requests and counts them so.
+    backends[order[0]].queue_depth = 0.0
+    backends[order[0]].in_flight = 1
+    assert Helm(LoadGuard(slack=2, replicas=3)).choose(RouteRequest(user_id=1, history_len=22), backends) == order[1]
+    assert policy.choose(RouteRequest(user_id=1, history_len=22), backends) == order[0]
 
 
 @pytest.mark.parametrize("name", ["kv_aware", "helm"])
@@ -134,6 +139,8 @@ def test_unknown_policy_name_is_refused() -> None:
         make_policy("random")
     with pytest.raises(ValueError, match="LoadGuard.slack"):
         LoadGuard(slack=-1)
+    with pytest.raises(ValueError, match="LoadGuard.replicas"):
+        LoadGuard(replicas=0)
 
 
 @settings(max_examples=60, deadline=None)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 
 from helmrec.router.config import POLICIES, PUBLIC_MODELS, BackendAddress, ConfigError, RouterConfig
 from helmrec.router.limits import MAX_CANDIDATES, MAX_HISTORY_LEN, request_bytes_bound
 from helmrec.router.server import RouterServer
+from helmrec.router.workers import serve_workers
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,6 +24,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a Triton instance (repeat for each); http= lets HTTP clients reach it, metrics= feeds routing",
     )
     parser.add_argument("--policy", choices=POLICIES, default="helm")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="router processes sharing the gRPC and HTTP ports (SO_REUSEPORT); worker k's own metrics "
+        "are on --metrics-port + k; a worker that dies stops them all (exit 1)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--http-port", type=int, default=8000, help="-1: no HTTP front door")
@@ -76,10 +85,11 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         max_request_bytes=derived if args.max_request_bytes is None else args.max_request_bytes,
         body_timeout_s=args.body_timeout,
         exposed_models=tuple(args.expose_model or PUBLIC_MODELS),
+        workers=args.workers,
     )
 
 
-async def _serve(config: RouterConfig) -> None:
+async def _serve(config: RouterConfig, label: str) -> None:
     server = RouterServer(config)
     try:
         await server.start()
@@ -87,7 +97,8 @@ async def _serve(config: RouterConfig) -> None:
         await server.stop()
         raise
     healthy = sum(b.healthy for b in server.dispatcher.backends)
-    print(f"router ready (policy {config.policy}, {healthy}/{len(config.backends)} backends healthy)")
+    name = f"router {label}" if label else "router"
+    print(f"{name} ready (pid {os.getpid()}, policy {config.policy}, {healthy}/{len(config.backends)} backends healthy)")
     print(f"  gRPC    {server.grpc_url}")
     if server.http_port is not None:
         print(f"  HTTP    http://{server.http_url}")
@@ -99,20 +110,31 @@ async def _serve(config: RouterConfig) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    print("stopping router ...")
+    print(f"stopping {name} ...")
     await server.stop()
 
 
-def run(args: argparse.Namespace) -> int:
+def serve_one(config: RouterConfig, label: str = "") -> int:
+    """One router process in the foreground (the whole router, or one of --workers)."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        asyncio.run(_serve(config, label))
+    except OSError as exc:
+        print(f"helmrec route: {label + ': ' if label else ''}{exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
     except ConfigError as exc:
         print(f"helmrec route: {exc}", file=sys.stderr)
         return 2
+    if config.workers == 1:
+        return serve_one(config)
     try:
-        asyncio.run(_serve(config))
+        return serve_workers(config, serve_one)
     except OSError as exc:
         print(f"helmrec route: {exc}", file=sys.stderr)
         return 1
-    return 0

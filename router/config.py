@@ -102,6 +102,10 @@ class RouterConfig:
     body_timeout_s: float = 10.0
     # Models reachable through the router (inference, metadata, statistics).
     exposed_models: tuple[str, ...] = PUBLIC_MODELS
+    # This process is one of `workers` routers sharing its gRPC and HTTP ports
+    # (SO_REUSEPORT: the kernel deals connections among them). Rendezvous homes
+    # make them agree on every user; `helm`'s guard counts its in-flight x workers.
+    workers: int = 1
 
     def __post_init__(self) -> None:
         if not self.backends:
@@ -110,6 +114,12 @@ class RouterConfig:
             raise ConfigError(f"--policy {self.policy!r}: expected one of {', '.join(POLICIES)}")
         if self.max_in_flight_per_backend < 1:
             raise ConfigError(f"--max-in-flight {self.max_in_flight_per_backend}: must be >= 1")
+        if self.workers < 1:
+            raise ConfigError(f"--workers {self.workers}: must be >= 1")
+        if self.workers > 1 and (self.grpc_port == 0 or self.http_port == 0):
+            raise ConfigError(
+                f"--workers {self.workers}: needs fixed --grpc-port and --http-port (port 0 would give each worker its own)"
+            )
         if self.max_request_bytes < 1:
             raise ConfigError(f"--max-request-bytes {self.max_request_bytes}: must be >= 1")
         if not self.exposed_models or not all(self.exposed_models):

@@ -63,7 +63,7 @@ class Dispatcher:
 
     def __init__(self, config: RouterConfig, policy: RoutingPolicy | None = None) -> None:
         self.config = config
-        self.policy = policy if policy is not None else make_policy(config.policy)
+        self.policy = policy if policy is not None else make_policy(config.policy, config.workers)
         self.backends: list[BackendState] = [
             BackendState(name=str(address), max_in_flight=config.max_in_flight_per_backend)
             for address in config.backends

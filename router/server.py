@@ -52,14 +52,15 @@ class RouterServer:
         """Bind every port first (a busy port fails fast), probe the backends once, then serve."""
         self.monitor = HealthMonitor(self.config, self.dispatcher)
         self.grpc_front = GrpcFront(self.config, self.dispatcher)
-        # No SO_REUSEPORT: a second router on the same port must fail, not silently share it.
-        # A message longer than max_request_bytes is refused with RESOURCE_EXHAUSTED from its
-        # length prefix, before its bytes are gathered into a buffer.
+        # SO_REUSEPORT only among the workers of one `helmrec route --workers N`: otherwise a
+        # second router on the same port must fail, not silently share it. A message longer
+        # than max_request_bytes is refused with RESOURCE_EXHAUSTED from its length prefix,
+        # before its bytes are gathered into a buffer.
         self._grpc = grpc.aio.server(
             options=(
                 ("grpc.max_send_message_length", -1),
                 ("grpc.max_receive_message_length", self.config.max_request_bytes),
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", int(self.config.workers > 1)),
             )
         )
         self._grpc.add_generic_rpc_handlers((self.grpc_front.handler(),))
@@ -86,6 +87,8 @@ class RouterServer:
             return None
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.config.workers > 1:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
             sock.bind((self.config.host, self.config.http_port))
         except OSError as exc:

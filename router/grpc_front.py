@@ -6,7 +6,7 @@ sent them and the backend's answer bytes reach the client unchanged. The router
 parses a copy of a ModelInfer request to read its routing features and the
 model it calls: only the models the router exposes (RouterConfig.exposed_models)
 are reachable, by inference or metadata; the others answer NOT_FOUND, and the
-all-model statistics list only the exposed ones.
+all-model statistics list only the exposed ones, summed over the backends.
 """
 
 from __future__ import annotations
@@ -23,9 +23,11 @@ from tritonclient.grpc import service_pb2
 from helmrec.router.config import RouterConfig
 from helmrec.router.dispatch import BackendFailure, Dispatcher, RouteFailure
 from helmrec.router.grpc_stream import StreamSession, UndecodableRequest, failed_before_answer, parse
+from helmrec.router.statistics import sum_statistics
 
 SERVICE = "inference.GRPCInferenceService"
-# Forwarded to one healthy backend: every backend serves the same repository.
+# Forwarded to one healthy backend: every backend serves the same repository
+# (ModelStatistics goes to all of them and is summed: router/statistics.py).
 METADATA_METHODS = (
     "ServerLive",
     "ServerReady",
@@ -175,18 +177,42 @@ class GrpcFront:
         if name or method != "ModelStatistics":
             await self._check_model(name, context)
 
-    def _exposed_statistics(self, answer: bytes) -> bytes:
-        """Statistics (of all models when none is named), cut to the exposed models."""
-        stats = service_pb2.ModelStatisticsResponse.FromString(answer)
-        kept = [m for m in stats.model_stats if m.name in self.config.exposed_models]
-        del stats.model_stats[:]
-        stats.model_stats.extend(kept)
-        return stats.SerializeToString()
+    async def _cluster_statistics(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        """Statistics (of all models when none is named) of every healthy backend, summed, exposed models only.
+
+        A backend that fails before answering leaves rotation; one that answers
+        an error (e.g. its model is still loading after a restart) is left out of
+        the sum. Only when no backend answered does the client get an error.
+        """
+        healthy = [i for i, b in enumerate(self.dispatcher.backends) if b.healthy]
+        if not healthy:
+            n = len(self.dispatcher.backends)
+            await self._refuse(RouteFailure("UNAVAILABLE", f"no healthy backend (all {n} are down)"), context)
+        results = await asyncio.gather(
+            *(self._unary_call(i, "ModelStatistics", raw, context) for i in healthy), return_exceptions=True
+        )
+        answers, errors = [], []
+        for index, result in zip(healthy, results):
+            if isinstance(result, BackendFailure):
+                self.dispatcher.mark_down(index)
+            elif isinstance(result, BackendError):
+                errors.append(result)
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                answers.append(service_pb2.ModelStatisticsResponse.FromString(result))
+        if not answers:
+            if errors:
+                await self._answer(errors[0], context)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "ModelStatistics: every healthy backend failed before answering")
+        return sum_statistics(answers, self.config.exposed_models).SerializeToString()
 
     def _metadata_handler(self, method: str) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
         async def forward(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
             if method in MODEL_METHODS:
                 await self._check_named_model(method, raw, context)
+            if method == "ModelStatistics":
+                return await self._cluster_statistics(raw, context)
             for _ in range(2):  # one retry elsewhere, like inference
                 try:
                     index = self.dispatcher.any_healthy()
@@ -201,7 +227,7 @@ class GrpcFront:
                 except BackendFailure:
                     self.dispatcher.mark_down(index)
                     continue
-                return self._exposed_statistics(answer) if method == "ModelStatistics" else answer
+                return answer
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"{method}: two backends failed in a row")
             raise AssertionError("abort raises")
 

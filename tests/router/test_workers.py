@@ -3,7 +3,8 @@
 Stock tritonclient apps (gRPC and HTTP), each request on a fresh connection so
 the kernel deals connections over both workers, get answers; every request of a
 user lands on the same backend (counted by the backends' own statistics)
-whichever worker took the connection; SIGTERM stops the whole router cleanly;
+whichever worker took the connection; statistics through the router are the
+backends' summed; SIGTERM stops the whole router cleanly;
 a worker that dies takes the router down with an exit status naming it.
 """
 
@@ -124,6 +125,9 @@ def test_workers_share_the_port_and_send_each_user_to_its_home(servers: list[Tri
             gained = [successes(s) - b for s, b in zip(servers, before)]
             home = home_order(user, router.backends)[0]
             assert gained[home] == 6 and gained[1 - home] == 0, (user, gained)
+        # Statistics through the router are the cluster's: each backend's, summed (whichever worker answers).
+        through = grpcclient.InferenceServerClient(f"127.0.0.1:{router.grpc_port}").get_inference_statistics(MODEL)
+        assert int(through.model_stats[0].inference_stats.success.count) == sum(successes(s) for s in servers) >= 72
         per_worker = [router.worker_requests(k) for k in range(WORKERS)]
         print(f"\nrequests per worker: {per_worker}")
         assert sum(per_worker) == 12 * 6 and min(per_worker) > 0, per_worker  # both workers took connections

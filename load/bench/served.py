@@ -54,6 +54,15 @@ class Traffic:
     hit_share: float
     seed: int
 
+    def next_kind(self, mix: str, rng: np.random.Generator, length: int) -> str:
+        """What a user now at `length` events sends next under `mix`: "miss" (a new user), "grow"
+        (one more event) or "hit" (the same history; also a grow past `grow_room`)."""
+        kind = mix
+        if mix == "mixed":
+            draw = rng.random()
+            kind = "miss" if draw < self.miss_share else "hit" if draw < self.miss_share + self.hit_share else "grow"
+        return "hit" if kind == "grow" and length >= self.history + self.grow_room else kind
+
 
 def user_arrays(traffic: Traffic, user: int, length: int) -> dict[str, np.ndarray]:
     """The public request of `user` with the first `length` events of its (fixed) history."""
@@ -76,18 +85,12 @@ def _client_thread(url: str, traffic: Traffic, mix: str, users: list[int], lengt
 
     client = grpcclient.InferenceServerClient(url)
     rng = np.random.default_rng(seed)
-    limit = traffic.history + traffic.grow_room
     new_user = NEW_USER_BASE + seed * 1_000_000
     k = 0
     while time.perf_counter() < stop_at:
         user = users[k % len(users)]
         k += 1
-        kind = mix
-        if mix == "mixed":
-            draw = rng.random()
-            kind = "miss" if draw < traffic.miss_share else "hit" if draw < traffic.miss_share + traffic.hit_share else "grow"
-        if kind == "grow" and lengths[user] >= limit:
-            kind = "hit"
+        kind = traffic.next_kind(mix, rng, lengths[user])
         if kind == "miss":
             arrays = user_arrays(traffic, new_user, traffic.history)
             new_user += 1
@@ -103,6 +106,8 @@ def _client_thread(url: str, traffic: Traffic, mix: str, users: list[int], lengt
 def _load_generator(job: tuple) -> tuple[list[tuple[str, float]], dict[int, int]]:
     """One process: a thread per user share, all stopping at `seconds` from now."""
     url, traffic, mix, user_shares, lengths, seconds, seed = job
+    import tritonclient.grpc  # noqa: F401, PLC0415 - imported before the clock starts, not inside the first row
+
     stop_at = time.perf_counter() + seconds
     outs: list[list[tuple[str, float]]] = [[] for _ in user_shares]
     threads = [
@@ -196,14 +201,12 @@ def in_process_ceiling(
             for _ in range(group):
                 user = k % users
                 k += 1
-                draw = rng.random() if mix == "mixed" else 1.0
-                if mix == "mixed" and draw < traffic.miss_share:
+                kind = traffic.next_kind(mix, rng, lengths[user])
+                if kind == "miss":
                     batch.append(request(new_user, traffic.history))
                     new_user += 1
                     continue
-                grow = mix == "grow" or (mix == "mixed" and draw >= traffic.miss_share + traffic.hit_share)
-                if grow and lengths[user] < traffic.history + traffic.grow_room:
-                    lengths[user] += 1
+                lengths[user] += kind == "grow"
                 batch.append(request(user, lengths[user]))
             t0 = time.perf_counter()
             ranker.rank_many(batch)
@@ -263,11 +266,7 @@ def run(args: argparse.Namespace) -> dict:
                 mp.get_context("spawn").Pool(args.processes) as pool:  # fmt: skip
             report["server_start_s"] = time.perf_counter() - t0
             lengths = dict.fromkeys(range(args.users), args.history)
-            warm = closed_loop(pool, server.grpc_url, traffic, "hit", min(args.users, 32), args.processes, lengths, 0.0)
-            report["warm_requests"] = warm["requests"]
-            for u in range(args.users):  # first contact of every user: a prefill, outside the measurement
-                lengths[u] = args.history
-            first_contact(server.grpc_url, traffic, args.users)
+            first_contact(server.grpc_url, traffic, args.users)  # every user's prefill, outside the measurement
             for mix in args.mix:
                 for c in args.concurrency:
                     row = closed_loop(pool, server.grpc_url, traffic, mix, c, args.processes, lengths, args.seconds)

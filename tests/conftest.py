@@ -7,7 +7,9 @@ trained artefact and never writes into the checkout.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -26,3 +28,17 @@ def triton_server(tiny_repository: Path) -> Iterator[TritonServer]:
     """One CPU tritonserver for the session's end-to-end tests."""
     with TritonServer(model_repository=tiny_repository, device="cpu") as server:
         yield server
+
+
+@contextlib.contextmanager
+def cpu_servers(repository: Path, count: int) -> Iterator[list[TritonServer]]:
+    """`count` CPU tritonservers of `repository`, started side by side (each start takes
+    seconds), all stopped on the way out whatever happened."""
+    servers = [TritonServer(model_repository=repository, device="cpu") for _ in range(count)]
+    try:
+        with ThreadPoolExecutor(count) as pool:
+            list(pool.map(lambda s: s.start(), servers))
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()

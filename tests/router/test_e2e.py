@@ -37,6 +37,7 @@ from helmrec.load.client import infer_inputs
 from helmrec.router.backend_metrics import BackendReport, parse_report
 from helmrec.router.config import BackendAddress, RouterConfig
 from helmrec.router.server import RouterThread
+from tests.conftest import cpu_servers
 
 pytestmark = pytest.mark.e2e
 MODEL = "hstu_ensemble"
@@ -58,14 +59,8 @@ def user_request(user: int, length: int, num_items: int = 300, candidates: int =
 # -- three backends and a router -------------------------------------------------------
 @pytest.fixture(scope="module")
 def backends(tiny_repository: Path) -> Iterator[list[TritonServer]]:
-    servers = [TritonServer(model_repository=tiny_repository, device="cpu") for _ in range(3)]
-    try:
-        with ThreadPoolExecutor(3) as pool:
-            list(pool.map(lambda s: s.start(), servers))
+    with cpu_servers(tiny_repository, 3) as servers:
         yield servers
-    finally:
-        for s in servers:
-            s.stop()
 
 
 def addresses(servers: list[TritonServer]) -> tuple[BackendAddress, ...]:

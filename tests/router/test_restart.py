@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from helmrec.load.client import infer_inputs
 from helmrec.router.config import BackendAddress, RouterConfig
 from helmrec.router.rendezvous import home_order
 from helmrec.router.server import RouterThread
+from tests.conftest import cpu_servers
 
 pytestmark = pytest.mark.e2e
 MODEL = "hstu_ensemble"
@@ -49,10 +49,8 @@ def wait_until(condition, timeout_s: float = 60.0) -> None:
 
 
 def test_restarted_backend_gets_new_users_back_under_helm(tiny_repository: Path) -> None:
-    servers = [TritonServer(model_repository=tiny_repository, device="cpu") for _ in range(2)]
-    try:
-        with ThreadPoolExecutor(2) as pool:
-            list(pool.map(lambda s: s.start(), servers))
+    # The restarted server replaces servers[1] in the list, so the context stops it too.
+    with cpu_servers(tiny_repository, 2) as servers:
         addresses = tuple(BackendAddress("127.0.0.1", s.grpc_port) for s in servers)
         with RouterThread(RouterConfig(backends=addresses, policy="helm", health_interval_s=0.2)) as router:
             client = grpcclient.InferenceServerClient(router.server.grpc_url)
@@ -87,6 +85,3 @@ def test_restarted_backend_gets_new_users_back_under_helm(tiny_repository: Path)
             # At once, not after a warm-up that never comes: every user whose home it is.
             assert placed == homed_there
             assert sum(placed[:40]) >= 10 and sum(placed[40:]) >= 10, placed
-    finally:
-        for server in servers:
-            server.stop()

@@ -18,7 +18,6 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -28,6 +27,7 @@ import tritonclient.http as httpclient
 from helmrec.launcher import TritonServer, free_port
 from helmrec.load.client import infer_inputs
 from helmrec.router.rendezvous import home_order
+from tests.conftest import cpu_servers
 from tests.router.test_e2e import MODEL, user_request
 
 pytestmark = pytest.mark.e2e
@@ -38,14 +38,8 @@ FRESH_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 
 @pytest.fixture(scope="module")
 def servers(tiny_repository: Path) -> Iterator[list[TritonServer]]:
-    started = [TritonServer(model_repository=tiny_repository, device="cpu") for _ in range(2)]
-    try:
-        with ThreadPoolExecutor(2) as pool:
-            list(pool.map(lambda s: s.start(), started))
+    with cpu_servers(tiny_repository, 2) as started:
         yield started
-    finally:
-        for server in started:
-            server.stop()
 
 
 def consecutive_free_ports(count: int) -> int:

@@ -12,9 +12,16 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
+_ANY_ENTRY = re.compile(r'key: "([^"]+)" value: \{ string_value: "([^"]*)"')
+
 
 def _entry(key: str) -> re.Pattern[str]:
     return re.compile(r'(key: "' + re.escape(key) + r'" value: \{ string_value: ")([^"]*)(")')
+
+
+def parameters(config: Path) -> dict[str, str]:
+    """Every `parameters` entry of a config.pbtxt as key -> string value, as Triton hands them to a model."""
+    return {m.group(1): m.group(2) for m in _ANY_ENTRY.finditer(config.read_text())}
 
 
 def get_parameter(config: Path, key: str) -> str:

@@ -163,22 +163,15 @@ def in_process_ceiling(
 
     from helmrec.hstu.weights import load  # noqa: PLC0415
     from helmrec.launcher.repository import WEIGHTS  # noqa: PLC0415
-    from helmrec.model_config import get_parameter  # noqa: PLC0415
+    from helmrec.model_config import parameters  # noqa: PLC0415
     from helmrec.pool.config import PoolConfig  # noqa: PLC0415
     from helmrec.pool.ranker import PooledRanker, RankRequest  # noqa: PLC0415
     from helmrec.serving.network import serving_dtype  # noqa: PLC0415
 
     dev = torch.device(device)
     model = load(repo / WEIGHTS).eval().to(dev, serving_dtype("auto", dev))
-    pool_config = repo / schema.POOL_MODEL / "config.pbtxt"
-    config = PoolConfig(
-        pool_bytes=int(get_parameter(pool_config, "pool_bytes")),
-        page_bytes=int(get_parameter(pool_config, "page_bytes")),
-        alpha=float(get_parameter(pool_config, "alpha")),
-        refill_bandwidth_bytes_per_s=float(get_parameter(pool_config, "refill_bandwidth_bytes_per_s")),
-        max_move_pages_per_step=int(get_parameter(pool_config, "max_move_pages_per_step")),
-        device=device,
-    )
+    served = parameters(repo / schema.POOL_MODEL / "config.pbtxt")  # the pool hstu_pool ran with
+    config = PoolConfig.from_triton_parameters(served, device=device)
 
     def request(user: int, length: int) -> RankRequest:
         a = {k: torch.from_numpy(v) for k, v in user_arrays(traffic, user, length).items()}
@@ -190,7 +183,7 @@ def in_process_ceiling(
     rng = np.random.default_rng(traffic.seed)
     lengths = dict.fromkeys(range(users), traffic.history)
     new_user = NEW_USER_BASE
-    with PooledRanker(model, config, graph_max_batch=int(get_parameter(pool_config, "graph_max_batch"))) as ranker:
+    with PooledRanker(model, config, graph_max_batch=int(served["graph_max_batch"])) as ranker:
         ranker.warm([(traffic.history, traffic.candidates), (traffic.history + traffic.grow_room, traffic.candidates)])
         for lo in range(0, users, group):
             ranker.rank_many([request(u, traffic.history) for u in range(lo, min(users, lo + group))])

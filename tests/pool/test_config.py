@@ -3,7 +3,7 @@
 import pytest
 
 from helmrec.allocator.observation import COUNTERFACTUAL_SHARE
-from helmrec.launcher.repository import get_parameter
+from helmrec.model_config import parameters
 from helmrec.pool.config import PoolConfig
 from helmrec.resources import model_repository
 
@@ -68,11 +68,5 @@ def test_packaged_pool_measures_the_share_the_policy_was_trained_at():
     """The ghost's share comes from the packaged hstu_pool config (or PoolConfig's default when it
     names none); the policy reads the counts as taken at the allocator's share. Nothing else ties
     the two, so a drift would silently feed the controller hit rates at the wrong capacities."""
-    config = model_repository() / "hstu_pool" / "config.pbtxt"
-    params = {}
-    for key in (*GOOD, "counterfactual_share"):
-        try:
-            params[key] = get_parameter(config, key)
-        except KeyError:
-            pass
-    assert PoolConfig.from_triton_parameters(params).counterfactual_share == COUNTERFACTUAL_SHARE
+    served = parameters(model_repository() / "hstu_pool" / "config.pbtxt")
+    assert PoolConfig.from_triton_parameters(served).counterfactual_share == COUNTERFACTUAL_SHARE

@@ -8,7 +8,9 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 
+from helmrec.router.backend_file import parse_backend_file
 from helmrec.router.config import POLICIES, PUBLIC_MODELS, BackendAddress, ConfigError, RouterConfig
 from helmrec.router.limits import MAX_CANDIDATES, MAX_HISTORY_LEN, request_bytes_bound
 from helmrec.router.server import RouterServer
@@ -16,12 +18,21 @@ from helmrec.router.workers import serve_workers
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+    backends = parser.add_mutually_exclusive_group(required=True)
+    backends.add_argument(
         "--backend",
         action="append",
-        required=True,
         metavar="HOST:GRPC_PORT[,http=PORT][,metrics=PORT]",
         help="a Triton instance (repeat for each); http= lets HTTP clients reach it, metrics= feeds routing",
+    )
+    backends.add_argument(
+        "--backend-file",
+        metavar="PATH",
+        help="the backends, one --backend spec a line (# comments); re-read when it changes and on SIGHUP, "
+        "no restart: added ones are probed and used, removed ones drain; a bad file keeps the last good list",
+    )
+    parser.add_argument(
+        "--backend-file-interval", type=float, default=1.0, help="seconds between checks of --backend-file for a change"
     )
     parser.add_argument("--policy", choices=POLICIES, default="helm")
     parser.add_argument(
@@ -72,8 +83,14 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         derived = request_bytes_bound(args.max_history, args.max_candidates)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    if args.backend_file is not None:
+        backends = parse_backend_file(Path(args.backend_file))
+    else:
+        backends = tuple(BackendAddress.parse(spec) for spec in args.backend)
     return RouterConfig(
-        backends=tuple(BackendAddress.parse(spec) for spec in args.backend),
+        backends=backends,
+        backend_file=args.backend_file,
+        backend_file_interval_s=args.backend_file_interval,
         policy=args.policy,
         host=args.host,
         grpc_port=args.grpc_port,
@@ -98,7 +115,8 @@ async def _serve(config: RouterConfig, label: str) -> None:
         raise
     healthy = sum(b.healthy for b in server.dispatcher.backends)
     name = f"router {label}" if label else "router"
-    print(f"{name} ready (pid {os.getpid()}, policy {config.policy}, {healthy}/{len(config.backends)} backends healthy)")
+    listed = len(server.dispatcher.listed())
+    print(f"{name} ready (pid {os.getpid()}, policy {config.policy}, {healthy}/{listed} backends healthy)")
     print(f"  gRPC    {server.grpc_url}")
     if server.http_port is not None:
         print(f"  HTTP    http://{server.http_url}")
@@ -109,6 +127,8 @@ async def _serve(config: RouterConfig, label: str) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if server.watcher is not None:
+        loop.add_signal_handler(signal.SIGHUP, server.watcher.reload)
     await stop.wait()
     print(f"stopping {name} ...")
     await server.stop()

@@ -106,6 +106,11 @@ class RouterConfig:
     # (SO_REUSEPORT: the kernel deals connections among them). Rendezvous homes
     # make them agree on every user; `helm`'s guard counts its in-flight x workers.
     workers: int = 1
+    # `--backend-file`: the backend list is re-read from this file when it changes
+    # (polled every `backend_file_interval_s`) or on SIGHUP; `backends` is its
+    # content at start.
+    backend_file: str | None = None
+    backend_file_interval_s: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.backends:
@@ -130,6 +135,7 @@ class RouterConfig:
             "health_timeout_s",
             "request_timeout_s",
             "body_timeout_s",
+            "backend_file_interval_s",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"RouterConfig.{name} must be > 0, got {getattr(self, name)}")

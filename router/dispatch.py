@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from helmrec.router.config import RouterConfig
+from helmrec.router.config import BackendAddress, RouterConfig
 from helmrec.router.policies import AllBackendsBusy, NoHealthyBackend, RoutingPolicy, make_policy
 from helmrec.router.request_features import Features
 from helmrec.router.state import BackendState
@@ -64,13 +64,59 @@ class Dispatcher:
     def __init__(self, config: RouterConfig, policy: RoutingPolicy | None = None) -> None:
         self.config = config
         self.policy = policy if policy is not None else make_policy(config.policy, config.workers)
+        # One slot per backend ever listed, never reused for another address, so an
+        # index held by an in-flight request stays valid while the list changes
+        # (`--backend-file`); a removed backend's slot is `retired`.
+        self.addresses: list[BackendAddress] = list(config.backends)
         self.backends: list[BackendState] = [
             BackendState(name=str(address), max_in_flight=config.max_in_flight_per_backend)
             for address in config.backends
         ]
+        self.http_indices = self._http_indices()
         self.stats = RouterStats()
         self._sequences: OrderedDict[tuple[str, int | str], int] = OrderedDict()
         self._cursor = 0
+
+    # -- the backend list ------------------------------------------------------------
+    def _http_indices(self) -> list[int]:
+        return [i for i, a in enumerate(self.addresses) if a.http_base is not None and not self.backends[i].retired]
+
+    def update_backends(self, addresses: Sequence[BackendAddress]) -> tuple[list[int], list[int]]:
+        """Make `addresses` the backend list; returns the slots (added, removed).
+
+        A backend is its gRPC target. New ones (and ones listed again after a
+        removal) start out of rotation until a probe finds them ready; removed
+        ones are retired: no new requests, their in-flight ones are answered.
+        A listed backend whose http=/metrics= ports changed keeps its slot and
+        its record with the new ports.
+        """
+        wanted = {a.grpc_target: a for a in addresses}
+        slots = {a.grpc_target: i for i, a in enumerate(self.addresses)}
+        added, removed = [], []
+        for target, index in slots.items():
+            backend = self.backends[index]
+            if target not in wanted:
+                if not backend.retired:
+                    backend.retire()
+                    removed.append(index)
+                continue
+            self.addresses[index] = wanted[target]
+            if backend.retired:
+                backend.rejoin()
+                added.append(index)
+        for target, address in wanted.items():
+            if target not in slots:
+                self.addresses.append(address)
+                self.backends.append(
+                    BackendState(name=str(address), max_in_flight=self.config.max_in_flight_per_backend, healthy=False)
+                )
+                added.append(len(self.backends) - 1)
+        self.http_indices = self._http_indices()
+        return added, removed
+
+    def listed(self) -> list[int]:
+        """Slots of the backends on the current list (not retired)."""
+        return [i for i, b in enumerate(self.backends) if not b.retired]
 
     # -- choosing ------------------------------------------------------------------
     def _choose(self, features: Features, among: Sequence[int]) -> int:
@@ -124,7 +170,7 @@ class Dispatcher:
 
     def any_healthy(self, among: Sequence[int] | None = None) -> int:
         """A healthy backend in turn, for requests with no routing features (metadata, health)."""
-        among = list(range(len(self.backends)) if among is None else among)
+        among = self.listed() if among is None else list(among)
         for _ in range(len(among)):
             index = among[self._cursor % len(among)]
             self._cursor += 1

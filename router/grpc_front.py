@@ -89,6 +89,21 @@ class BackendError:
     details: str
 
 
+@dataclass(frozen=True)
+class _BackendLink:
+    """The router's channel to one backend and the calls it makes on it."""
+
+    channel: grpc.aio.Channel
+    unary: dict[str, grpc.aio.UnaryUnaryMultiCallable]
+    stream: grpc.aio.StreamStreamMultiCallable
+
+    @classmethod
+    def open(cls, target: str) -> _BackendLink:
+        channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        unary = {m: channel.unary_unary(f"/{SERVICE}/{m}") for m in ("ModelInfer", *METADATA_METHODS)}
+        return cls(channel, unary, channel.stream_stream(f"/{SERVICE}/ModelStreamInfer"))
+
+
 def _metadata(context: grpc.aio.ServicerContext) -> tuple[tuple[str, str | bytes], ...]:
     return tuple(
         (m.key, m.value)
@@ -103,11 +118,9 @@ class GrpcFront:
     def __init__(self, config: RouterConfig, dispatcher: Dispatcher) -> None:
         self.config = config
         self.dispatcher = dispatcher
-        self._channels = [grpc.aio.insecure_channel(b.grpc_target, options=CHANNEL_OPTIONS) for b in config.backends]
-        self._unary = [
-            {m: ch.unary_unary(f"/{SERVICE}/{m}") for m in ("ModelInfer", *METADATA_METHODS)} for ch in self._channels
-        ]
-        self._stream = [ch.stream_stream(f"/{SERVICE}/ModelStreamInfer") for ch in self._channels]
+        # Per backend slot, opened on first use and kept (one HTTP/2 connection, its
+        # multicallables built once); closed once a removed backend has drained.
+        self._links: dict[int, _BackendLink] = {}
 
     def handler(self) -> grpc.GenericRpcHandler:
         methods: dict[str, grpc.RpcMethodHandler] = {
@@ -120,8 +133,19 @@ class GrpcFront:
             methods[name] = grpc.unary_unary_rpc_method_handler(self._unsupported_handler(name))
         return grpc.method_handlers_generic_handler(SERVICE, methods)
 
+    def _link(self, index: int) -> _BackendLink:
+        link = self._links.get(index)
+        if link is None:
+            link = self._links[index] = _BackendLink.open(self.dispatcher.addresses[index].grpc_target)
+        return link
+
+    async def close_drained(self) -> None:
+        """Close the channels of removed backends with nothing left in flight."""
+        drained = [i for i in self._links if self.dispatcher.backends[i].retired and not self.dispatcher.backends[i].in_flight]
+        await asyncio.gather(*(self._links.pop(i).channel.close() for i in drained))
+
     async def close(self) -> None:
-        await asyncio.gather(*(ch.close() for ch in self._channels))
+        await asyncio.gather(*(link.channel.close() for link in self._links.values()))
 
     def _timeout(self, context: grpc.aio.ServicerContext) -> float:
         remaining = context.time_remaining()
@@ -131,7 +155,7 @@ class GrpcFront:
         self, index: int, method: str, raw: bytes, context: grpc.aio.ServicerContext
     ) -> bytes | BackendError:
         try:
-            return await self._unary[index][method](raw, timeout=self._timeout(context), metadata=_metadata(context))
+            return await self._link(index).unary[method](raw, timeout=self._timeout(context), metadata=_metadata(context))
         except grpc.aio.AioRpcError as err:
             if failed_before_answer(err):
                 raise BackendFailure(f"{err.code().name}: {err.details()}") from None
@@ -186,7 +210,7 @@ class GrpcFront:
         """
         healthy = [i for i, b in enumerate(self.dispatcher.backends) if b.healthy]
         if not healthy:
-            n = len(self.dispatcher.backends)
+            n = len(self.dispatcher.listed())
             await self._refuse(RouteFailure("UNAVAILABLE", f"no healthy backend (all {n} are down)"), context)
         results = await asyncio.gather(
             *(self._unary_call(i, "ModelStatistics", raw, context) for i in healthy), return_exceptions=True
@@ -253,7 +277,7 @@ class GrpcFront:
         metadata = _metadata(context)
         session = StreamSession(
             self.dispatcher,
-            lambda index, outgoing: self._stream[index](outgoing, metadata=metadata),
+            lambda index, outgoing: self._link(index).stream(outgoing, metadata=metadata),
             self.config.refusal,
         )
         async for answer in session.run(requests):

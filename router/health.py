@@ -30,32 +30,43 @@ class HealthMonitor:
     def __init__(self, config: RouterConfig, dispatcher: Dispatcher) -> None:
         self.config = config
         self.dispatcher = dispatcher
-        self.reports: list[BackendReport | None] = [None] * len(config.backends)
-        # Probes use their own connections so a probe is never queued behind inference.
-        self._channels = [
-            grpc.aio.insecure_channel(b.grpc_target, options=CHANNEL_OPTIONS) for b in config.backends
-        ]
-        self._stubs = [service_pb2_grpc.GRPCInferenceServiceStub(ch) for ch in self._channels]
-        self._tasks: list[asyncio.Task[None]] = []
+        # The last scrape of each backend slot (tests, benchmarks); absent until one succeeds.
+        self.reports: dict[int, BackendReport] = {}
+        # Per backend slot: a probe channel of its own (a probe is never queued behind
+        # inference) and its probe and scrape loops; dropped when the backend is removed.
+        self._channels: dict[int, grpc.aio.Channel] = {}
+        self._stubs: dict[int, service_pb2_grpc.GRPCInferenceServiceStub] = {}
+        self._tasks: dict[int, list[asyncio.Task[None]]] = {}
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
         """First probe of every backend before serving, so the first request sees true health."""
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.config.health_timeout_s))
-        await asyncio.gather(*(self.probe(i) for i in range(len(self._stubs))))
-        await asyncio.gather(*(self.scrape(i) for i in range(len(self._stubs))))
-        self._tasks = [asyncio.create_task(self._probe_loop(i)) for i in range(len(self._stubs))]
-        self._tasks += [
-            asyncio.create_task(self._scrape_loop(i))
-            for i, b in enumerate(self.config.backends)
-            if b.metrics_url is not None
-        ]
+        await asyncio.gather(*(self.watch(i) for i in self.dispatcher.listed()))
+
+    async def watch(self, index: int) -> None:
+        """Probe and scrape a backend once now, then keep watching it."""
+        target = self.dispatcher.addresses[index].grpc_target
+        self._channels[index] = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self._stubs[index] = service_pb2_grpc.GRPCInferenceServiceStub(self._channels[index])
+        await self.probe(index)
+        await self.scrape(index)
+        self._tasks[index] = [asyncio.create_task(self._probe_loop(index)), asyncio.create_task(self._scrape_loop(index))]
+
+    async def unwatch(self, index: int) -> None:
+        """Stop watching a removed backend (it is retired: no probe may bring it back)."""
+        tasks = self._tasks.pop(index, [])
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._stubs.pop(index, None)
+        channel = self._channels.pop(index, None)
+        if channel is not None:
+            await channel.close()
+        self.reports.pop(index, None)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await asyncio.gather(*(ch.close() for ch in self._channels))
+        await asyncio.gather(*(self.unwatch(i) for i in list(self._channels)))
         if self._session is not None:
             await self._session.close()
 
@@ -69,6 +80,8 @@ class HealthMonitor:
             ready = bool(reply.ready)
         except grpc.aio.AioRpcError:
             ready = False
+        if backend.retired:
+            return False
         if ready and not backend.healthy:
             log.warning("backend %s is back in rotation", backend.name)
             backend.mark_up()
@@ -79,7 +92,7 @@ class HealthMonitor:
 
     async def scrape(self, index: int) -> BackendReport | None:
         """Read the backend's metrics into its state; None when it has no metrics port or fails."""
-        url = self.config.backends[index].metrics_url
+        url = self.dispatcher.addresses[index].metrics_url
         if url is None or self._session is None:
             return None
         try:
@@ -90,6 +103,8 @@ class HealthMonitor:
             log.debug("metrics of %s unavailable: %s", url, exc)
             return None
         backend = self.dispatcher.backends[index]
+        if backend.retired:
+            return None
         backend.alpha = report.alpha
         backend.queue_depth = report.pending_requests or 0.0
         backend.kv.observe_backend(report.kv_cached_users, report.kv_evictions_total)

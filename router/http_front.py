@@ -24,6 +24,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from helmrec.router.config import RouterConfig
 from helmrec.router.dispatch import BackendFailure, Dispatcher, RouteFailure
 from helmrec.router.request_features import Features, from_http
+from helmrec.router.statistics import sum_json_statistics
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 # What the router decodes on arrival (aiohttp does it while reading); Triton takes the same two.
@@ -86,7 +87,6 @@ class HttpFront:
     def __init__(self, config: RouterConfig, dispatcher: Dispatcher) -> None:
         self.config = config
         self.dispatcher = dispatcher
-        self.http_backends = [i for i, b in enumerate(config.backends) if b.http_base is not None]
         self._session: aiohttp.ClientSession | None = None
 
     def app(self) -> web.Application:
@@ -116,7 +116,7 @@ class HttpFront:
         self, index: int, method: str, request: web.Request, body: bytes | None, identity: bool = False
     ) -> web.Response:
         assert self._session is not None
-        base = self.config.backends[index].http_base
+        base = self.dispatcher.addresses[index].http_base
         headers = {h: request.headers[h] for h in ("Content-Type", HEADER_LENGTH) if h in request.headers}
         # Without it aiohttp would ask for gzip itself and the router would relay a
         # compressed answer to a client that never asked for one.
@@ -131,11 +131,11 @@ class HttpFront:
         except _TRANSPORT_ERRORS as exc:
             raise BackendFailure(f"{type(exc).__name__}: {exc}") from None
         except asyncio.TimeoutError:
-            return _error(504, f"backend {self.config.backends[index]} did not answer in {self.config.request_timeout_s} s")
+            return _error(504, f"backend {self.dispatcher.addresses[index]} did not answer in {self.config.request_timeout_s} s")
 
     # -- inference -----------------------------------------------------------------
     async def infer(self, request: web.Request) -> web.StreamResponse:
-        if not self.http_backends:
+        if not self.dispatcher.http_indices:
             return _error(400, _NO_HTTP_BACKEND)
         try:
             body = await self._body(request)
@@ -146,7 +146,7 @@ class HttpFront:
             return _error(bad.status, bad.message)
         try:
             return await self.dispatcher.dispatch(
-                features, lambda i: self._send(i, "POST", request, body), among=self.http_backends
+                features, lambda i: self._send(i, "POST", request, body), among=self.dispatcher.http_indices
             )
         except RouteFailure as failure:
             return _error(_STATUS[failure.code], failure.message)
@@ -224,24 +224,48 @@ class HttpFront:
         refusal = self.config.refusal(request.match_info["model"])
         if refusal is not None:
             return _error(404, refusal)
+        if request.match_info["tail"].endswith("/stats"):
+            return await self.all_statistics(request)
         return await self.forward_get(request)
 
     async def all_statistics(self, request: web.Request) -> web.Response:
-        """Every model's statistics, cut to the exposed models."""
-        response = await self.forward_get(request, identity=True)  # read here, then answered plain
-        if response.status != 200 or response.body is None:
-            return response
-        stats = json.loads(bytes(response.body))  # type: ignore[arg-type]
-        stats["model_stats"] = [m for m in stats.get("model_stats", []) if m.get("name") in self.config.exposed_models]
-        return web.Response(status=200, text=json.dumps(stats), content_type="application/json")
+        """Statistics of every healthy HTTP backend, summed per (model, version), exposed models only.
+
+        The same rules as gRPC's (router/statistics.py), on Triton's JSON so its
+        numbers stay numbers. A backend that fails before answering leaves
+        rotation; one that answers an error is left out of the sum; only when no
+        backend answered does the client get an error (the first one's).
+        """
+        if not self.dispatcher.http_indices:
+            return _error(400, _NO_HTTP_BACKEND)
+        healthy = [i for i in self.dispatcher.http_indices if self.dispatcher.backends[i].healthy]
+        if not healthy:
+            return _error(503, f"no healthy backend (all {len(self.dispatcher.http_indices)} are down)")
+        results = await asyncio.gather(
+            *(self._send(i, "GET", request, None, identity=True) for i in healthy), return_exceptions=True
+        )
+        answers, errors = [], []
+        for index, result in zip(healthy, results):
+            if isinstance(result, BackendFailure):
+                self.dispatcher.mark_down(index)
+            elif isinstance(result, BaseException):
+                raise result
+            elif result.status != 200 or result.body is None:
+                errors.append(result)
+            else:
+                answers.append(json.loads(bytes(result.body)))  # type: ignore[arg-type]
+        if not answers:
+            return errors[0] if errors else _error(503, f"{request.path}: every healthy backend failed before answering")
+        summed = sum_json_statistics(answers, self.config.exposed_models)
+        return web.Response(status=200, text=json.dumps(summed), content_type="application/json")
 
     async def forward_get(self, request: web.Request, identity: bool = False) -> web.Response:
         """Metadata, config, readiness, statistics: from one healthy backend (one retry)."""
-        if not self.http_backends:
+        if not self.dispatcher.http_indices:
             return _error(400, _NO_HTTP_BACKEND)
         for _ in range(2):
             try:
-                index = self.dispatcher.any_healthy(self.http_backends)
+                index = self.dispatcher.any_healthy(self.dispatcher.http_indices)
             except RouteFailure as failure:
                 return _error(_STATUS[failure.code], failure.message)
             try:

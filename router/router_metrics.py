@@ -40,5 +40,7 @@ class RouterCollector(Collector):
         for name, (helptext, read) in gauges.items():
             family = GaugeMetricFamily(f"helmrec_router_backend_{name}", helptext, labels=["backend"])
             for backend in d.backends:
+                if backend.retired and not backend.in_flight:  # removed from the list and drained
+                    continue
                 family.add_metric([backend.name], float(read(backend)))
             yield family

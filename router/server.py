@@ -8,20 +8,25 @@ tests and benchmarks that drive it from synchronous client code.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import threading
+from pathlib import Path
 from types import TracebackType
 
 import grpc
 from aiohttp import web
 from prometheus_client import CollectorRegistry, start_http_server
 
-from helmrec.router.config import RouterConfig
+from helmrec.router.backend_file import BackendFileWatcher
+from helmrec.router.config import BackendAddress, RouterConfig
 from helmrec.router.dispatch import Dispatcher
 from helmrec.router.grpc_front import GrpcFront
 from helmrec.router.health import HealthMonitor
 from helmrec.router.http_front import HttpFront
 from helmrec.router.router_metrics import RouterCollector
+
+log = logging.getLogger("helmrec.router")
 
 
 class RouterServer:
@@ -39,6 +44,7 @@ class RouterServer:
         self._grpc: grpc.aio.Server | None = None
         self._http: web.AppRunner | None = None
         self._metrics_server: object | None = None
+        self.watcher: BackendFileWatcher | None = None
 
     @property
     def grpc_url(self) -> str:
@@ -81,6 +87,25 @@ class RouterServer:
             registry.register(RouterCollector(self.dispatcher))
             self._metrics_server, _ = start_http_server(self.config.metrics_port, self.config.host, registry)
             self.metrics_port = self._metrics_server.server_port  # type: ignore[attr-defined]
+        if self.config.backend_file is not None:
+            self.watcher = BackendFileWatcher(
+                Path(self.config.backend_file), self.apply_backends, self.grpc_front.close_drained,
+                self.config.backend_file_interval_s,
+            )
+            self.watcher.start()
+
+    async def apply_backends(self, addresses: tuple[BackendAddress, ...]) -> None:
+        """Make `addresses` the backend list: new ones are probed (in rotation once ready),
+        removed ones stop taking requests and drain."""
+        assert self.monitor is not None
+        added, removed = self.dispatcher.update_backends(addresses)
+        for index in removed:
+            log.warning("backend %s removed from the list: draining %d in flight", self.dispatcher.backends[index].name,
+                        self.dispatcher.backends[index].in_flight)
+            await self.monitor.unwatch(index)
+        for index in added:
+            log.warning("backend %s added to the list", self.dispatcher.backends[index].name)
+        await asyncio.gather(*(self.monitor.watch(i) for i in added))
 
     def _bind_http(self) -> socket.socket | None:
         if self.config.http_port is None:
@@ -98,6 +123,8 @@ class RouterServer:
         return sock
 
     async def stop(self, grace_s: float = 2.0) -> None:
+        if self.watcher is not None:
+            await self.watcher.stop()
         if self._grpc is not None:
             await self._grpc.stop(grace_s)
         if self._http is not None:

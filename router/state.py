@@ -60,6 +60,9 @@ class BackendState:
     kv: KVResidency = field(default_factory=KVResidency)
     emb: HotItemSketch = field(default_factory=HotItemSketch)
     served: int = 0
+    # Removed from the backend list (`--backend-file`): out of rotation for good,
+    # never probed back in; the requests it still has in flight are answered.
+    retired: bool = False
 
     @property
     def load(self) -> float:
@@ -95,4 +98,14 @@ class BackendState:
         self.emb.clear()
 
     def mark_up(self) -> None:
-        self.healthy = True
+        if not self.retired:
+            self.healthy = True
+
+    def retire(self) -> None:
+        """Taken off the backend list: no new requests; what it has in flight drains."""
+        self.retired = True
+        self.mark_down()
+
+    def rejoin(self) -> None:
+        """Back on the backend list: out of rotation until a probe finds it ready."""
+        self.retired = False

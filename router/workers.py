@@ -23,15 +23,32 @@ from collections.abc import Callable
 from multiprocessing.connection import wait
 from types import FrameType
 
+from prometheus_client import CollectorRegistry, start_http_server
+
 from helmrec.router.config import RouterConfig
+from helmrec.router.worker_metrics import WorkersCollector, worker_metrics_port
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def worker_config(config: RouterConfig, index: int) -> RouterConfig:
-    """Worker `index`'s config: the shared ports, its own metrics port (metrics_port + index)."""
-    metrics = None if config.metrics_port is None else config.metrics_port + index
+    """Worker `index`'s config: the shared ports, its own private metrics port (metrics_port + 1 + index)."""
+    metrics = None if config.metrics_port is None else worker_metrics_port(config.metrics_port, index)
     return dataclasses.replace(config, metrics_port=metrics)
+
+
+def serve_summed_metrics(config: RouterConfig) -> object | None:
+    """The parent's `--metrics-port`: every worker's figures merged at scrape time (worker_metrics.py)."""
+    if config.metrics_port is None:
+        return None
+    registry = CollectorRegistry()
+    ports = [worker_metrics_port(config.metrics_port, k) for k in range(config.workers)]
+    registry.register(WorkersCollector(config.host, ports))
+    try:
+        server, _ = start_http_server(config.metrics_port, config.host, registry)
+    except OSError as exc:
+        raise OSError(f"--metrics-port {config.metrics_port}: cannot bind {config.host} ({exc.strerror})") from None
+    return server
 
 
 def check_ports_free(config: RouterConfig) -> None:
@@ -86,8 +103,16 @@ def serve_workers(config: RouterConfig, serve: Callable[[RouterConfig, str], int
             if w.is_alive() and w.pid is not None:
                 os.kill(w.pid, signal.SIGTERM)
 
+    def reload_all(signum: int, frame: FrameType | None) -> None:
+        for w in workers:
+            if w.is_alive() and w.pid is not None:
+                os.kill(w.pid, signal.SIGHUP)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, stop_all)
+    if config.backend_file is not None:  # each worker re-reads the file on SIGHUP
+        signal.signal(signal.SIGHUP, reload_all)
+    metrics_server = serve_summed_metrics(config)
     for w in workers:
         w.start()
     failed = False
@@ -104,4 +129,6 @@ def serve_workers(config: RouterConfig, serve: Callable[[RouterConfig, str], int
                 )
                 failed = True
                 stop_all(signal.SIGTERM, None)
+    if metrics_server is not None:
+        metrics_server.shutdown()  # type: ignore[attr-defined]
     return 1 if failed else 0

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 from tritonclient.grpc import service_pb2
 
-from helmrec.router.statistics import sum_statistics
+from helmrec.router.statistics import sum_json_statistics, sum_statistics
+from helmrec.router.worker_metrics import merge
 
 
 def backend(success: int, last: int, batches: dict[int, int], memory: int) -> service_pb2.ModelStatisticsResponse:
@@ -34,3 +37,47 @@ def test_statistics_of_two_backends_add_up_per_model_and_batch_size() -> None:
 
 def test_no_answers_sum_to_no_models() -> None:
     assert not sum_statistics([], ["hstu_ensemble"]).model_stats
+
+
+def json_stats(name: str, success: int, last: int) -> dict:
+    """A model's entry as Triton's HTTP /v2/models/stats writes it."""
+    duration = {"count": success, "ns": 1000 * success}
+    return {
+        "name": name,
+        "version": "1",
+        "last_inference": last,
+        "inference_count": success,
+        "execution_count": success,
+        "inference_stats": {"success": duration, "fail": {"count": 0, "ns": 0}, "queue": {"count": success, "ns": 7}},
+        "batch_stats": [{"batch_size": 1, "compute_infer": dict(duration)}],
+        "response_stats": {},
+        "memory_usage": [],
+    }
+
+
+def test_http_statistics_are_summed_as_json_numbers_exposed_models_only() -> None:
+    a = {"model_stats": [json_stats("hstu_ensemble", 3, 10), json_stats("hstu_pool", 3, 10)]}
+    b = {"model_stats": [json_stats("hstu_ensemble", 5, 20)]}
+    b["model_stats"][0]["batch_stats"].append({"batch_size": 4, "compute_infer": {"count": 1, "ns": 9}})
+    summed = sum_json_statistics([a, b], ["hstu_ensemble"])
+    (model,) = summed["model_stats"]
+    assert model["name"] == "hstu_ensemble" and model["last_inference"] == 20
+    assert model["inference_count"] == 8 and model["execution_count"] == 8
+    assert model["inference_stats"]["success"] == {"count": 8, "ns": 8000}
+    assert model["inference_stats"]["queue"] == {"count": 8, "ns": 14}
+    assert [(s["batch_size"], s["compute_infer"]["count"]) for s in model["batch_stats"]] == [(1, 8), (4, 1)]
+    assert '"count": 8' in json.dumps(summed)  # numbers, not strings
+
+
+def test_worker_metrics_merge_sums_counters_and_takes_min_health() -> None:
+    worker = (
+        "# TYPE helmrec_router_requests_total counter\nhelmrec_router_requests_total {n}\n"
+        "# TYPE helmrec_router_backend_healthy gauge\n"
+        'helmrec_router_backend_healthy{{backend="a"}} {h}\n'
+        "# TYPE helmrec_router_backend_in_flight gauge\n"
+        'helmrec_router_backend_in_flight{{backend="a"}} {n}\n'
+    )
+    families = {f.name: f for f in merge([worker.format(n=3, h=1), worker.format(n=4, h=0)])}
+    assert [s.value for s in families["helmrec_router_requests"].samples] == [7]
+    assert [s.value for s in families["helmrec_router_backend_in_flight"].samples] == [7]
+    assert [s.value for s in families["helmrec_router_backend_healthy"].samples] == [0]

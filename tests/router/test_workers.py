@@ -16,13 +16,16 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
 
 from helmrec.launcher import TritonServer, free_port
 from helmrec.load.client import infer_inputs
@@ -61,12 +64,19 @@ def consecutive_free_ports(count: int) -> int:
 
 
 class Router:
-    """A `helmrec route --workers 2` process and the ports and pids it announced."""
+    """A `helmrec route --workers 2` process and the ports and pids it announced.
 
-    def __init__(self, servers: list[TritonServer]) -> None:
-        self.grpc_port, self.http_port, self.metrics_port = free_port(), free_port(), consecutive_free_ports(WORKERS)
+    Its output is read by a thread into `lines` (the workers' logs included), so
+    the pipe never fills while a test runs.
+    """
+
+    def __init__(self, servers: list[TritonServer], *backend_args: str, healthy: int = 2) -> None:
+        # The parent sums every worker's metrics on metrics_port; worker k serves its own on metrics_port + 1 + k.
+        self.grpc_port, self.http_port, self.metrics_port = free_port(), free_port(), consecutive_free_ports(WORKERS + 1)
         self.backends = [f"127.0.0.1:{s.grpc_port}" for s in servers]
-        specs = [f"--backend=127.0.0.1:{s.grpc_port},http={s.http_port},metrics={s.metrics_port}" for s in servers]
+        specs = backend_args or [
+            f"--backend=127.0.0.1:{s.grpc_port},http={s.http_port},metrics={s.metrics_port}" for s in servers
+        ]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "helmrec.cli", "route", *specs, f"--workers={WORKERS}", "--policy=helm",
              f"--grpc-port={self.grpc_port}", f"--http-port={self.http_port}", f"--metrics-port={self.metrics_port}"],
@@ -81,20 +91,37 @@ class Router:
             assert line, f"router exited before {WORKERS} workers were ready: {banners}"
             if " ready " in line:
                 banners.append(line)
-        assert all("2/2 backends healthy" in b for b in banners), banners
+        assert all(f"{healthy}/{healthy} backends healthy" in b for b in banners), banners
         found = [re.search(r"router worker (\d+) ready \(pid (\d+)", b) for b in banners]
         pids = {int(m.group(1)): int(m.group(2)) for m in found if m is not None}
         assert sorted(pids) == list(range(WORKERS)), banners
         self.worker_pids = [pids[k] for k in range(WORKERS)]  # banners come in any order
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def metric(self, name: str, port: int) -> float:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        return float(re.search(rf"^{name} (\S+)$", text, re.M).group(1))  # type: ignore[union-attr]
 
     def worker_requests(self, k: int) -> float:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port + k}/metrics", timeout=10) as resp:
-            text = resp.read().decode()
-        return float(re.search(r"^helmrec_router_requests_total (\S+)$", text, re.M).group(1))  # type: ignore[union-attr]
+        return self.metric("helmrec_router_requests_total", self.metrics_port + 1 + k)
 
     def output(self) -> str:
-        assert self.proc.stdout is not None
-        return self.proc.stdout.read()
+        self.proc.wait(30)
+        self._reader.join(10)
+        return "".join(self.lines)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
 
 
 def successes(server: TritonServer) -> int:
@@ -125,14 +152,18 @@ def test_workers_share_the_port_and_send_each_user_to_its_home(servers: list[Tri
         per_worker = [router.worker_requests(k) for k in range(WORKERS)]
         print(f"\nrequests per worker: {per_worker}")
         assert sum(per_worker) == 12 * 6 and min(per_worker) > 0, per_worker  # both workers took connections
+        http_stats = httpclient.InferenceServerClient(f"127.0.0.1:{router.http_port}").get_inference_statistics(MODEL)
+        assert http_stats["model_stats"][0]["inference_stats"]["success"]["count"] == sum(successes(s) for s in servers)
+        # One scrape of --metrics-port: the router's figures summed over its workers.
+        assert router.metric("helmrec_router_requests_total", router.metrics_port) == 12 * 6
+        assert router.metric("helmrec_router_answered_total", router.metrics_port) == 12 * 6
+        assert router.metric("helmrec_router_workers_scraped", router.metrics_port) == WORKERS
         router.proc.send_signal(signal.SIGTERM)
         assert router.proc.wait(30) == 0, router.output()
         for pid in router.worker_pids:  # the parent joined them before it exited
             assert not os.path.exists(f"/proc/{pid}"), f"worker pid {pid} outlived the router"
     finally:
-        if router.proc.poll() is None:
-            router.proc.kill()
-            router.proc.wait(30)
+        router.stop()
 
 
 def test_a_dead_worker_stops_the_router_and_is_named(servers: list[TritonServer]) -> None:
@@ -144,6 +175,85 @@ def test_a_dead_worker_stops_the_router_and_is_named(servers: list[TritonServer]
         for pid in router.worker_pids:
             assert not os.path.exists(f"/proc/{pid}"), f"worker pid {pid} outlived the router"
     finally:
-        if router.proc.poll() is None:
-            router.proc.kill()
-            router.proc.wait(30)
+        router.stop()
+
+
+def backend_healthy(port: int, target: str) -> float | None:
+    """A worker's `helmrec_router_backend_healthy` for one backend; None when it does not list it."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    found = re.search(rf'^helmrec_router_backend_healthy{{backend="{re.escape(target)}"}} (\S+)$', text, re.M)
+    return None if found is None else float(found.group(1))
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.1)
+
+
+def test_the_backend_file_adds_and_removes_backends_without_a_restart(servers: list[TritonServer], tmp_path: Path) -> None:
+    path = tmp_path / "backends"
+    specs = [f"127.0.0.1:{s.grpc_port},http={s.http_port},metrics={s.metrics_port}" for s in servers]
+    targets = [f"127.0.0.1:{s.grpc_port}" for s in servers]
+    path.write_text(f"# the cluster\n{specs[0]}\n")
+    router = Router(servers, f"--backend-file={path}", "--backend-file-interval=0.3", healthy=1)
+    worker_ports = [router.metrics_port + 1 + k for k in range(WORKERS)]
+
+    def send(users: range) -> list[int]:
+        """Requests of `users` on fresh connections (dealt over both workers); what each backend gained."""
+        before = [successes(s) for s in servers]
+        for user in users:
+            client = grpcclient.InferenceServerClient(f"127.0.0.1:{router.grpc_port}", channel_args=FRESH_CONNECTION)
+            client.infer(MODEL, infer_inputs(grpcclient, user_request(user, 5)))
+            client.close()
+        return [successes(s) - b for s, b in zip(servers, before)]
+
+    try:
+        assert send(range(8)) == [8, 0]  # only backend 0 is listed
+        # Added: probed, then in rotation in every worker; the users whose home it is go there.
+        path.write_text(f"# the cluster\n{specs[0]}\n{specs[1]}  # added\n")
+        wait_until(lambda: all(backend_healthy(p, targets[1]) == 1 for p in worker_ports), "both workers use backend 1")
+        homes = [home_order(user, targets)[0] for user in range(100, 112)]
+        assert send(range(100, 112)) == [homes.count(0), homes.count(1)] and homes.count(1) > 0
+        # Removed under load: what it has in flight is answered, then it gets nothing.
+        errors: list[str] = []
+        answered = 0
+        stop = threading.Event()
+
+        def load() -> None:
+            nonlocal answered
+            client = grpcclient.InferenceServerClient(f"127.0.0.1:{router.grpc_port}")
+            user = 200
+            while not stop.is_set():
+                try:
+                    client.infer(MODEL, infer_inputs(grpcclient, user_request(user, 5)))
+                    answered += 1
+                except InferenceServerException as exc:
+                    errors.append(str(exc))
+                user += 1
+
+        loader = threading.Thread(target=load)
+        loader.start()
+        try:
+            time.sleep(0.5)
+            path.write_text(f"{specs[1]}\n")
+            wait_until(lambda: all(backend_healthy(p, targets[0]) is None for p in worker_ports), "backend 0 drained")
+            time.sleep(0.3)
+        finally:
+            stop.set()
+            loader.join(30)
+        print(f"\nremoved backend 0 under load: {answered} answered, {len(errors)} errors")
+        assert not errors and answered > 0, errors[:3]
+        assert send(range(300, 308)) == [0, 8]
+        # A bad edit changes nothing and names its line; SIGHUP (to the parent) re-reads the file in every worker.
+        path.write_text(f"{specs[1]}\n127.0.0.1\n")
+        bad = f"--backend-file {path}:2: --backend '127.0.0.1': expected HOST:GRPC_PORT"
+        wait_until(lambda: sum(bad in line for line in router.lines) == WORKERS, "each worker logs the bad line")
+        assert send(range(400, 404)) == [0, 4]
+        router.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: sum(bad in line for line in router.lines) == 2 * WORKERS, "SIGHUP re-reads it")
+        assert router.proc.poll() is None and send(range(500, 504)) == [0, 4]
+    finally:
+        router.stop()

@@ -1,6 +1,8 @@
-"""`helmrec eval-allocator`: alpha controllers against the offline-optimal alpha* on held-out seeds.
+"""Alpha controllers against the offline-optimal alpha* on held-out window tables.
 
-For every regime and held-out seed, the node simulator replays the trace one
+`helmrec eval-allocator` (`helmrec.load.sim.eval_allocator`) replays the cluster
+simulator's node on every regime of the held-out seeds into window tables and
+calls `evaluate` here. For every table, the controllers step through the trace one
 control window at a time; each policy sees only the Observation of the window
 that just ended and sets alpha for the next one. Reported per regime and
 policy: `gap` = mean |alpha - alpha*| over windows, and `p99_ms` = the
@@ -10,9 +12,6 @@ decision latency is timed over 100k decide() calls on recorded observations.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,12 +20,11 @@ import numpy as np
 
 from helmrec.allocator.controller import Controller, ControllerConfig
 from helmrec.allocator.interface import Decider
-from helmrec.allocator.node_model import NodeConfig, NodeState, WindowTable, build_table, step_node
+from helmrec.allocator.node_model import NodeConfig, NodeState, WindowTable, step_node
 from helmrec.allocator.observation import Observation
 from helmrec.allocator.oracle import alpha_star
 from helmrec.allocator.pid import PIDConfig, PIDController
 from helmrec.allocator.policy import Policy
-from helmrec.workload.traces import REGIMES, make_trace
 
 EVAL_SEEDS = (100, 101)
 STATIC = tuple(round(0.1 * k, 1) for k in range(1, 10))
@@ -87,25 +85,24 @@ def decision_latency_us(controller: Controller, observations: list[Observation],
 
 
 def evaluate(
-    policy: Policy, seeds: tuple[int, ...], duration_s: float, node: NodeConfig = NodeConfig(), plot: Path | None = None
+    policy: Policy, tables: dict[str, list[WindowTable]], node: NodeConfig = NodeConfig(), plot: Path | None = None
 ) -> dict:
-    """The report of docs/reports.md for `policy` on `seeds` of every regime."""
+    """The report of docs/reports.md for `policy` on the held-out `tables` of each regime."""
     factories = policies(policy)
     report: dict = {"regimes": {}}
     traces_for_plot: dict[str, dict[str, np.ndarray]] = {}
     recorded: list[Observation] = []
-    for regime in REGIMES:
+    for regime, regime_tables in tables.items():
         gaps: dict[str, list[float]] = {name: [] for name in factories}
         lat: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {name: [] for name in factories}
-        for seed in seeds:
-            table = build_table(make_trace(regime, seed, duration_s=duration_s), node)
+        for k, table in enumerate(regime_tables):
             star = alpha_star(table, node)[1:]
             weights = table.requests[1:].astype(np.float64)
             for name, make in factories.items():
                 alphas, p99, seen = replay(table, make())
                 gaps[name].append(float(np.abs(alphas - star).mean()))
                 lat[name].append((p99, weights))
-                if seed == seeds[0] and name in ("full", "ppo"):
+                if k == 0 and name in ("full", "ppo"):
                     traces_for_plot.setdefault(regime, {"t": table.t0_s[1:], "star": star})[name] = alphas
                     if name == "full":
                         recorded.extend(seen)
@@ -159,34 +156,3 @@ def format_table(report: dict) -> str:
     worst = max(r["gap"]["full"] for r in report["regimes"].values())
     lines.append(f"full controller: worst-regime gap {worst:.4f}; decide() median {d['median']:.2f} us, p99 {d['p99']:.2f} us")
     return "\n".join(lines)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true", help="one held-out seed, 300 s traces (CI)")
-    parser.add_argument("--json", type=Path, required=True, help="write the report here")
-    parser.add_argument("--plot", type=Path, default=None, help="PNG of alpha vs alpha* over time")
-    parser.add_argument("--policy", type=Path, default=None, help="policy .npz (default: the packaged one)")
-    parser.add_argument(
-        "--emb-miss-scale",
-        type=float,
-        default=1.0,
-        help="evaluate on a node whose EMB miss costs this many times the trained-on cost model's "
-        "(a sim-to-real mismatch the policy never saw; what the residual layer is for)",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    seeds = EVAL_SEEDS[:1] if args.quick else EVAL_SEEDS
-    duration = 300.0 if args.quick else 600.0
-    if args.emb_miss_scale <= 0:
-        raise SystemExit(f"--emb-miss-scale must be > 0, got {args.emb_miss_scale}")
-    base = NodeConfig()
-    cost = dataclasses.replace(base.cost, emb_miss_row_us=base.cost.emb_miss_row_us * args.emb_miss_scale)
-    node = dataclasses.replace(base, cost=cost)
-    report = evaluate(Policy.load(args.policy), seeds, duration, node=node, plot=args.plot)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
-    print(format_table(report))
-    wrote = f"{args.json}" + (f" and {args.plot}" if args.plot else "")
-    print(f"seeds {list(seeds)}, {duration:.0f} s per trace, emb miss cost x{args.emb_miss_scale}; wrote {wrote}")
-    return 0

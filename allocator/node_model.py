@@ -92,6 +92,10 @@ class WindowTable:
     mean_service_us: np.ndarray  # [W, A]
     p99_ms: np.ndarray  # [W, A] stationary P99 (service + M/G/1 wait, no carried backlog)
     interval_s: float
+    # [W, A] requests waiting at the window's close, when the table comes from a replay whose P99
+    # already holds the queue the node built (`helmrec.load.sim.node_table`); None for the analytic
+    # table, whose queue `step_node` derives from the utilisation and a carried backlog.
+    queue_depth: np.ndarray | None = None
 
     @property
     def num_windows(self) -> int:
@@ -104,6 +108,43 @@ class WindowTable:
         f = pos - lo
         row = (self.emb_hit[w], self.kv_hit[w], self.mean_service_us[w], self.p99_ms[w])
         return tuple(float(a[lo] * (1.0 - f) + a[lo + 1] * f) for a in row)  # type: ignore[return-value]
+
+    def queue_at(self, w: int, alpha: float) -> float:
+        """Replayed queue depth at the close of window `w` at `alpha` (requires `queue_depth`)."""
+        assert self.queue_depth is not None, "queue_at needs a replayed table"
+        return float(np.interp(np.clip(alpha, 0.0, 1.0), ALPHA_GRID, self.queue_depth[w]))
+
+
+@dataclass(frozen=True)
+class WindowTraffic:
+    """What a trace's control windows carry, whatever the node does with it (alpha-free columns)."""
+
+    t0_s: np.ndarray  # [W] window start times
+    requests: np.ndarray  # [W]
+    lookback_requests: np.ndarray  # [W] requests in the lookback that ends with the window
+    hot_user_share: np.ndarray  # [W]
+    mean_history_len: np.ndarray  # [W]
+    in_burst: np.ndarray  # [W]
+
+
+def window_traffic(trace: Trace, node: NodeConfig) -> WindowTraffic:
+    """The alpha-free columns of every control window of `trace` after `node.warmup_s`."""
+    starts = np.arange(node.warmup_s, trace.config.duration_s - node.interval_s + 1e-9, node.interval_s)
+    requests = np.zeros(starts.shape[0], dtype=np.int64)
+    lookback_requests = np.zeros(starts.shape[0], dtype=np.int64)
+    hot = np.zeros(starts.shape[0])
+    mean_len = np.zeros(starts.shape[0])
+    for w, t0 in enumerate(starts):
+        rows = trace.window(t0, t0 + node.interval_s)
+        requests[w] = rows.stop - rows.start
+        t1 = t0 + node.interval_s
+        lb = trace.window(t1 - node.lookback_s, t1)
+        lookback_requests[w] = lb.stop - lb.start
+        if requests[w]:
+            hot[w] = float((trace.since_prev_s[rows] <= trace.t_s[rows] - t0).mean())
+            mean_len[w] = float(trace.history_len[rows].mean())
+    in_burst = trace.config.in_burst(starts + 0.5 * node.interval_s)
+    return WindowTraffic(starts, requests, lookback_requests, hot, mean_len, in_burst)
 
 
 def _p99_wait_ms(rate: float, mean_s_us: np.ndarray, mean_s2_us2: np.ndarray, interval_s: float) -> np.ndarray:
@@ -147,20 +188,12 @@ def build_table(trace: Trace, node: NodeConfig = NodeConfig()) -> WindowTable:
     emb_hit_row = np.where(emb_rows > 0, trace.item_cdf[np.clip(emb_rows - 1, 0, trace.item_cdf.shape[0] - 1)], 0.0)
 
     stride = max(1, round(len(trace) / cfg.duration_s * node.lookback_s / node.sample_requests))
-    starts = np.arange(node.warmup_s, cfg.duration_s - node.interval_s + 1e-9, node.interval_s)
-    shape = (starts.shape[0], ALPHA_GRID.shape[0])
+    traffic = window_traffic(trace, node)
+    shape = (traffic.t0_s.shape[0], ALPHA_GRID.shape[0])
     out = {k: np.zeros(shape) for k in ("emb_hit", "kv_hit", "mean_service_us", "p99_ms")}
-    requests = np.zeros(starts.shape[0], dtype=np.int64)
-    lookback_requests = np.zeros(starts.shape[0], dtype=np.int64)
-    hot = np.zeros(starts.shape[0])
-    mean_len = np.zeros(starts.shape[0])
-    for w, t0 in enumerate(starts):
-        rows = trace.window(t0, t0 + node.interval_s)
-        n = rows.stop - rows.start
-        requests[w] = n
+    for w, t0 in enumerate(traffic.t0_s):
         t1 = t0 + node.interval_s
         lb = trace.window(t1 - node.lookback_s, t1)
-        lookback_requests[w] = lb.stop - lb.start
         t_char = _characteristic_time(trace, lb, min(node.lookback_s, t1), kv_capacity_tokens)
         sample = np.arange(-(-lb.start // stride) * stride, lb.stop, stride)
         out["emb_hit"][w] = emb_hit_row
@@ -178,18 +211,14 @@ def build_table(trace: Trace, node: NodeConfig = NodeConfig()) -> WindowTable:
             out["kv_hit"][w] = hit.mean(axis=1)
             out["mean_service_us"][w] = mean_s
             out["p99_ms"][w] = p99_service_ms + _p99_wait_ms(rate, mean_s, (service**2).mean(axis=1), node.interval_s)
-        if n == 0:
-            continue
-        hot[w] = float((trace.since_prev_s[rows] <= trace.t_s[rows] - t0).mean())
-        mean_len[w] = float(trace.history_len[rows].mean())
     return WindowTable(
         regime=cfg.regime,
-        t0_s=starts,
-        requests=requests,
-        lookback_requests=lookback_requests,
-        hot_user_share=hot,
-        mean_history_len=mean_len,
-        in_burst=cfg.in_burst(starts + 0.5 * node.interval_s),
+        t0_s=traffic.t0_s,
+        requests=traffic.requests,
+        lookback_requests=traffic.lookback_requests,
+        hot_user_share=traffic.hot_user_share,
+        mean_history_len=traffic.mean_history_len,
+        in_burst=traffic.in_burst,
         interval_s=node.interval_s,
         **out,
     )
@@ -222,11 +251,15 @@ def step_node(table: WindowTable, w: int, state: NodeState) -> Observation:
     if state.rng is not None:
         kv_hit, kv_more, kv_less = _counted(state.rng, int(table.lookback_requests[w]), kv_hit, kv_more, kv_less)
     rate = float(table.requests[w]) / table.interval_s
-    work_us = rate * table.interval_s * mean_s_us
-    state.backlog_us = max(0.0, state.backlog_us + work_us - table.interval_s * 1e6)
-    # Requests still waiting at the window's close: the carried backlog plus the M/G/1 mean queue.
-    rho = min(rate * mean_s_us / 1e6, _RHO_CAP)
-    queue = state.backlog_us / max(mean_s_us, 1e-9) + rho * rho / (2.0 * (1.0 - rho))
+    if table.queue_depth is not None:
+        # A replayed table's P99 and queue already hold what the node's own FIFO built.
+        queue = table.queue_at(w, state.alpha)
+    else:
+        work_us = rate * table.interval_s * mean_s_us
+        state.backlog_us = max(0.0, state.backlog_us + work_us - table.interval_s * 1e6)
+        # Requests still waiting at the window's close: the carried backlog plus the M/G/1 mean queue.
+        rho = min(rate * mean_s_us / 1e6, _RHO_CAP)
+        queue = state.backlog_us / max(mean_s_us, 1e-9) + rho * rho / (2.0 * (1.0 - rho))
     return Observation(
         emb_hit_rate=min(max(emb_hit, 0.0), 1.0),
         kv_hit_rate=min(max(kv_hit, 0.0), 1.0),

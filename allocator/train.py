@@ -1,7 +1,9 @@
-"""`helmrec train-allocator`: train the PPO base policy offline on the node simulator, export numpy weights.
+"""Train the PPO base policy offline on window tables and fit the constants shipped beside it.
 
-Training data: window tables (`node_model.build_table`) of all three regimes on
-the training seeds; evaluation uses other seeds (`allocator/evaluate.py`).
+`helmrec train-allocator` (`helmrec.load.sim.train_allocator`) builds the
+tables by replaying the cluster simulator's own node on all three regimes of
+the training seeds and calls `train` here; evaluation uses other seeds. This
+module takes tables of either kind and knows nothing of how they were made.
 The reward is the latency regret against the window's best alpha plus a
 shaping term toward alpha* (offline only; see `NodeEnv`). Decisions hardly
 affect later windows (only through the carried backlog), so a short discount
@@ -10,26 +12,13 @@ affect later windows (only through the carried backlog), so a short discount
 
 from __future__ import annotations
 
-import argparse
-import time
-from pathlib import Path
-
 import numpy as np
 
-from helmrec.allocator.node_model import NodeConfig, WindowTable, build_table
+from helmrec.allocator.node_model import NodeConfig, WindowTable
 from helmrec.allocator.oracle import alpha_star
-from helmrec.allocator.policy import DEFAULT_POLICY
 from helmrec.allocator.sim_env import NodeEnv
-from helmrec.workload.traces import REGIMES, make_trace
 
 TRAIN_SEEDS = (0, 1, 2)
-
-
-def training_tables(
-    seeds: tuple[int, ...] = TRAIN_SEEDS, duration_s: float = 600.0, node: NodeConfig = NodeConfig()
-) -> list[WindowTable]:
-    """One window table per (regime, seed)."""
-    return [build_table(make_trace(r, seed, duration_s=duration_s), node) for r in REGIMES for seed in seeds]
 
 
 def fit_constants(tables: list[WindowTable], node: NodeConfig = NodeConfig()) -> dict[str, float]:
@@ -84,25 +73,3 @@ def train(
     )
     model.learn(total_timesteps=timesteps, progress_bar=progress_bar)
     return model
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--timesteps", type=int, default=600_000, help="PPO environment steps (default 600000)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_POLICY, help=f"numpy policy file (default {DEFAULT_POLICY})")
-    parser.add_argument("--duration", type=float, default=600.0, help="seconds of each training trace")
-    parser.add_argument("--seed", type=int, default=0)
-
-
-def run(args: argparse.Namespace) -> int:
-    from helmrec.allocator.export import export_policy
-
-    t0 = time.perf_counter()
-    tables = training_tables(duration_s=args.duration)
-    print(f"built {len(tables)} window tables ({sum(t.num_windows for t in tables)} windows) in {time.perf_counter() - t0:.1f} s")
-    constants = fit_constants(tables)
-    print("fitted " + ", ".join(f"{k} = {v:.3f}" for k, v in constants.items()))
-    model = train(tables, args.timesteps, seed=args.seed)
-    extra = {"meta_timesteps": args.timesteps, "meta_train_seeds": np.array(TRAIN_SEEDS), **constants}
-    path = export_policy(model, args.out, extra=extra)
-    print(f"exported {path} ({path.stat().st_size} bytes) after {time.perf_counter() - t0:.0f} s")
-    return 0

@@ -27,8 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export-onnx": ("helmrec.hstu.export", "export the prefill and rank graphs to ONNX"),
     "build-engine": ("helmrec.hstu.engine", "build TensorRT engines (model.plan) from the ONNX graphs"),
     "route": ("helmrec.router.cli", "the KServe-v2 front door for several Triton instances"),
-    "train-allocator": ("helmrec.allocator.train", "train the PPO base policy offline on the node simulator"),
-    "eval-allocator": ("helmrec.allocator.evaluate", "compare alpha controllers against the offline-optimal alpha"),
+    "train-allocator": ("helmrec.load.sim.train_allocator", "train the PPO base policy on the replayed node"),
+    "eval-allocator": ("helmrec.load.sim.eval_allocator", "compare alpha controllers against the replay's alpha*"),
     "sim": ("helmrec.load.sim.cli", "discrete-event simulation of an N-node cluster"),
     "bench": ("helmrec.load.bench.cli", "local benchmark: N tritonservers, the router and a Locust run"),
 }

@@ -1,10 +1,12 @@
 """How far each node's alpha was from the offline-optimal alpha* of the traffic it actually received.
 
-alpha* comes from the allocator's own oracle (`helmrec.allocator.oracle.alpha_star`
-over `helmrec.allocator.node_model.build_table`), the definition `helmrec eval-allocator`
-reports, applied per node to the sub-trace the router sent there: a node only
-sees a user's previous request if it was routed to that node too, so the
-KV reuse a node can get (and hence its alpha*) depends on the routing policy.
+alpha* is the replay's own optimum: the sub-trace the router sent to a node is
+replayed through the same node at every alpha of a sweep
+(`helmrec.load.sim.node_table.replay_table`) and `helmrec.allocator.oracle.alpha_star`
+reads the best one per window, the definition `helmrec eval-allocator` reports.
+Per node, because a node only sees a user's previous request if it was routed
+there too, so the KV reuse a node can get (and hence its alpha*) depends on the
+routing policy.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ import dataclasses
 
 import numpy as np
 
-from helmrec.allocator.node_model import build_table
 from helmrec.allocator.oracle import alpha_star
 from helmrec.load.sim.cluster import RunResult
 from helmrec.load.sim.config import SimConfig
+from helmrec.load.sim.node_table import replay_table
 from helmrec.workload.traces import Trace
 
 
@@ -48,9 +50,10 @@ def node_trace(trace: Trace, rows: np.ndarray) -> Trace:
 def alpha_star_per_node(trace: Trace, result: RunResult, config: SimConfig) -> np.ndarray:
     """alpha* [measured windows, nodes] of each node's routed traffic."""
     node = dataclasses.replace(config.node, warmup_s=config.warmup_s, interval_s=config.interval_s)
+    one = dataclasses.replace(config, nodes=1)
     columns = []
     for j in range(config.nodes):
-        table = build_table(node_trace(trace, np.flatnonzero(result.node == j)), node)
+        table = replay_table(node_trace(trace, np.flatnonzero(result.node == j)), one, node)
         columns.append(alpha_star(table, node))
     return np.stack(columns, axis=1)
 

@@ -33,8 +33,9 @@ from helmrec.load.sim.alpha_gap import alpha_gap
 from helmrec.load.sim.cluster import simulate
 from helmrec.load.sim.config import SimConfig
 from helmrec.load.sim.metrics import measured, refused_share, summarize
+from helmrec.load.sim.node_table import regime_trace
 from helmrec.router.config import POLICIES as ROUTERS
-from helmrec.workload.traces import REGIMES, Trace, make_trace
+from helmrec.workload.traces import REGIMES, Trace
 
 ABLATION_ROUTERS = ("emb_aware", "kv_aware", "helm")
 # Relative cost of one request under each router (32 backends): the EMB-sketch policies score every
@@ -98,18 +99,6 @@ class TaskResult:
 _TRACES: dict[tuple[str, int], Trace] = {}
 _GRID: GridConfig | None = None
 _POLICY: Policy | None = None
-
-
-def regime_trace(regime: str, nodes: int, sim: SimConfig) -> Trace:
-    """The regime's standard trace scaled to `nodes` (per-node load of one node's defaults)."""
-    return make_trace(
-        regime,
-        seed=sim.seed,
-        scale=float(nodes),
-        duration_s=sim.duration_s,
-        burst_every_s=sim.burst_every_s,
-        burst_len_s=sim.burst_len_s,
-    )
 
 
 class _Static:

@@ -8,7 +8,7 @@ from argparse import Namespace
 import pytest
 
 from helmrec.allocator.controller import Controller, ControllerConfig
-from helmrec.allocator.evaluate import run as eval_run
+from helmrec.load.sim.eval_allocator import run as eval_run
 from helmrec.allocator.node_model import NodeConfig, NodeState, build_table, step_node
 from helmrec.workload.traces import make_trace
 
@@ -50,7 +50,7 @@ def test_layers_config_selects_layers() -> None:
 
 def test_eval_allocator_quick_writes_the_report_shape(tmp_path) -> None:
     out = tmp_path / "alloc.json"
-    assert eval_run(Namespace(quick=True, json=out, plot=tmp_path / "alpha.png", policy=None, emb_miss_scale=1.0)) == 0
+    assert eval_run(Namespace(quick=True, json=out, plot=tmp_path / "alpha.png", policy=None, emb_miss_scale=1.0, workers=2)) == 0
     report = json.loads(out.read_text())
     assert set(report) == {"regimes", "decision_latency_us"}
     assert set(report["regimes"]) == {"steady", "trend", "burst"}

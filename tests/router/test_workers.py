@@ -257,3 +257,67 @@ def test_the_backend_file_adds_and_removes_backends_without_a_restart(servers: l
         assert router.proc.poll() is None and send(range(500, 504)) == [0, 4]
     finally:
         router.stop()
+
+
+def test_killing_a_backend_then_a_worker_under_load_answers_or_refuses_every_request(
+    servers: list[TritonServer],
+) -> None:
+    """Runs last: it kills backend 1. Every request gets an answer or an explicit error, none hangs.
+
+    A backend SIGKILLed mid-request costs nothing (the router sends the request
+    once to the other backend). A worker SIGKILLed takes the router down by
+    design (the service manager restarts it): requests on the dead worker's
+    connections fail UNAVAILABLE, the parent SIGTERMs the surviving worker,
+    which answers what it has in flight within its grace period and refuses
+    the rest UNAVAILABLE, as does the closed port after.
+    """
+    router = Router(servers)
+    outcomes: list[tuple[str, str]] = []  # (phase, "ok" or the status code)
+    messages: list[str] = []
+    phase = ["steady"]
+    stop = threading.Event()
+
+    def client_loop(w: int) -> None:
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{router.grpc_port}", channel_args=FRESH_CONNECTION)
+        user = 10_000 * (w + 1)
+        while not stop.is_set():
+            try:
+                client.infer(MODEL, infer_inputs(grpcclient, user_request(user, 5)), client_timeout=20)
+                outcomes.append((phase[0], "ok"))
+            except InferenceServerException as exc:
+                current = phase[0]  # when it came back: one sent before a worker died fails with it
+                outcomes.append((current, str(exc.status())))
+                messages.append(f"{current}: {exc}")
+                client.close()  # a new connection, maybe to another worker (or refused once the router is gone)
+                client = grpcclient.InferenceServerClient(f"127.0.0.1:{router.grpc_port}", channel_args=FRESH_CONNECTION)
+                time.sleep(0.05)
+            user += 1
+        client.close()
+
+    def answered(p: str) -> int:
+        return sum(1 for ph, o in outcomes if ph == p and o == "ok")
+
+    threads = [threading.Thread(target=client_loop, args=(w,)) for w in range(4)]
+    try:
+        for t in threads:
+            t.start()
+        wait_until(lambda: answered("steady") >= 20, "20 answers")
+        phase[0] = "backend killed"
+        os.kill(servers[1].pid, signal.SIGKILL)
+        wait_until(lambda: answered("backend killed") >= 40, "40 answers after the backend died")
+        phase[0] = "worker killed"
+        os.kill(router.worker_pids[1], signal.SIGKILL)
+        assert router.proc.wait(30) == 1
+        time.sleep(0.5)  # clients meet the closed port too
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+        router.stop()
+    assert not any(t.is_alive() for t in threads), "a request hung"
+    counts: dict[tuple[str, str], int] = {}
+    for outcome in outcomes:
+        counts[outcome] = counts.get(outcome, 0) + 1
+    print(f"\n{len(outcomes)} requests, each answered or refused: {counts}")
+    assert all(o == "ok" for ph, o in outcomes if ph != "worker killed"), messages[:3]  # the backend's death cost nothing
+    assert {o for _, o in outcomes} <= {"ok", "StatusCode.UNAVAILABLE"}, counts  # explicit, never a deadline

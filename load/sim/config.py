@@ -4,6 +4,11 @@ The node's pool size and service-time constants are not repeated here: they
 come from `helmrec.allocator.node_model.NodeConfig` and `helmrec.allocator.cost_model.CostModel`,
 the same objects the controller was trained against, so the simulated nodes
 and the controller's training simulator can never disagree on what a node is.
+
+Two sizings: the defaults (the paper workload's node: a 4 GB H100 pool, 20 s
+traces) and `SimConfig.production()`, one H200 serving the `large` preset
+(DLRMv3 sizes) on the "production" workload of `helmrec.workload.traces`;
+docs/workload.md gives every number's source.
 """
 
 from __future__ import annotations
@@ -11,9 +16,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from helmrec.allocator.cost_model import PCIE_H2D_BYTES_PER_US
+from helmrec.allocator.cost_model import PCIE_H2D_BYTES_PER_US, CostModel
 from helmrec.allocator.node_model import NodeConfig
 from helmrec.router.config import RouterConfig
+from helmrec.workload.traces import PRODUCTION, WORKLOADS
 
 # The router's default in-flight limit per backend (RouterConfig's own default, read, not copied).
 ROUTER_MAX_IN_FLIGHT: int = RouterConfig.__dataclass_fields__["max_in_flight_per_backend"].default  # type: ignore[assignment]
@@ -23,6 +29,32 @@ POOL_PAGE_BYTES = 16384
 # 256 MiB/s for a 4 MB pool; for the H100 node we assume 2% of the achievable PCIe Gen5 x16 rate
 # (cost_model.PCIE_H2D_BYTES_PER_US), about 1 GB/s, so refills never compete with critical misses.
 REFILL_BYTES_PER_S = 0.02 * PCIE_H2D_BYTES_PER_US * 1e6
+
+# --- The production node: one H200 serving the `large` preset (python_backend/hstu/config.py) -------------
+# `large` is DLRMv3-sized: KV per history token = 5 layers x 4 heads x (d_qk 128 + d_v 128) x 2 B (bf16);
+# one item-table row = d_model 512 x 2 B.
+LARGE_KV_TOKEN_BYTES = 5 * 4 * (128 + 128) * 2  # 10 KiB
+LARGE_EMB_ROW_BYTES = 512 * 2  # 1 KiB
+# HBM of the H200 the project measured on (nvidia-smi: 143,771 MiB; docs/gpu.md, section (e)).
+H200_HBM_BYTES = 143_771 * 2**20
+# What the pool leaves to everything else, an assumption until the served run's
+# torch.cuda.max_memory_reserved() is measured at 14000 / 2048 with the pool allocated: the rank graphs'
+# shared buffer at 14,336 tokens (4.7 GB) and the 512-token context buffers up to 16k (2.7 GB), both
+# measured (docs/gpu.md, Gaps), an eager 14k-token prefill's attention temporaries (4 heads x 16k x 16k
+# x 2 B = 2 GiB), the CUDA context and library workspaces (~1 GiB), weights (< 0.1 GiB: the item table
+# lives in host memory), about 10.4 GiB, doubled for the caching allocator's fragmentation: 28.4 GiB are left.
+PRODUCTION_POOL_BYTES = 112 * 2**30
+# The page size the served GPU pool uses (docs/gpu.md: `hstu_pool` pool with 1 MiB pages).
+PRODUCTION_PAGE_BYTES = 2**20
+# Latency target of one request: P99 80 ms, the MLPerf DLRMv3 Server scenario's bound for this shape
+# (2048 candidates over histories of up to 16k tokens), as issue 16 states it. At the production arrival
+# rate a node runs at 0.7 utilisation with half its requests KV hits (workload.production.arrival_rate):
+# its M/G/1 P99 (node_model's formula) is then about 74 ms: 111 ms at 0.3 KV hits, 49 ms at 0.7, so the
+# SLO separates an alpha that loses KV hits from one that keeps them.
+PRODUCTION_SLO_MS = 80.0
+# Unmeasured lead-in: the calm minute before the first burst (caches fill, the burst detector learns
+# its baseline over 20 windows).
+PRODUCTION_WARMUP_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -51,6 +83,8 @@ class SimConfig:
     # Burst timing for traces much shorter than the default 600 s (bursts every 120 s would miss).
     burst_every_s: float = 24.0  # first burst at half this: after the detector's warm-up
     burst_len_s: float = 3.0
+    burst_start_s: float | None = None  # first burst; None: half of burst_every_s
+    workload: str = "paper"  # the trace workload (helmrec.workload.traces.WORKLOADS)
 
     def __post_init__(self) -> None:
         if self.nodes < 1:
@@ -68,6 +102,34 @@ class SimConfig:
             raise ValueError(f"SimConfig.max_in_flight must be >= 1, got {self.max_in_flight}")
         if not 0.0 <= self.start_alpha <= 1.0:
             raise ValueError(f"SimConfig.start_alpha must be in [0, 1], got {self.start_alpha}")
+        if self.workload not in WORKLOADS:
+            raise ValueError(f"SimConfig.workload must be one of {tuple(WORKLOADS)}, got {self.workload!r}")
+        if self.burst_start_s is not None and self.burst_start_s < 0:
+            raise ValueError(f"SimConfig.burst_start_s must be >= 0 or None, got {self.burst_start_s}")
+
+    @classmethod
+    def production(cls, nodes: int = 32, **overrides: object) -> SimConfig:
+        """The production-scale cluster: H200 nodes (`production_node`) on the "production" workload.
+
+        Trace timing is the workload's own (180 s; bursts of 20 s, the first at 60 s, then every 60 s),
+        so a burst outlasts the controller's 10 s lookback and follows a calm lead-in; the first 60 s
+        only warm the caches and controllers. Control windows are 1 s, the policy's training window:
+        at ~90 req/s a node sees ~90 requests a window.
+        """
+        base = cls(
+            nodes=nodes,
+            duration_s=PRODUCTION.duration_s,
+            warmup_s=PRODUCTION_WARMUP_S,
+            interval_s=1.0,
+            node=production_node(),
+            page_bytes=PRODUCTION_PAGE_BYTES,
+            slo_ms=PRODUCTION_SLO_MS,
+            burst_every_s=PRODUCTION.burst_every_s,
+            burst_len_s=PRODUCTION.burst_len_s,
+            burst_start_s=PRODUCTION.burst_start_s,
+            workload="production",
+        )
+        return dataclasses.replace(base, **overrides) if overrides else base
 
     @property
     def total_pages(self) -> int:
@@ -77,3 +139,15 @@ class SimConfig:
     def windows(self) -> int:
         """Measured control windows (after warmup)."""
         return int((self.duration_s - self.warmup_s) // self.interval_s)
+
+
+def production_node(cost: CostModel | None = None) -> NodeConfig:
+    """One H200 serving the `large` preset: a 112 GiB pool, DLRMv3 KV and EMB sizes, 1 s windows.
+
+    `cost` defaults to `CostModel()` with the `large` byte sizes; pass a measured one to keep its
+    timings (its byte sizes are replaced by the `large` preset's either way).
+    """
+    cost = dataclasses.replace(
+        cost if cost is not None else CostModel(), kv_token_bytes=LARGE_KV_TOKEN_BYTES, emb_row_bytes=LARGE_EMB_ROW_BYTES
+    )
+    return NodeConfig(pool_bytes=PRODUCTION_POOL_BYTES, interval_s=1.0, warmup_s=PRODUCTION_WARMUP_S, cost=cost)

@@ -64,6 +64,9 @@ class Dispatcher:
     def __init__(self, config: RouterConfig, policy: RoutingPolicy | None = None) -> None:
         self.config = config
         self.policy = policy if policy is not None else make_policy(config.policy, config.workers)
+        # Read a request's candidates only for a policy that uses them (about 35 us a request:
+        # the numpy view, the sketch's hash and its counters); an unknown policy gets them.
+        self.reads_candidates: bool = getattr(self.policy, "reads_candidates", True)
         # One slot per backend ever listed, never reused for another address, so an
         # index held by an in-flight request stays valid while the list changes
         # (`--backend-file`); a removed backend's slot is `retired`.

@@ -179,7 +179,7 @@ class GrpcFront:
     # -- ModelInfer ----------------------------------------------------------------
     async def model_infer(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:
-            message = parse(raw)
+            message = parse(raw, self.dispatcher.reads_candidates)
         except UndecodableRequest as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         await self._check_model(message.model, context)

@@ -189,7 +189,7 @@ class HttpFront:
                     f"no larger than the body ({len(body)} bytes)",
                 )
             header_length = int(length)
-        features = from_http(request.match_info["model"], body, header_length)
+        features = from_http(request.match_info["model"], body, header_length, self.dispatcher.reads_candidates)
         if features.route.user_id is None and header_length != 0:  # 0: a raw binary request, no JSON
             encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
             _check_inference_header(body if header_length is None else body[:header_length], encoding)

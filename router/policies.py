@@ -64,6 +64,9 @@ class _Policy:
     """Shared tie-breaking: equal scores rotate, so a cold start spreads users evenly."""
 
     name = ""
+    # Whether `choose` reads the request's candidates (the EMB sketch): when no
+    # policy does, the router neither reads them from the request nor feeds the sketch.
+    reads_candidates = False
 
     def __init__(self) -> None:
         self._cursor = 0
@@ -126,6 +129,7 @@ class EMBAware(_Policy):
     """Where the largest share of the request's candidates is hot; least loaded among equals."""
 
     name = "emb_aware"
+    reads_candidates = True
 
     def choose(self, request: RouteRequest, backends: Sequence[BackendState]) -> int:
         room = backends_with_room(backends)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from math import prod
 
 import numpy as np
 from tritonclient.grpc import service_pb2
@@ -51,6 +52,26 @@ def _route(user: np.ndarray | None, history_len: int, candidates: np.ndarray | N
 
 
 # -- gRPC --------------------------------------------------------------------------
+_SIGNED = {"INT64": True, "INT32": True, "UINT64": False, "UINT32": False}
+
+
+def _grpc_user(request: service_pb2.ModelInferRequest, index: int) -> int | None:
+    """The one USER_ID value, read straight from its bytes (no numpy array for one integer)."""
+    tensor = request.inputs[index]
+    dtype = _INT_DTYPES.get(tensor.datatype)
+    if dtype is None:
+        return None
+    if request.raw_input_contents:
+        if index >= len(request.raw_input_contents):
+            return None
+        raw = request.raw_input_contents[index]
+        if len(raw) != np.dtype(dtype).itemsize:
+            return None
+        return int.from_bytes(raw, "little", signed=_SIGNED[tensor.datatype])
+    values = _grpc_values(request, index)
+    return None if values is None or len(values) != 1 else int(values[0])
+
+
 def _grpc_values(request: service_pb2.ModelInferRequest, index: int) -> np.ndarray | None:
     tensor = request.inputs[index]
     dtype = _INT_DTYPES.get(tensor.datatype)
@@ -85,30 +106,42 @@ def _grpc_sequence(request: service_pb2.ModelInferRequest) -> tuple[tuple[str, i
     return (request.model_name, seq), end
 
 
-def from_grpc(request: service_pb2.ModelInferRequest) -> Features:
-    """Features of a parsed ModelInferRequest (the caller forwards the original bytes)."""
-    user = candidates = None
+def from_grpc(request: service_pb2.ModelInferRequest, candidates: bool = True) -> Features:
+    """Features of a parsed ModelInferRequest (the caller forwards the original bytes).
+
+    `candidates=False` leaves CANDIDATE_ITEM_IDS unread, for policies that do not use it.
+    """
+    user = items = None
     history_len = 0
     for i, tensor in enumerate(request.inputs):
-        if tensor.name == USER_ID:
-            user = _grpc_values(request, i)
-        elif tensor.name == HISTORY_ITEM_IDS:
-            history_len = _count(tensor.shape)
-        elif tensor.name == CANDIDATE_ITEM_IDS:
+        name = tensor.name
+        if name == USER_ID:
+            user = _grpc_user(request, i)
+        elif name == HISTORY_ITEM_IDS:
+            history_len = prod(tensor.shape)
+        elif candidates and name == CANDIDATE_ITEM_IDS:
             values = _grpc_values(request, i)
-            candidates = None if values is None else values.astype(np.int64, copy=False)
-    sequence, end = _grpc_sequence(request)
-    return Features(_route(user, history_len, candidates), sequence, end)
+            items = None if values is None else values.astype(np.int64, copy=False)
+    sequence, end = _grpc_sequence(request) if request.parameters else (None, False)
+    if user is None:
+        route = _NO_FEATURES if items is None else RouteRequest(candidates=items)
+    else:
+        route = RouteRequest(user_id=user, history_len=max(0, history_len),
+                             candidates=items if items is not None else _NO_FEATURES.candidates)
+    return Features(route, sequence, end)
 
 
 # -- HTTP/REST (KServe v2 JSON, with Triton's binary-tensor extension) ------------
-def from_http(model: str, body: bytes, header_length: int | None) -> Features:
-    """Features of a v2 infer body: JSON, or a JSON header of `header_length` bytes + binary tensors."""
+def from_http(model: str, body: bytes, header_length: int | None, candidates: bool = True) -> Features:
+    """Features of a v2 infer body: JSON, or a JSON header of `header_length` bytes + binary tensors.
+
+    `candidates=False` leaves CANDIDATE_ITEM_IDS unread, for policies that do not use it.
+    """
     try:
         header = json.loads(body if header_length is None else body[:header_length])
         inputs = header.get("inputs", [])
         binary = memoryview(body)[header_length:] if header_length is not None else memoryview(b"")
-        user = candidates = None
+        user = items = None
         history_len = 0
         offset = 0
         for tensor in inputs:
@@ -124,11 +157,11 @@ def from_http(model: str, body: bytes, header_length: int | None) -> Features:
                 user = values
             elif name == HISTORY_ITEM_IDS:
                 history_len = _count(tensor.get("shape", []))
-            elif name == CANDIDATE_ITEM_IDS and values is not None:
-                candidates = values.astype(np.int64, copy=False)
+            elif candidates and name == CANDIDATE_ITEM_IDS and values is not None:
+                items = values.astype(np.int64, copy=False)
         params = header.get("parameters") or {}
         seq = params.get("sequence_id")
         sequence = (model, seq) if seq not in (None, 0, "") else None
-        return Features(_route(user, history_len, candidates), sequence, bool(params.get("sequence_end", False)))
+        return Features(_route(user, history_len, items), sequence, bool(params.get("sequence_end", False)))
     except (ValueError, TypeError, AttributeError, OverflowError):
         return Features(_NO_FEATURES)

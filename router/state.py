@@ -83,7 +83,8 @@ class BackendState:
         self.served += 1
         if request.user_id is not None:
             self.kv.record(request.user_id, request.history_len)
-        self.emb.observe(request.item_slots)
+        if len(request.candidates):
+            self.emb.observe(request.item_slots)
 
     def release(self) -> None:
         """The backend answered (or failed) the request."""

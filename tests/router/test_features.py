@@ -12,6 +12,7 @@ from tritonclient.grpc import service_pb2
 from helmrec import schema
 from helmrec.load.client import infer_inputs
 from helmrec.router.config import BackendAddress, ConfigError, RouterConfig
+from helmrec.router.dispatch import Dispatcher
 from helmrec.router.request_features import from_grpc, from_http
 
 ARRAYS = schema.ensemble_request(
@@ -44,6 +45,24 @@ def test_grpc_features(raw: bool) -> None:
     assert features.route.user_id == 42 and features.route.history_len == 5
     np.testing.assert_array_equal(features.route.candidates, ARRAYS[schema.CANDIDATE_ITEM_IDS])
     assert features.sequence is None
+
+
+@pytest.mark.parametrize("raw", [True, False], ids=["raw_contents", "typed_contents"])
+def test_candidates_are_left_unread_for_policies_that_do_not_use_them(raw: bool) -> None:
+    features = from_grpc(grpc_request(raw), candidates=False)
+    assert features.route.user_id == 42 and features.route.history_len == 5 and len(features.route.candidates) == 0
+    backends = (BackendAddress("127.0.0.1", 1),)
+    assert not Dispatcher(RouterConfig(backends=backends, policy="helm")).reads_candidates
+    assert Dispatcher(RouterConfig(backends=backends, policy="emb_aware")).reads_candidates
+
+
+def test_a_negative_or_unsigned_user_id_reads_as_its_value() -> None:
+    request = grpc_request()
+    request.raw_input_contents[0] = np.array([-5], np.int64).tobytes()
+    assert from_grpc(request).route.user_id == -5
+    request.inputs[0].datatype = "UINT64"
+    request.raw_input_contents[0] = np.array([2**64 - 1], np.uint64).tobytes()
+    assert from_grpc(request).route.user_id == 2**64 - 1
 
 
 def test_grpc_sequence_parameters_make_a_request_sticky() -> None:

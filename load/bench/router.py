@@ -1,24 +1,33 @@
-"""What the router costs: added latency (P50/P99 with vs without it) and its throughput ceiling.
+"""What the router costs: its ceiling by worker count and its added latency at load; or the hop over real servers.
 
-    python -m helmrec.load.bench.router [--requests 300] [--seconds 10] [--concurrency 16] [--policy helm]
+    helmrec bench-router [--workers 1,2,4,8] [--fractions 0.1,0.5,0.9] [--seconds 5]
+                         [--standins K] [--loadgens P] [--concurrency 64]
+    helmrec bench-router --tritonservers [--requests 300] [--concurrency 16] [--seconds 10]
 
-Three tritonservers (tiny preset, CPU) and one `helmrec route` process, all on
-this machine, measured in the same run:
-1. latency: one client, requests alternating between one backend directly and
-   a router in front of that backend alone; the two paths use disjoint user
-   ids with the same histories and take turns going first, so the backend's
-   caches treat both alike and the difference is the router;
-2. throughput: an asyncio client with N requests in flight for a fixed time,
-   straight to the backends (client-side round robin) and through the router,
-   plus the router process's CPU seconds per request (its single-core ceiling);
-3. the routing decision alone: `policy.choose` per request, in-process.
-The last line is the headline: added P50/P99 and the router's ceiling.
+Cluster rates (default): K stand-in backends (`standin_backend.py`: Triton's
+gRPC service answering fixed bytes, so the backends outrun the router; a CPU
+tritonserver answers ~1,000 req/s here and would be what is measured) and P
+load-generator processes sending pre-serialized ModelInfer requests over 16
+connections each (SO_REUSEPORT deals connections, not requests, to workers).
+For each worker count: `helmrec route --workers N` is started, its ceiling is
+the closed-loop throughput with P x concurrency requests in flight, with the
+workers' CPU per request; then for each fraction f, open-loop Poisson arrivals
+at f x ceiling go straight to the stand-ins and through the router, one after
+the other in the same run, and the P50/P99 difference is the added latency.
+`--router-python-path` runs another checkout's router (a before/after in one run).
+
+`--tritonservers`: three tritonservers (tiny preset, CPU) and one router, all
+on this machine: latency of one client alternating between a backend directly
+and a router in front of it alone (twin user ids), throughput straight vs
+through the router, the router's CPU per request, and the routing decision
+alone in-process.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -28,11 +37,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
 from rich.console import Console
 from rich.table import Table
+from tritonclient.grpc import service_pb2
+from tritonclient.utils import np_to_triton_dtype
 
 from helmrec import schema
 from helmrec.launcher import TritonServer, free_port
@@ -154,17 +166,8 @@ def decision_cost_us(policy: str, nodes: int, candidates: int, n: int = 20_000) 
     return (time.perf_counter() - t0) / n * 1e6
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=300)
-    parser.add_argument("--warmup", type=int, default=30)
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--policy", choices=POLICIES, default="helm")
-    parser.add_argument("--history", type=int, default=32)
-    parser.add_argument("--candidates", type=int, default=32)
-    args = parser.parse_args(argv)
-    console = Console()
+def real_backends(args: argparse.Namespace, console: Console) -> None:
+    """The hop over real tritonservers: idle added latency and CPU per request (the model bounds throughput)."""
 
     with tempfile.TemporaryDirectory() as tmp:
         repo = stage_repository(Path(tmp) / "model_repository", "tiny", 0)
@@ -232,6 +235,246 @@ def main(argv: list[str] | None = None) -> None:
         f"router adds {p50r - p50d:+.3f} ms at P50 and {p99r - p99d:+.3f} ms at P99; "
         f"its ceiling is ~{ceiling:.0f} req/s per core ({router_cpu_per_req * 1e6:.0f} us CPU per request)"
     )
+
+
+# -- the router at cluster rates: stand-in backends, 1..N workers ---------------------
+STANDIN_CONNECTIONS = 16  # per load-generator process: SO_REUSEPORT deals connections, not requests
+INFER = "/inference.GRPCInferenceService/ModelInfer"
+
+
+def request_bytes(arrays: dict[str, np.ndarray], model: str = MODEL) -> bytes:
+    """A serialized ModelInferRequest (raw tensors), as tritonclient sends it."""
+    request = service_pb2.ModelInferRequest(model_name=model)
+    for name, value in arrays.items():
+        request.inputs.add(name=name, datatype=np_to_triton_dtype(value.dtype), shape=list(value.shape))
+        request.raw_input_contents.append(np.ascontiguousarray(value).tobytes())
+    return request.SerializeToString()
+
+
+def payloads(n: int, history: int, candidates: int, seed: int = 0) -> list[bytes]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for user in rng.integers(0, 1_000_000, n).tolist():
+        pos = np.arange(history, dtype=np.int64)
+        arrays = schema.ensemble_request(
+            user, 1 + (user + pos * 104729) % 299, 1_700_000_000 + pos * 60,
+            rng.integers(1, 300, candidates), (user + pos) % 2,
+        )
+        out.append(request_bytes(arrays))
+    return out
+
+
+async def _drive(urls: list[str], bodies: list[bytes], seconds: float, concurrency: int, rate: float,
+                 start_at: float) -> tuple[int, int, list[float]]:
+    """Closed loop (`concurrency` in flight) when rate is 0, else Poisson arrivals at `rate`/s.
+
+    Open-loop latency runs from each request's scheduled time, so a stall is
+    charged to every request it delays (no coordinated omission).
+    """
+    options = [("grpc.use_local_subchannel_pool", 1)]  # each channel its own TCP connection
+    channels = [grpc.aio.insecure_channel(urls[i % len(urls)], options=options) for i in range(STANDIN_CONNECTIONS)]
+    calls = [ch.unary_unary(INFER) for ch in channels]
+    answered = errors = 0
+    latencies: list[float] = []
+    await asyncio.sleep(max(0.0, start_at - time.time()))
+    stop_at = time.perf_counter() + seconds
+
+    async def one(i: int, scheduled: float) -> None:
+        nonlocal answered, errors
+        try:
+            await calls[i % len(calls)](bodies[i % len(bodies)], timeout=10)
+            answered += 1
+            latencies.append(time.perf_counter() - scheduled)
+        except grpc.aio.AioRpcError:
+            errors += 1
+
+    if rate <= 0:
+        async def loop(w: int) -> None:
+            i = w
+            while time.perf_counter() < stop_at:
+                await one(i, time.perf_counter())
+                i += concurrency
+        await asyncio.gather(*(loop(w) for w in range(concurrency)))
+    else:
+        rng = np.random.default_rng()
+        tasks = []
+        at, i = time.perf_counter(), 0
+        while at < stop_at:
+            await asyncio.sleep(max(0.0, at - time.perf_counter()))
+            tasks.append(asyncio.create_task(one(i, at)))
+            i += 1
+            at += rng.exponential(1.0 / rate)
+        await asyncio.gather(*tasks)
+    await asyncio.gather(*(ch.close() for ch in channels))
+    return answered, errors, latencies
+
+
+def drive(urls: list[str], bodies: list[bytes], seconds: float, concurrency: int, rate: float,
+          start_at: float) -> tuple[int, int, list[float]]:
+    """One load-generator process's share (run in a spawned pool)."""
+    return asyncio.run(_drive(urls, bodies, seconds, concurrency, rate, start_at))
+
+
+class LoadGenerators:
+    """`count` processes that send pre-serialized requests together and pool what they saw."""
+
+    def __init__(self, count: int, bodies: list[bytes]) -> None:
+        self.count = count
+        self.bodies = bodies
+        self.pool = multiprocessing.get_context("spawn").Pool(count)
+
+    def run(self, urls: list[str], seconds: float, concurrency: int = 0, rate: float = 0.0) -> tuple[int, int, np.ndarray]:
+        start_at = time.time() + 0.3
+        jobs = [(urls, self.bodies[k::self.count], seconds, concurrency, rate / self.count, start_at)
+                for k in range(self.count)]
+        results = self.pool.starmap(drive, jobs)
+        answered = sum(r[0] for r in results)
+        errors = sum(r[1] for r in results)
+        return answered, errors, np.array([x for r in results for x in r[2]]) * 1e3
+
+    def close(self) -> None:
+        self.pool.terminate()
+        self.pool.join()
+
+
+def start_standins(count: int) -> tuple[list[subprocess.Popen[str]], list[str]]:
+    procs, urls = [], []
+    for _ in range(count):
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, "-m", "helmrec.load.bench.standin_backend", f"--port={port}"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if "ready" not in line:
+            proc.kill()
+            raise RuntimeError(f"stand-in backend did not start: {line}{proc.stdout.read()}")
+        procs.append(proc)
+        urls.append(f"127.0.0.1:{port}")
+    return procs, urls
+
+
+def start_workers(backends: list[str], workers: int, policy: str,
+                  python_path: str | None) -> tuple[subprocess.Popen[str], str, list[int]]:
+    """`helmrec route --workers N` over `backends`; returns it, its URL and the worker pids."""
+    port = free_port()
+    env = dict(os.environ)
+    if python_path:  # another checkout's router (a before/after comparison in one run)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (python_path, env.get("PYTHONPATH")) if p)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "helmrec.cli", "route", *(f"--backend={b}" for b in backends), f"--grpc-port={port}",
+         "--http-port=-1", f"--policy={policy}", "--max-in-flight=1024", f"--workers={workers}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+    assert proc.stdout is not None
+    pids = []
+    while len(pids) < workers:
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"router did not start: {proc.stdout.read()}")
+        if " ready (pid " in line:
+            pids.append(int(line.split("(pid ", 1)[1].split(",", 1)[0]))
+    return proc, f"127.0.0.1:{port}", pids
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(30)
+
+
+def cluster_rates(args: argparse.Namespace, console: Console) -> None:
+    """Ceiling per worker count, and added latency at fractions of that ceiling, over stand-in backends."""
+    cores = os.cpu_count() or 1
+    bodies = payloads(2000, args.history, args.candidates)
+    standins, backend_urls = start_standins(args.standins)
+    loadgen = LoadGenerators(args.loadgens, bodies)
+    ceilings: dict[int, tuple[float, float]] = {}
+    rows = []
+    try:
+        loadgen.run(backend_urls, 1.0, concurrency=8)  # warm the pool's processes
+        direct, _, _ = loadgen.run(backend_urls, args.seconds, concurrency=args.concurrency)
+        direct_ceiling = direct / args.seconds
+        for workers in args.workers:
+            proc, url, pids = start_workers(backend_urls, workers, args.policy, args.router_python_path)
+            try:
+                loadgen.run([url], 1.0, concurrency=args.concurrency)  # connections, warm paths
+                cpu0 = sum(cpu_seconds(p) for p in pids)
+                answered, errors, _ = loadgen.run([url], args.seconds, concurrency=args.concurrency)
+                cpu = sum(cpu_seconds(p) for p in pids) - cpu0
+                ceiling = answered / args.seconds
+                ceilings[workers] = (ceiling, cpu / max(answered, 1))
+                for fraction in args.fractions:
+                    rate = fraction * ceiling
+                    _, e_direct, lat_direct = loadgen.run(backend_urls, args.seconds, rate=rate)
+                    _, e_router, lat_router = loadgen.run([url], args.seconds, rate=rate)
+                    rows.append((workers, fraction, rate, lat_direct, lat_router, e_direct + e_router + errors))
+            finally:
+                stop(proc)
+    finally:
+        loadgen.close()
+        for p in standins:
+            p.kill()
+            p.wait(10)
+
+    where = (f"{cores} cores; {args.standins} stand-in backends, {args.loadgens} load-generator processes x "
+             f"{args.concurrency} in flight; history {args.history}, {args.candidates} candidates, {args.policy}")
+    table = Table(title=f"router ceiling by workers ({where})")
+    for col in ("workers", "ceiling req/s", "x 1 worker", "per worker vs 1", "router CPU us/req"):
+        table.add_column(col)
+    base = ceilings[args.workers[0]][0] / args.workers[0]
+    for workers, (ceiling, cpu) in ceilings.items():
+        table.add_row(str(workers), f"{ceiling:.0f}", f"{ceiling / (base):.2f}", f"{ceiling / (base * workers):.2f}",
+                      f"{cpu * 1e6:.0f}")
+    console.print(table)
+    console.print(f"stand-in backends straight, same load: {direct_ceiling:.0f} req/s")
+    lat = Table(title="added latency over a direct call (open loop, Poisson arrivals, same rate, same run)")
+    for col in ("workers", "load", "req/s", "P50 direct ms", "P50 router ms", "added P50", "P99 direct ms",
+                "P99 router ms", "added P99", "errors"):
+        lat.add_column(col)
+    for workers, fraction, rate, d, r, errs in rows:
+        p50d, p99d = np.percentile(d, 50), np.percentile(d, 99)
+        p50r, p99r = np.percentile(r, 50), np.percentile(r, 99)
+        lat.add_row(str(workers), f"{fraction:.0%}", f"{rate:.0f}", f"{p50d:.3f}", f"{p50r:.3f}", f"{p50r - p50d:+.3f}",
+                    f"{p99d:.3f}", f"{p99r:.3f}", f"{p99r - p99d:+.3f}", str(errs))
+    console.print(lat)
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tritonservers", action="store_true",
+                        help="the hop over 3 real tritonservers (idle latency, CPU per request) instead of cluster rates")
+    parser.add_argument("--requests", type=int, default=300, help="--tritonservers: latency requests")
+    parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
+    parser.add_argument("--concurrency", type=int, default=64, help="in flight per load generator (closed loop)")
+    parser.add_argument("--policy", choices=POLICIES, default="helm")
+    parser.add_argument("--history", type=int, default=32)
+    parser.add_argument("--candidates", type=int, default=32)
+    cores = os.cpu_count() or 1
+    parser.add_argument("--workers", type=_ints, default=[1, 2] if cores < 8 else [1, 2, 4, 8],
+                        help="router worker counts to measure, e.g. 1,2,4,8")
+    parser.add_argument("--fractions", type=_floats, default=[0.1, 0.5, 0.9], help="loads for the latency rows")
+    parser.add_argument("--standins", type=int, default=max(1, cores // 4), help="stand-in backend processes")
+    parser.add_argument("--loadgens", type=int, default=max(1, cores // 4), help="load-generator processes")
+    parser.add_argument("--router-python-path", default=None,
+                        help="PYTHONPATH for the router processes only (run another checkout's router)")
+    args = parser.parse_args(argv)
+    console = Console(width=max(Console().width, 150))  # the latency table has ten columns
+    if args.tritonservers:
+        real_backends(args, console)
+    else:
+        cluster_rates(args, console)
 
 
 if __name__ == "__main__":

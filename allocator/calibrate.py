@@ -1,172 +1,158 @@
-"""Measure the cost-model constants on this machine: `python -m helmrec.allocator.calibrate`.
+"""Fit `CostModel` to the timings of a cost table: the arithmetic half of `helmrec calibrate`.
 
-Times real torch ops of HSTU layer shape (the `CALIBRATION_SHAPE` below; one
-thread, fp32 on the CPU, or `--device cuda` in bf16 on a GPU, eager kernels
-synchronised around each timing) and fits the per-token and per-candidate
-costs that `allocator/cost_model.py` records. On a GPU the EMB row costs are
-the node's: a missed row is gathered from a pinned host table and copied to
-the device, a hit row is gathered from a device slab. The layer is written out here from its
-published equations (docs/model.md, research variant) rather than
-imported from helmrec.hstu, so calibration never depends on trained
-weights or on the model package's import graph; the FLOP shape is the same.
+The measuring half (`helmrec.load.bench.calibrate`) times requests through
+`PooledRanker`; it lives above the pool in the layers, which the allocator may not
+import. This half is numpy only, so the allocator, the simulators and a reviewer
+can refit or check a table without torch or a GPU.
 
-Prints the fitted constants and the raw timings, so a reviewer can re-run it
-and compare with the values committed in cost_model.py.
+What is fitted, and why so. A request alone (group 1) costs
+
+    overhead + rank_fixed + [k > 0] prefill_fixed + k (prefill_token + prefill_token2 n)
+    + c (rank_candidate + rank_candidate_token n) + hit_rows emb_hit_row + miss_rows emb_miss_row
+
+for n history tokens of which k are computed now (0 at a KV hit, the new events of a
+returning user, n for a new user) and c candidates: `CostModel.service_us`. The row
+costs are measured on their own (a gather of r rows at several r, slope per row), and
+the rows each cell really gathered (counted by the pool) are subtracted before the
+compute terms are fitted, so a cache state the grid did not intend cannot leak into
+them. The compute terms are fitted in relative error (every cell counts alike, from a
+0.4 ms hit to a 10 ms prefill) and kept >= 0. `overhead + rank_fixed` is one intercept
+to the fit; the overhead is measured apart (the pool's Python bookkeeping of a request)
+and rank_fixed is the rest.
 """
 
 from __future__ import annotations
 
-import argparse
-import time
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from statistics import median
+from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+from helmrec.allocator import cost_table
+from helmrec.allocator.cost_model import CostModel
+
+# The compute terms in fit order; the intercept is overhead + rank_fixed.
+COMPUTE_TERMS = ("intercept", "prefill_fixed_us", "prefill_token_us", "prefill_token2_us", "rank_candidate_us",
+                 "rank_candidate_token_us")  # fmt: skip
 
 
-@dataclass(frozen=True)
-class CalibrationShape:
-    """HSTU shape timed here (between the ml100k and large presets)."""
-
-    d_model: int = 256
-    num_layers: int = 4
-    num_heads: int = 4
-    d_qk: int = 64
-    d_v: int = 64
-    table_rows: int = 200_000  # host item table for the gather timing (200k x 256 fp32 = 205 MB)
-
-
-CALIBRATION_SHAPE = CalibrationShape()
+def row_cost(rows: Sequence[int], us: Sequence[float]) -> tuple[float, float]:
+    """(fixed us, us per row) of a gather timed at several row counts, kept >= 0: least squares in
+    relative error, so the largest gather (where a CPU's fresh output buffer can add page faults)
+    does not decide the per-row cost of every smaller one."""
+    if len(rows) < 2 or len(rows) != len(us):
+        raise ValueError(f"row_cost needs >= 2 (rows, us) points, got {list(rows)} and {list(us)}")
+    us_arr = np.asarray(us, float)
+    slope, fixed = np.polyfit(np.asarray(rows, float), us_arr, 1, w=1.0 / us_arr)
+    return float(max(fixed, 0.0)), float(max(slope, 0.0))
 
 
-class _Layer(torch.nn.Module):
-    """One HSTU layer: fused u,v,q,k projection, pointwise SiLU attention, gated output."""
-
-    def __init__(self, s: CalibrationShape) -> None:
-        super().__init__()
-        self.s = s
-        self.uvqk = torch.nn.Linear(s.d_model, s.num_heads * (2 * s.d_v + 2 * s.d_qk))
-        self.out = torch.nn.Linear(s.num_heads * s.d_v, s.d_model)
-
-    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        s = self.s
-        h = F.silu(self.uvqk(F.layer_norm(x, (s.d_model,))))
-        u, v, q, k = torch.split(h, [s.num_heads * s.d_v] * 2 + [s.num_heads * s.d_qk] * 2, dim=-1)
-        return u, v, q, k
-
-    def attend(self, x: torch.Tensor, k_all: torch.Tensor, v_all: torch.Tensor) -> torch.Tensor:
-        """Queries from `x` attend to (k_all, v_all): prefill when x is the history, rank when x is candidates."""
-        s = self.s
-        u, _, q, _ = self.project(x)
-        qh = q.view(-1, s.num_heads, s.d_qk).transpose(0, 1)
-        kh = k_all.view(-1, s.num_heads, s.d_qk).transpose(0, 1)
-        vh = v_all.view(-1, s.num_heads, s.d_v).transpose(0, 1)
-        a = F.silu(qh @ kh.transpose(1, 2)) / k_all.shape[0]
-        y = (a @ vh).transpose(0, 1).reshape(x.shape[0], -1)
-        return x + self.out(u * F.layer_norm(y, (y.shape[-1],)))
+def _design(cells: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    n = np.array([c["history"] for c in cells], float)
+    k = np.array([c["new_tokens"] for c in cells], float)
+    c = np.array([c["candidates"] for c in cells], float)
+    return np.stack([np.ones_like(n), (k > 0).astype(float), k, k * n, c, c * n], axis=1)
 
 
-def _time_us(fn, repeats: int, device: torch.device) -> float:
-    """Median wall time of `fn` in microseconds, the device drained before and after each call."""
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    fn()
-    samples = []
-    for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        samples.append(time.perf_counter() - t0)
-    return float(np.median(samples)) * 1e6
+def _nonnegative_lstsq(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Least squares with every coefficient >= 0: the most negative term is dropped (held at 0)
+    and the rest refitted until none is negative. A cost term cannot be negative, and a
+    negative slope fitted to noise would make some shape cheaper than a smaller one."""
+    keep = np.ones(a.shape[1], bool)
+    while True:
+        x = np.zeros(a.shape[1])
+        x[keep] = np.linalg.lstsq(a[:, keep], b, rcond=None)[0]
+        if (x >= 0).all():
+            return x
+        keep[int(np.argmin(x))] = False
 
 
-def measure(shape: CalibrationShape = CALIBRATION_SHAPE, repeats: int = 7, device: str = "cpu") -> dict[str, float]:
-    """Fit the compute and gather constants of `cost_model.CostModel` from timings on `device`."""
-    dev = torch.device(device)
-    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
-    torch.manual_seed(0)
-    torch.set_num_threads(1)
-    layers = [_Layer(shape).eval().to(dev, dtype) for _ in range(shape.num_layers)]
+def compute_terms(cells: Sequence[Mapping[str, Any]], emb_hit_row_us: float, emb_miss_row_us: float) -> dict[str, float]:
+    """The compute constants of `COMPUTE_TERMS` fitted to the cells marked `fit` (group 1)."""
+    used = [c for c in cells if c["fit"]]
+    if len(used) < len(COMPUTE_TERMS):
+        raise ValueError(f"fit: {len(used)} cells marked fit, need >= {len(COMPUTE_TERMS)} for {len(COMPUTE_TERMS)} terms")
+    if {c["kind"] for c in used} != set(cost_table.KINDS):
+        raise ValueError(f"fit: the cells must hold every kind {cost_table.KINDS}, got {sorted({c['kind'] for c in used})}")
+    t = np.array([c["us_per_request"] - c["emb_hit_rows"] * emb_hit_row_us - c["emb_miss_rows"] * emb_miss_row_us for c in used])
+    t = np.maximum(t, 1e-3)
+    weight = 1.0 / t
+    x = _nonnegative_lstsq(_design(used) * weight[:, None], t * weight)
+    return dict(zip(COMPUTE_TERMS, map(float, x)))
 
-    def randn(*size: int) -> torch.Tensor:
-        return torch.randn(*size).to(dev, dtype)
 
-    out: dict[str, float] = {}
-    with torch.inference_mode():
-        # Prefill of n tokens through every layer: fit t = a + b n + c n^2 in relative error, so the
-        # few-token suffixes of incremental prefill are fitted as well as the long cold prefills.
-        ns = np.array([4, 16, 64, 256, 1024])
-        tp = []
-        for n in ns:
-            x = randn(int(n), shape.d_model)
+def batch_efficiency(cells: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per kind and group size g: the median over shapes of (per-request cost in groups of g) /
+    (cost of the same request alone). Only shapes measured both alone and in groups count."""
+    alone = {(c["kind"], c["history"], c["candidates"], c["new_tokens"]): c["us_per_request"] for c in cells if c["group"] == 1}
+    ratios: dict[str, dict[int, list[float]]] = {}
+    for c in cells:
+        key = (c["kind"], c["history"], c["candidates"], c["new_tokens"])
+        if c["group"] > 1 and key in alone:
+            ratios.setdefault(c["kind"], {}).setdefault(c["group"], []).append(c["us_per_request"] / alone[key])
+    return {kind: {"1": 1.0, **{str(g): float(median(r)) for g, r in sorted(groups.items())}} for kind, groups in ratios.items()}
 
-            def prefill(x=x) -> None:
-                h = x
-                for layer in layers:
-                    _, v, _, k = layer.project(h)
-                    h = layer.attend(h, k, v)
 
-            tp.append(_time_us(prefill, repeats, dev))
-        c2, c1, c0 = np.polyfit(ns, tp, 2, w=1.0 / np.array(tp))
-        out.update(prefill_fixed_us=float(c0), prefill_token_us=float(c1), prefill_token2_us=float(c2))
-        # Rank of c candidates against an n-token cached history: fit t = a + b c + d c n.
-        grid = [(c, n) for c in (64, 256) for n in (128, 512, 1024)]
-        tr = []
-        for c, n in grid:
-            cand = randn(c, shape.d_model)
-            kv = [(randn(n, shape.num_heads * shape.d_qk), randn(n, shape.num_heads * shape.d_v)) for _ in layers]
+def relative_errors(model: CostModel, cells: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """(model - measured) / measured of each cell's per-request cost alone (group-1 cost model)."""
+    predicted = np.array(
+        [
+            float(
+                model.service_us(
+                    np.array(c["new_tokens"]), np.array(c["history"]), c["candidates"], np.array(c["emb_miss_rows"]),
+                    np.array(c["emb_hit_rows"]),
+                )
+            )
+            for c in cells
+        ]
+    )  # fmt: skip
+    measured = np.array([c["us_per_request"] for c in cells])
+    return (predicted - measured) / measured
 
-            def rank(cand=cand, kv=kv) -> None:
-                h = cand
-                for layer, (k, v) in zip(layers, kv):
-                    h = layer.attend(h, k, v)
 
-            tr.append(_time_us(rank, repeats, dev))
-        design = np.array([[1.0, c, c * n] for c, n in grid])
-        weight = 1.0 / np.array(tr)[:, None]
-        (r0, r1, r2), *_ = np.linalg.lstsq(design * weight, np.ones(len(tr)), rcond=None)
-        out.update(rank_fixed_us=float(r0), rank_candidate_us=float(r1), rank_candidate_token_us=float(r2))
-        # A missed row: host gather of random rows from a table larger than the CPU caches (on a GPU
-        # node from pinned memory, then copied to the device).
-        table = torch.randn(shape.table_rows, shape.d_model).to(dtype)
-        rows = 4096
-        idx = torch.randint(0, shape.table_rows, (rows,))
-        if dev.type == "cuda":
-            table = table.pin_memory()
-            staging = torch.empty(rows, shape.d_model, dtype=dtype).pin_memory()
-
-            def miss() -> None:
-                torch.index_select(table, 0, idx, out=staging)
-                staging.to(dev, non_blocking=True)
-
-            out["host_gather_row_us"] = _time_us(miss, repeats, dev) / rows
-        else:
-            out["host_gather_row_us"] = _time_us(lambda: table.index_select(0, idx), repeats, dev) / rows
-        # A hit row: the same gather from a small slab where the pool lives (cache- or HBM-resident).
-        slab = table[:8192].to(dev).clone()
-        idx_hot = torch.randint(0, 8192, (rows,), device=dev)
-        out["pool_gather_row_us"] = _time_us(lambda: slab.index_select(0, idx_hot), repeats, dev) / rows
-    out["raw_prefill_us"] = dict(zip(ns.tolist(), [round(t, 1) for t in tp]))  # type: ignore[assignment]
-    out["raw_rank_us"] = {f"c={c},n={n}": round(t, 1) for (c, n), t in zip(grid, tr)}  # type: ignore[assignment]
+def residual_summary(model: CostModel, cells: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per kind, over the group-1 cells: median and largest |relative error| of the model, and how
+    many cells the fit used (cells it did not use, e.g. the eager long extend, are reported too)."""
+    out: dict[str, dict[str, float]] = {}
+    for kind in cost_table.KINDS:
+        for used in (True, False):
+            mine = [c for c in cells if c["kind"] == kind and c["group"] == 1 and c["fit"] is used]
+            if mine:
+                err = np.abs(relative_errors(model, mine))
+                out[kind if used else f"{kind}_not_fitted"] = {
+                    "cells": len(mine), "median_abs_rel_err": float(np.median(err)), "max_abs_rel_err": float(err.max())
+                }  # fmt: skip
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m helmrec.allocator.calibrate", description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--device", default="cpu", help="cpu (fp32, one thread) or cuda (bf16)")
-    args = parser.parse_args(argv)
-    result = measure(repeats=args.repeats, device=args.device)
-    print(f"shape: {CALIBRATION_SHAPE}, device {args.device}")
-    for key, value in result.items():
-        print(f"{key:26s} {value if isinstance(value, dict) else f'{value:.4f}'}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def fit(
+    cells: Sequence[Mapping[str, Any]],
+    *,
+    emb_hit_row_us: float,
+    emb_miss_row_us: float,
+    request_overhead_us: float,
+    emb_row_bytes: int,
+    kv_token_bytes: int,
+) -> dict[str, Any]:
+    """The `constants`, `batch_efficiency` and `fit` parts of a cost table from its raw cells."""
+    terms = compute_terms(cells, emb_hit_row_us, emb_miss_row_us)
+    constants = {
+        "prefill_fixed_us": terms["prefill_fixed_us"],
+        "prefill_token_us": terms["prefill_token_us"],
+        "prefill_token2_us": terms["prefill_token2_us"],
+        "rank_fixed_us": max(0.0, terms["intercept"] - request_overhead_us),
+        "rank_candidate_us": terms["rank_candidate_us"],
+        "rank_candidate_token_us": terms["rank_candidate_token_us"],
+        "emb_miss_row_us": emb_miss_row_us,
+        "emb_hit_row_us": emb_hit_row_us,
+        "request_overhead_us": request_overhead_us,
+        "emb_row_bytes": emb_row_bytes,
+        "kv_token_bytes": kv_token_bytes,
+    }
+    model = CostModel(**constants)
+    return {
+        "constants": constants,
+        "batch_efficiency": batch_efficiency(cells),
+        "fit": {"intercept_us": terms["intercept"], "residuals": residual_summary(model, cells)},
+    }

@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-allocator": ("helmrec.load.sim.train_allocator", "train the PPO base policy on the replayed node"),
     "eval-allocator": ("helmrec.load.sim.eval_allocator", "compare alpha controllers against the replay's alpha*"),
     "sim": ("helmrec.load.sim.cli", "discrete-event simulation of an N-node cluster"),
+    "sim-map": ("helmrec.load.sim.adaptation_map", "where adaptive alpha pays: pool x hot share x history length"),
     "bench": ("helmrec.load.bench.cli", "local benchmark: N tritonservers, the router and a Locust run"),
 }
 
@@ -49,7 +50,7 @@ TOOLS: dict[str, tuple[str, str]] = {
         "helmrec.load.bench.loadgen:main",
         "MLPerf LoadGen Server scenario on hstu_ensemble: the largest VALID QPS",
     ),
-    "calibrate": ("helmrec.allocator.calibrate:main", "measure the cost-model constants on this machine"),
+    "calibrate": ("helmrec.load.bench.calibrate:main", "per-request costs through PooledRanker: a cost table for the simulators"),
     "bound": ("helmrec.allocator.bound:main", "how close to alpha* a controller that sees a given signal can get"),
     "replay": ("helmrec.load.sim.replay:main", "the simulator's KV hit rates against an exact replay of the same trace"),
 }

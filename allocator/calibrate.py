@@ -9,6 +9,7 @@ What is fitted, and why so. A request alone (group 1) costs
 
     overhead + rank_fixed + [k > 0] prefill_fixed + k (prefill_token + prefill_token2 n)
     + c (rank_candidate + rank_candidate_token n) + hit_rows emb_hit_row + miss_rows emb_miss_row
+    + n history_token + [0 < k < n] (n - k) reuse_token
 
 for n history tokens of which k are computed now (0 at a KV hit, the new events of a
 returning user, n for a new user) and c candidates: `CostModel.service_us`. The row
@@ -19,11 +20,18 @@ them. The compute terms are fitted in relative error (every cell counts alike, f
 0.4 ms hit to a 10 ms prefill) and kept >= 0. `overhead + rank_fixed` is one intercept
 to the fit; the overhead is measured apart (the pool's Python bookkeeping of a request)
 and rank_fixed is the rest.
+
+    python -m helmrec.allocator.calibrate TABLE.json [--out NEW.json]
+
+refits a table from its own raw timings (after a change to the model's form, say).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from statistics import median
 from typing import Any
 
@@ -34,7 +42,7 @@ from helmrec.allocator.cost_model import CostModel
 
 # The compute terms in fit order; the intercept is overhead + rank_fixed.
 COMPUTE_TERMS = ("intercept", "prefill_fixed_us", "prefill_token_us", "prefill_token2_us", "rank_candidate_us",
-                 "rank_candidate_token_us")  # fmt: skip
+                 "rank_candidate_token_us", "history_token_us", "reuse_token_us")  # fmt: skip
 
 
 def row_cost(rows: Sequence[int], us: Sequence[float]) -> tuple[float, float]:
@@ -52,7 +60,8 @@ def _design(cells: Sequence[Mapping[str, Any]]) -> np.ndarray:
     n = np.array([c["history"] for c in cells], float)
     k = np.array([c["new_tokens"] for c in cells], float)
     c = np.array([c["candidates"] for c in cells], float)
-    return np.stack([np.ones_like(n), (k > 0).astype(float), k, k * n, c, c * n], axis=1)
+    extended = np.where((k > 0) & (k < n), n - k, 0.0)
+    return np.stack([np.ones_like(n), (k > 0).astype(float), k, k * n, c, c * n, n, extended], axis=1)
 
 
 def _nonnegative_lstsq(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -138,12 +147,8 @@ def fit(
     """The `constants`, `batch_efficiency` and `fit` parts of a cost table from its raw cells."""
     terms = compute_terms(cells, emb_hit_row_us, emb_miss_row_us)
     constants = {
-        "prefill_fixed_us": terms["prefill_fixed_us"],
-        "prefill_token_us": terms["prefill_token_us"],
-        "prefill_token2_us": terms["prefill_token2_us"],
+        **{key: value for key, value in terms.items() if key != "intercept"},
         "rank_fixed_us": max(0.0, terms["intercept"] - request_overhead_us),
-        "rank_candidate_us": terms["rank_candidate_us"],
-        "rank_candidate_token_us": terms["rank_candidate_token_us"],
         "emb_miss_row_us": emb_miss_row_us,
         "emb_hit_row_us": emb_hit_row_us,
         "request_overhead_us": request_overhead_us,
@@ -156,3 +161,33 @@ def fit(
         "batch_efficiency": batch_efficiency(cells),
         "fit": {"intercept_us": terms["intercept"], "residuals": residual_summary(model, cells)},
     }
+
+
+def refit(table: Mapping[str, Any]) -> dict[str, Any]:
+    """`table` with its constants, batching and fit summary recomputed from its own raw part."""
+    raw = table["raw"]
+    result = fit(
+        raw["requests"],
+        emb_hit_row_us=raw["emb_hit_gather"]["row_us"],
+        emb_miss_row_us=raw["emb_miss_gather"]["row_us"],
+        request_overhead_us=raw["request_overhead"]["us"],
+        emb_row_bytes=table["constants"]["emb_row_bytes"],
+        kv_token_bytes=table["constants"]["kv_token_bytes"],
+    )
+    return {**table, **result}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m helmrec.allocator.calibrate", description="refit a cost table from its raw timings"
+    )
+    parser.add_argument("table", type=Path)
+    parser.add_argument("--out", type=Path, help="where to write the refitted table (default: in place)")
+    args = parser.parse_args(argv)
+    table = json.loads(args.table.read_text())
+    cost_table.write(refit(table), args.out or args.table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -104,6 +104,12 @@ class CostModel:
     request_overhead_us: float = 60.0  # validation + the Python-backend hop; an assumption, same for every alpha
     emb_row_bytes: int = 512  # d_model 256 x fp16
     kv_token_bytes: int = 4 * 4 * (64 + 64) * 2  # layers x heads x (d_qk + d_v) x fp16 = 4 KiB
+    # Measured on the served path only (the fallback's synthetic layer had no pool, so 0 there): every
+    # request moves its whole history's K/V through pool pages and the rank step's static buffer, and
+    # a returning user's cached K/V is copied once more into the extend step's context and joined to
+    # the new tokens; both grow with the history, not with the tokens computed.
+    history_token_us: float = 0.0
+    reuse_token_us: float = 0.0
     batch_curves: tuple[tuple[str, BatchCurve], ...] = ()
     source: str = FALLBACK_SOURCE
 
@@ -158,13 +164,16 @@ class CostModel:
         """Service time of requests (broadcasting arrays), in microseconds.
 
         computed_tokens: history tokens prefilled now (all of them on a KV miss, the new suffix on a hit);
-        they attend to the whole history, hence the tokens x history_len term.
+        they attend to the whole history, hence the tokens x history_len term. A request with
+        0 < computed_tokens < history_len extends a reused prefix of the other tokens.
         """
         prefill = np.where(computed_tokens > 0, self.prefill_fixed_us, 0.0)
         prefill = prefill + computed_tokens * (self.prefill_token_us + self.prefill_token2_us * history_len)
         rank = self.rank_fixed_us + candidates * (self.rank_candidate_us + self.rank_candidate_token_us * history_len)
         gather = emb_miss_rows * self.emb_miss_row_us + emb_hit_rows * self.emb_hit_row_us
-        return self.request_overhead_us + prefill + rank + gather
+        extended = np.where((computed_tokens > 0) & (computed_tokens < history_len), history_len - computed_tokens, 0)
+        moved = history_len * self.history_token_us + extended * self.reuse_token_us
+        return self.request_overhead_us + prefill + rank + gather + moved
 
 
 def packaged_names() -> list[str]:

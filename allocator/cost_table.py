@@ -37,6 +37,8 @@ TIME_CONSTANTS = (
     "emb_miss_row_us",
     "emb_hit_row_us",
     "request_overhead_us",
+    "history_token_us",
+    "reuse_token_us",
 )
 SIZE_CONSTANTS = ("emb_row_bytes", "kv_token_bytes")
 _TEXT_KEYS = ("device", "torch", "preset", "dtype")

@@ -284,8 +284,8 @@ def host_table_for_misses(rows: int, width: int, dtype: torch.dtype, device: tor
             t0 = time.perf_counter()
             table = torch.empty((rows, width), dtype=dtype, pin_memory=device.type == "cuda")
             host = HostTable(table, device)
-            if host.table.data_ptr() != table.data_ptr():
-                raise RuntimeError("HostTable copied the table instead of using it")
+            if host.table.data_ptr() != table.data_ptr():  # not a RuntimeError: halving would not help
+                raise ValueError("HostTable copied the pinned table instead of using it")
             note = f"HostTable over a {rows}-row pinned table ({rows * width * table.element_size() / GiB:.1f} GiB), "
             note += f"allocated in {time.perf_counter() - t0:.1f} s; not the ranker's item table"
             return host, note
@@ -383,15 +383,7 @@ def run(args: argparse.Namespace) -> dict:
         raw["requests"] = cells
         raw["emb_check"] = served_emb_check(ranker, users, min(grid.histories), max(grid.candidates), grid.repeats, sync)
 
-    result = calibrate.fit(
-        cells,
-        emb_hit_row_us=raw["emb_hit_gather"]["row_us"],
-        emb_miss_row_us=raw["emb_miss_gather"]["row_us"],
-        request_overhead_us=raw["request_overhead"]["us"],
-        emb_row_bytes=cfg.d_model * elem,
-        kv_token_bytes=cfg.num_layers * cfg.kv_width * elem,
-    )
-    return {
+    table = {
         "schema_version": cost_table.SCHEMA_VERSION,
         "device": device_name(device),
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -409,9 +401,12 @@ def run(args: argparse.Namespace) -> dict:
         "warm_s": warm_s,
         "grid": dataclasses.asdict(grid),
         "raw": raw,
-        **result,
-        "elapsed_s": time.perf_counter() - t_start,
+        # The sizes are the preset's; refit adds the fitted times, the batching curves and the fit's residuals.
+        "constants": {"emb_row_bytes": cfg.d_model * elem, "kv_token_bytes": cfg.num_layers * cfg.kv_width * elem},
     }
+    table = calibrate.refit(table)
+    table["elapsed_s"] = time.perf_counter() - t_start
+    return table
 
 
 def served_emb_check(ranker: PooledRanker, users: Users, n: int, c: int, repeats: int, sync: Callable[[], None]) -> dict:

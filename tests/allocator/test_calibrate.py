@@ -16,7 +16,7 @@ from helmrec.cli import main
 TRUE = CostModel(
     prefill_fixed_us=150.0, prefill_token_us=0.2, prefill_token2_us=1e-5, rank_fixed_us=300.0, rank_candidate_us=0.3,
     rank_candidate_token_us=2e-4, emb_miss_row_us=0.5, emb_hit_row_us=0.01, request_overhead_us=200.0,
-    emb_row_bytes=1024, kv_token_bytes=10240,
+    emb_row_bytes=1024, kv_token_bytes=10240, history_token_us=0.02, reuse_token_us=0.15,
 )  # fmt: skip
 
 
@@ -74,9 +74,11 @@ def test_row_cost_is_the_slope_of_the_gather() -> None:
 
 
 def test_quick_cpu_calibration_writes_a_table_that_round_trips(tmp_path: Path) -> None:
-    """Through the CLI: PooledRanker on the tiny preset, every kind alone and in groups."""
+    """Through the CLI: PooledRanker on the tiny preset, every kind alone and in groups; the miss
+    gather over a separate host table of --host-table-rows, the path the GPU run takes at 2^26 rows."""
     out = tmp_path / "cpu.json"
-    assert main(["calibrate", "--device", "cpu", "--preset", "tiny", "--quick", "--out", str(out)]) == 0
+    argv = ["calibrate", "--device", "cpu", "--preset", "tiny", "--quick", "--host-table-rows", "4096", "--out", str(out)]
+    assert main(argv) == 0
     table = json.loads(out.read_text())
     cost_table.validate(table)
     model = CostModel.from_table(out)
@@ -90,3 +92,4 @@ def test_quick_cpu_calibration_writes_a_table_that_round_trips(tmp_path: Path) -
     assert model.batch_factor("hit", 4) == pytest.approx(table["batch_efficiency"]["hit"]["4"])
     assert table["raw"]["emb_check"]["cold"]["miss_rows"] == table["raw"]["emb_check"]["candidates"]
     assert model.source.startswith(table["device"])
+    assert table["raw"]["emb_miss_gather"]["table_rows"] == 4096

@@ -39,6 +39,7 @@ import inspect
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -370,17 +371,21 @@ def run(args: argparse.Namespace) -> dict:
         raw["request_overhead"] = request_overhead(ranker, users, min(grid.histories), min(grid.candidates), grid.repeats, sync)
         _log(f"request overhead {raw['request_overhead']['us']:.0f} us")
 
-        cells = []
+        cells, failed = [], []
         for n in grid.histories:
             for c in grid.candidates:
-                shapes = [("hit", 0), *(("extend", k) for k in grid.extend_new if k < n), ("prefill", n)]
-                for kind, k in shapes:
-                    cells.append(measure_cell(ranker, users, kind, n, c, k, 1, grid.repeats, sync, graphs))
+                alone = [("hit", 0, 1), *(("extend", k, 1) for k in grid.extend_new if k < n), ("prefill", n, 1)]
                 batched = [("hit", 0), *(("extend", k) for k in grid.batched_extend_new if k < n), ("prefill", n)]
-                for group in grid.groups[1:]:
-                    for kind, k in batched:
-                        cells.append(measure_cell(ranker, users, kind, n, c, k, group, grid.group_repeats, sync, graphs))
-        raw["requests"] = cells
+                for kind, k, group in alone + [(kind, k, g) for g in grid.groups[1:] for kind, k in batched]:
+                    repeats = grid.repeats if group == 1 else grid.group_repeats
+                    try:
+                        cells.append(measure_cell(ranker, users, kind, n, c, k, group, repeats, sync, graphs))
+                    except torch.OutOfMemoryError as exc:  # one shape too big must not cost the whole run
+                        failed.append({"kind": kind, "history": n, "candidates": c, "new_tokens": k, "group": group,
+                                       "error": str(exc).splitlines()[0]})  # fmt: skip
+                        _log(f"{kind} n={n} c={c} k={k} group={group}: out of memory, skipped")
+                        torch.cuda.empty_cache()
+        raw["requests"], raw["failed_cells"] = cells, failed
         raw["emb_check"] = served_emb_check(ranker, users, min(grid.histories), max(grid.candidates), grid.repeats, sync)
 
     table = {
@@ -450,6 +455,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host-table-rows", type=int, help="rows of the miss-gather host table (0: the ranker's own)")
     args = parser.parse_args(argv)
     table = run(args)
+    table["command"] = " ".join(["helmrec calibrate", *(sys.argv[1:] if argv is None else argv)])
     cost_table.write(table, args.out)
     constants = table["constants"]
     _log(f"wrote {args.out} in {table['elapsed_s']:.0f} s")

@@ -93,3 +93,27 @@ def test_quick_cpu_calibration_writes_a_table_that_round_trips(tmp_path: Path) -
     assert table["raw"]["emb_check"]["cold"]["miss_rows"] == table["raw"]["emb_check"]["candidates"]
     assert model.source.startswith(table["device"])
     assert table["raw"]["emb_miss_gather"]["table_rows"] == 4096
+
+
+def test_a_long_extend_is_kept_but_not_fitted_where_graphs_serve_the_short_ones() -> None:
+    """On a GPU a returning user with more than the extend graphs' max_new events runs eagerly: the
+    cell is measured and labelled so, and the fit leaves it out (the label logic of the cuda run)."""
+    import dataclasses
+
+    import torch
+
+    from helmrec.hstu.config import preset
+    from helmrec.load.bench.calibrate import EXTEND_GRAPH_MAX_NEW, Users, build_model, measure_cell
+    from helmrec.pool.config import PoolConfig
+    from helmrec.pool.ranker import PooledRanker
+
+    cfg = dataclasses.replace(preset("tiny"), max_seq_len=EXTEND_GRAPH_MAX_NEW + 40)
+    model = build_model(cfg, torch.device("cpu"), torch.float32)
+    with PooledRanker(model, PoolConfig(4 << 20, 4096, 0.2, 1e10, 64), background_interval_s=None) as ranker:
+        users, sync = Users(cfg, 200), lambda: None
+        long = measure_cell(ranker, users, "extend", cfg.max_seq_len, 8, EXTEND_GRAPH_MAX_NEW + 1, 1, 1, sync, graphs=True)
+        short = measure_cell(ranker, users, "extend", cfg.max_seq_len, 8, 16, 1, 1, sync, graphs=True)
+        on_cpu = measure_cell(ranker, users, "extend", cfg.max_seq_len, 8, EXTEND_GRAPH_MAX_NEW + 1, 1, 1, sync, graphs=False)
+    assert (long["path"], long["fit"]) == ("eager", False)
+    assert (short["path"], short["fit"]) == ("graphed", True)
+    assert (on_cpu["path"], on_cpu["fit"]) == ("eager", True)

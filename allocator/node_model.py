@@ -185,7 +185,7 @@ def build_table(trace: Trace, node: NodeConfig = NodeConfig()) -> WindowTable:
     cost = node.cost
     kv_capacity_tokens = (1.0 - ALPHA_GRID) * node.pool_bytes / cost.kv_token_bytes  # [A]
     emb_rows = np.floor(ALPHA_GRID * node.pool_bytes / cost.emb_row_bytes).astype(np.int64)
-    emb_hit_row = np.where(emb_rows > 0, trace.item_cdf[np.clip(emb_rows - 1, 0, trace.item_cdf.shape[0] - 1)], 0.0)
+    emb_hit_row = np.asarray(trace.items.cdf_at(emb_rows), dtype=np.float64)
 
     stride = max(1, round(len(trace) / cfg.duration_s * node.lookback_s / node.sample_requests))
     traffic = window_traffic(trace, node)

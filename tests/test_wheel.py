@@ -101,6 +101,7 @@ def test_the_wheel_carries_every_module_and_the_data_and_no_weights(source: Path
     """pyproject.toml lists the packages one by one: a new one left off the list fails here."""
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {"helmrec/allocator/policy.npz"}
+    expected |= {f"helmrec/allocator/costs/{p.name}" for p in (source / "allocator" / "costs").glob("*.json")}
     for folder, package in FOLDERS.items():
         expected |= {f"{package}/{p.relative_to(source / folder)}" for p in (source / folder).rglob("*.py")}
     for config in (source / "model_repository").glob("*/config.pbtxt"):

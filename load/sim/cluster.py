@@ -19,7 +19,7 @@ that placed it. The nodes' KV hits are the truth that the replicas' agreement
 
 Candidates: the router's EMB sketch reads at most 64 evenly strided candidate
 ids of a request (`helmrec.router.emb_locality.sample`). The simulator hands it 64 ids
-drawn from the trace's own item law (`item_cdf`, `item_of_rank`) for each
+drawn from the trace's own item law (`Trace.items`) for each
 request, vectorised per chunk: materialising all 512 through
 `Trace.candidate_ids` costs about a millisecond a request.
 """
@@ -63,9 +63,9 @@ def routing_candidates(trace: Trace, start: int, stop: int, seed: int) -> np.nda
     rng = np.random.default_rng([seed, start])
     u = rng.random((stop - start) * MAX_SAMPLED_ITEMS)
     u.sort()  # sorted queries walk the 5M-entry CDF in order: ~20x faster than random ones
-    rank = np.minimum(np.searchsorted(trace.item_cdf, u, side="right"), trace.item_cdf.shape[0] - 1)
+    rank = trace.items.rank_of_uniform(u)
     rng.shuffle(rank)
-    return trace.item_of_rank[rank].reshape(stop - start, MAX_SAMPLED_ITEMS)
+    return trace.items.id_of_rank(rank).reshape(stop - start, MAX_SAMPLED_ITEMS)
 
 
 def simulate(
@@ -79,7 +79,7 @@ def simulate(
     n = len(trace)
     num_nodes = config.nodes
     interval = config.interval_s
-    nodes = [SimNode(config, trace.item_cdf, trace.config.candidates, config.start_alpha) for _ in range(num_nodes)]
+    nodes = [SimNode(config, trace.items, trace.config.candidates, config.start_alpha) for _ in range(num_nodes)]
     states = [
         [BackendState(name=f"node{j}", max_in_flight=config.max_in_flight) for j in range(num_nodes)]
         for _ in range(replicas)

@@ -151,3 +151,10 @@ def production_node(cost: CostModel | None = None) -> NodeConfig:
         cost if cost is not None else CostModel(), kv_token_bytes=LARGE_KV_TOKEN_BYTES, emb_row_bytes=LARGE_EMB_ROW_BYTES
     )
     return NodeConfig(pool_bytes=PRODUCTION_POOL_BYTES, interval_s=1.0, warmup_s=PRODUCTION_WARMUP_S, cost=cost)
+
+
+def workload_sim(workload: str, nodes: int = 32) -> SimConfig:
+    """The cluster that a named workload runs on: `SimConfig.production` or the paper's defaults."""
+    if workload not in WORKLOADS:
+        raise ValueError(f"workload must be one of {tuple(WORKLOADS)}, got {workload!r}")
+    return SimConfig.production(nodes=nodes) if workload == "production" else SimConfig(nodes=nodes)

@@ -15,11 +15,13 @@ from pathlib import Path
 
 from helmrec.allocator.evaluate import EVAL_SEEDS, evaluate, format_table
 from helmrec.allocator.policy import Policy
-from helmrec.load.sim.config import SimConfig
+from helmrec.load.sim.config import workload_sim
 from helmrec.load.sim.node_table import regime_tables
+from helmrec.workload.traces import WORKLOADS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workload", choices=tuple(WORKLOADS), default="production", help="trace and node sizing")
     parser.add_argument("--quick", action="store_true", help="one held-out seed, 300 s traces (CI)")
     parser.add_argument("--json", type=Path, required=True, help="write the report here")
     parser.add_argument("--plot", type=Path, default=None, help="PNG of alpha vs alpha* over time")
@@ -39,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     duration = 300.0 if args.quick else 600.0
     if args.emb_miss_scale <= 0:
         raise SystemExit(f"--emb-miss-scale must be > 0, got {args.emb_miss_scale}")
-    sim = SimConfig(nodes=1)
+    sim = workload_sim(args.workload, nodes=1)
     cost = dataclasses.replace(sim.node.cost, emb_miss_row_us=sim.node.cost.emb_miss_row_us * args.emb_miss_scale)
     sim = dataclasses.replace(sim, node=dataclasses.replace(sim.node, cost=cost))
     tables = regime_tables(seeds, duration, sim, workers=args.workers)

@@ -278,7 +278,9 @@ def run_grid(grid: GridConfig, log: Callable[[str], None] = print) -> tuple[dict
         "max_in_flight": sim.max_in_flight,
         "slo_ms": sim.slo_ms,
         "seed": sim.seed,
+        "workload": sim.workload,
         "burst_every_s": sim.burst_every_s,
+        "burst_start_s": sim.burst_every_s / 2 if sim.burst_start_s is None else sim.burst_start_s,
         "burst_len_s": sim.burst_len_s,
         "workers": grid.workers,
     }

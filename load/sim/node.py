@@ -28,6 +28,15 @@ Pool model (the real pool's policies, replayed over ids instead of tensors):
 Service time per request comes from `helmrec.allocator.cost_model.CostModel` (the
 constants and their sources live there), queueing from a FIFO single server:
 start = max(arrival, previous completion).
+
+Grouped execution: `hstu_pool` takes every waiting request into one group (up to
+`GROUP_MAX`) and a request in a group of g costs `CostModel.batch_factor(kind, g)`
+times its cost alone (measured per kind by `helmrec calibrate`; 1.0 where no
+curve was measured, i.e. one request at a time). The FIFO server charges each
+request the factor of the group it would join: itself plus the requests
+waiting when it arrives. That keeps one event per request; it charges the
+queue's head a little more and its tail a little less than the group's
+common replay would.
 """
 
 from __future__ import annotations
@@ -39,18 +48,22 @@ import numpy as np
 from helmrec.allocator.observation import COUNTERFACTUAL_SHARE, KVLookback, Observation
 from helmrec.load.sim.config import SimConfig
 from helmrec.pool.kv_ghost import KVGhost
+from helmrec.workload.zipf import ZipfLaw
+
+# Largest group a node serves in one step: hstu_pool's graph_max_batch (model_repository/hstu_pool).
+GROUP_MAX = 32
 
 
 class NodePool:
     """Page accounting of one node's pool and the hit outcome of each request."""
 
-    def __init__(self, config: SimConfig, item_cdf: np.ndarray, alpha: float) -> None:
+    def __init__(self, config: SimConfig, items: ZipfLaw, alpha: float) -> None:
         cost = config.node.cost
         self.total_pages = config.total_pages
         self.rows_per_page = config.page_bytes // cost.emb_row_bytes
         self.tokens_per_page = config.page_bytes // cost.kv_token_bytes
         self._refill_rows_per_s = config.refill_bytes_per_s / cost.emb_row_bytes
-        self._item_cdf = item_cdf
+        self._items = items
         self._entries: OrderedDict[int, tuple[int, int]] = OrderedDict()  # user -> (tokens, pages), LRU first
         self._ghost: KVGhost[int] = KVGhost(max(1, round(COUNTERFACTUAL_SHARE * self.total_pages)))  # entry: tokens
         self.kv_pages_used = 0
@@ -133,7 +146,7 @@ class NodePool:
 
     def _update_hit_prob(self) -> None:
         rows = int(self.emb_rows)
-        self.emb_hit_prob = float(self._item_cdf[min(rows, self._item_cdf.shape[0]) - 1]) if rows > 0 else 0.0
+        self.emb_hit_prob = float(self._items.cdf_at(rows))
 
     def _drop_oldest(self) -> None:
         user, (tokens, pages) = self._entries.popitem(last=False)
@@ -161,11 +174,11 @@ class WindowStats:
 class SimNode:
     """A node: pool + FIFO server + the window stats its controller observes."""
 
-    def __init__(self, config: SimConfig, item_cdf: np.ndarray, candidates: int, alpha: float) -> None:
+    def __init__(self, config: SimConfig, items: ZipfLaw, candidates: int, alpha: float) -> None:
         self.config = config
         self.cost = config.node.cost
         self.candidates = candidates
-        self.pool = NodePool(config, item_cdf, alpha)
+        self.pool = NodePool(config, items, alpha)
         self.free_at = 0.0  # when the server finishes everything admitted so far
         self._starts: deque[float] = deque()  # start times of admitted requests not yet started
         self.window = WindowStats()
@@ -181,6 +194,9 @@ class SimNode:
             self.cost.service_us(computed, history_len, self.candidates, lookups * (1.0 - hit_p), lookups * hit_p)
         )
         start = now if now > self.free_at else self.free_at
+        if start > now:  # joins the group of the requests waiting now
+            kind = "hit" if computed == 0 else "extend" if reused else "prefill"
+            service_us *= float(self.cost.batch_factor(kind, min(1 + self.waiting(now), GROUP_MAX)))
         done = start + service_us * 1e-6
         self.free_at = done
         if start > now:

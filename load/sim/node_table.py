@@ -46,15 +46,17 @@ def regime_trace(regime: str, nodes: int, sim: SimConfig, seed: int | None = Non
         regime,
         seed=sim.seed if seed is None else seed,
         scale=float(nodes),
+        workload=sim.workload,
         duration_s=sim.duration_s if duration_s is None else duration_s,
         burst_every_s=sim.burst_every_s,
         burst_len_s=sim.burst_len_s,
+        burst_start_s=sim.burst_start_s,
     )
 
 
 def replay_alpha(trace: Trace, sim: SimConfig, node: NodeConfig, alpha: float) -> dict[str, np.ndarray]:
     """One node serving all of `trace` at `alpha`: the five per-window columns ([W] each)."""
-    server = SimNode(sim, trace.item_cdf, trace.config.candidates, alpha)
+    server = SimNode(sim, trace.items, trace.config.candidates, alpha)
     n = len(trace)
     latency = np.empty(n)
     service = np.empty(n)

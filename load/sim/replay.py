@@ -29,7 +29,7 @@ FIELDS = ("kv_hit_rate", "kv_hit_rate_more", "kv_hit_rate_less")
 
 def replay_kv(trace: Trace, alpha: float, node: NodeConfig = NodeConfig()) -> np.ndarray:
     """[requests, 3] bool: hit, would hit with a tenth of the pool more KV, with a tenth less."""
-    pool = NodePool(SimConfig(nodes=1, node=node), trace.item_cdf, alpha)
+    pool = NodePool(SimConfig(nodes=1, node=node), trace.items, alpha)
     flags = np.zeros((len(trace), 3), dtype=bool)
     for i, (user, length) in enumerate(zip(trace.user_id.tolist(), trace.history_len.tolist())):
         reused, more, less = pool.kv_serve(user, length)

@@ -173,7 +173,7 @@ def render(report: dict, command: str, alpha_png: str, hits_png: str, discussion
         f"- Traces: `load/traces.py` Steady/Trend/Burst scaled by the node count (per node: 1700 req/s, 100k "
         f"users, 600 hot users), {cfg['duration_s']:.0f} s of which the first {cfg['warmup_s']:.0f} s warm "
         f"the caches and controllers and are not measured; Burst has a {cfg['burst_len_s']:.0f} s burst every "
-        f"{cfg['burst_every_s']:.0f} s (first at {cfg['burst_every_s'] / 2:.0f} s).",
+        f"{cfg['burst_every_s']:.0f} s (first at {cfg['burst_start_s']:.0f} s).",
         "- Routing: `router/policies.py` objects and `router/state.py` backend states, unchanged; every "
         f"control interval ({cfg['interval_s']:g} s) the simulated router scrapes what a backend's metrics "
         f"port says (alpha, pending requests, KV cached users and evictions); at {cfg['max_in_flight']} "

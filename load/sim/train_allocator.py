@@ -17,11 +17,13 @@ import numpy as np
 from helmrec.allocator.export import export_policy
 from helmrec.allocator.policy import DEFAULT_POLICY
 from helmrec.allocator.train import TRAIN_SEEDS, fit_constants, train
-from helmrec.load.sim.config import SimConfig
+from helmrec.load.sim.config import workload_sim
 from helmrec.load.sim.node_table import regime_tables
+from helmrec.workload.traces import WORKLOADS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workload", choices=tuple(WORKLOADS), default="production", help="trace and node sizing")
     parser.add_argument("--timesteps", type=int, default=600_000, help="PPO environment steps (default 600000)")
     parser.add_argument("--out", type=Path, default=DEFAULT_POLICY, help=f"numpy policy file (default {DEFAULT_POLICY})")
     parser.add_argument("--duration", type=float, default=600.0, help="seconds of each training trace")
@@ -31,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    sim = SimConfig(nodes=1)
+    sim = workload_sim(args.workload, nodes=1)
     by_regime = regime_tables(TRAIN_SEEDS, args.duration, sim, workers=args.workers)
     tables = [t for regime in by_regime.values() for t in regime]
     windows = sum(t.num_windows for t in tables)

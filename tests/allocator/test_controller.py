@@ -8,8 +8,8 @@ from argparse import Namespace
 import pytest
 
 from helmrec.allocator.controller import Controller, ControllerConfig
-from helmrec.load.sim.eval_allocator import run as eval_run
 from helmrec.allocator.node_model import NodeConfig, NodeState, build_table, step_node
+from helmrec.load.sim.eval_allocator import run as eval_run
 from helmrec.workload.traces import make_trace
 
 NODE = NodeConfig(warmup_s=20.0, sample_requests=1000)

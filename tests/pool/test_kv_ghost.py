@@ -14,7 +14,7 @@ from helmrec.load.sim.node import NodePool
 from helmrec.pool.kv_cache import HistoryTokens, KVCache
 from helmrec.pool.kv_ghost import KVGhost
 from helmrec.pool.pages import PageAllocator
-from helmrec.workload.traces import zipf_cdf
+from helmrec.workload.zipf import TableZipf, zipf_cdf
 from tests.load.sim.test_node import small_config
 
 TOKENS_PER_PAGE = 4
@@ -99,7 +99,7 @@ def test_ghost_keeps_only_the_last_delta_pages_of_evictions() -> None:
 
 def test_simulated_node_measures_the_same_counterfactual() -> None:
     """The cluster simulator's node replays the same rule (10-page users, 100-page pool, delta 10)."""
-    pools = {a: NodePool(small_config(), zipf_cdf(1000, 0.7), alpha=a) for a in (0.4, 0.5, 0.6)}
+    pools = {a: NodePool(small_config(), TableZipf(zipf_cdf(1000, 0.7), np.arange(1, 1001)), alpha=a) for a in (0.4, 0.5, 0.6)}
     rng = np.random.default_rng(0)
     measured = np.zeros(3, dtype=np.int64)
     real = np.zeros(3, dtype=np.int64)

@@ -13,7 +13,7 @@ POLICY_KEYS = {"p50_ms", "p99_ms", "slo_satisfaction", "throughput_rps", "emb_hi
 def test_sim_cli_writes_report_json_and_markdown(tmp_path, capsys) -> None:
     policy = write_policy(tmp_path / "policy.npz", action=-0.2)
     out, doc = tmp_path / "sim.json", tmp_path / "docs" / "sim.md"
-    argv = ["sim", "--quick", "--regimes", "steady", "--duration", "5", "--workers", "1",
+    argv = ["sim", "--quick", "--regimes", "steady", "--workers", "1",
             "--policy", str(policy), "--json", str(out), "--report", str(doc)]
     assert main(argv) == 0
     report = json.loads(out.read_text())

@@ -10,9 +10,14 @@ import pytest
 from helmrec.allocator.node_model import NodeConfig
 from helmrec.load.sim.config import SimConfig
 from helmrec.load.sim.node import NodePool, SimNode
-from helmrec.workload.traces import zipf_cdf
+from helmrec.workload.zipf import TableZipf, zipf_cdf
 
 PAGE = 16384  # 4 KV tokens or 32 EMB rows per page with the CostModel sizes
+
+
+def items(n: int) -> TableZipf:
+    """The paper workload's item law over n ids (Zipf 0.7, ids in rank order)."""
+    return TableZipf(zipf_cdf(n, 0.7), np.arange(1, n + 1))
 
 
 def small_config(pages: int = 100, **kw: object) -> SimConfig:
@@ -20,7 +25,7 @@ def small_config(pages: int = 100, **kw: object) -> SimConfig:
 
 
 def test_returning_user_reuses_its_prefix_and_extends_it_in_place() -> None:
-    pool = NodePool(small_config(), zipf_cdf(1000, 0.7), alpha=0.5)  # 50 KV pages = 200 tokens
+    pool = NodePool(small_config(), items(1000), alpha=0.5)  # 50 KV pages = 200 tokens
     assert pool.kv_serve(7, 40)[0] == 0
     assert pool.kv_pages_used == 10
     assert pool.kv_serve(7, 43)[0] == 40  # prefix reused, one page added for the 3 new tokens
@@ -29,7 +34,7 @@ def test_returning_user_reuses_its_prefix_and_extends_it_in_place() -> None:
 
 
 def test_lru_user_is_evicted_first_and_pages_never_exceed_the_kv_side() -> None:
-    pool = NodePool(small_config(), zipf_cdf(1000, 0.7), alpha=0.5)
+    pool = NodePool(small_config(), items(1000), alpha=0.5)
     for user in range(5):  # 5 x 40 tokens = 50 pages: exactly full
         pool.kv_serve(user, 40)
     pool.kv_serve(0, 40)  # user 0 becomes most recent
@@ -45,7 +50,7 @@ def test_lru_user_is_evicted_first_and_pages_never_exceed_the_kv_side() -> None:
 
 
 def test_history_larger_than_the_kv_side_is_not_cached() -> None:
-    pool = NodePool(small_config(), zipf_cdf(1000, 0.7), alpha=0.5)
+    pool = NodePool(small_config(), items(1000), alpha=0.5)
     pool.kv_serve(1, 40)
     assert pool.kv_serve(2, 4 * 51)[0] == 0
     assert pool.cached_users == 0  # user 1 was evicted trying to make room; 2 never fit
@@ -56,7 +61,7 @@ def test_shrinking_kv_evicts_lru_users_and_growing_emb_fills_at_the_refill_rate(
     cdf = zipf_cdf(100_000, 0.7)
     rows_per_s = 32 * 10  # ten pages of rows per second
     cfg = small_config(refill_bytes_per_s=rows_per_s * 512.0)
-    pool = NodePool(cfg, cdf, alpha=0.2)
+    pool = NodePool(cfg, TableZipf(cdf, np.arange(1, cdf.size + 1)), alpha=0.2)
     for user in range(8):
         pool.kv_serve(user, 40)  # 80 pages over 8 users
     pool.set_alpha(0.5, now=0.0)  # KV side 50 pages: the 3 oldest users go
@@ -73,7 +78,7 @@ def test_shrinking_kv_evicts_lru_users_and_growing_emb_fills_at_the_refill_rate(
 
 def test_fifo_queue_and_window_observation_follow_the_contract() -> None:
     cfg = small_config(pages=4000)
-    node = SimNode(cfg, zipf_cdf(10_000, 0.7), candidates=512, alpha=0.5)
+    node = SimNode(cfg, items(10_000), candidates=512, alpha=0.5)
     d1, hit1, lookups1, _ = node.serve(0.0, user=1, history_len=100)
     d2, hit2, lookups2, _ = node.serve(0.0, user=2, history_len=100)
     d3, hit3, lookups3, _ = node.serve(0.0, user=1, history_len=104)

@@ -391,7 +391,7 @@ def cluster_rates(args: argparse.Namespace, console: Console) -> None:
     bodies = payloads(2000, args.history, args.candidates)
     standins, backend_urls = start_standins(args.standins)
     loadgen = LoadGenerators(args.loadgens, bodies)
-    ceilings: dict[int, tuple[float, float]] = {}
+    ceilings: list[tuple[int, float, float]] = []  # (workers, req/s, router CPU s per request), in run order
     rows = []
     try:
         loadgen.run(backend_urls, 1.0, concurrency=8)  # warm the pool's processes
@@ -405,7 +405,7 @@ def cluster_rates(args: argparse.Namespace, console: Console) -> None:
                 answered, errors, _ = loadgen.run([url], args.seconds, concurrency=args.concurrency)
                 cpu = sum(cpu_seconds(p) for p in pids) - cpu0
                 ceiling = answered / args.seconds
-                ceilings[workers] = (ceiling, cpu / max(answered, 1))
+                ceilings.append((workers, ceiling, cpu / max(answered, 1)))
                 for fraction in args.fractions:
                     rate = fraction * ceiling
                     _, e_direct, lat_direct = loadgen.run(backend_urls, args.seconds, rate=rate)
@@ -424,8 +424,8 @@ def cluster_rates(args: argparse.Namespace, console: Console) -> None:
     table = Table(title=f"router ceiling by workers ({where})")
     for col in ("workers", "ceiling req/s", "x 1 worker", "per worker vs 1", "router CPU us/req"):
         table.add_column(col)
-    base = ceilings[args.workers[0]][0] / args.workers[0]
-    for workers, (ceiling, cpu) in ceilings.items():
+    base = ceilings[0][1] / ceilings[0][0]  # the first row's ceiling per worker
+    for workers, ceiling, cpu in ceilings:
         table.add_row(str(workers), f"{ceiling:.0f}", f"{ceiling / (base):.2f}", f"{ceiling / (base * workers):.2f}",
                       f"{cpu * 1e6:.0f}")
     console.print(table)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from helmrec.allocator.cost_model import PCIE_H2D_BYTES_PER_US, CostModel
+from helmrec.allocator.cost_model import PCIE_H2D_BYTES_PER_US, CostModel, packaged
 from helmrec.allocator.node_model import NodeConfig
 from helmrec.router.config import RouterConfig
 from helmrec.workload.traces import PRODUCTION, WORKLOADS
@@ -144,11 +144,11 @@ class SimConfig:
 def production_node(cost: CostModel | None = None) -> NodeConfig:
     """One H200 serving the `large` preset: a 112 GiB pool, DLRMv3 KV and EMB sizes, 1 s windows.
 
-    `cost` defaults to `CostModel()` with the `large` byte sizes; pass a measured one to keep its
-    timings (its byte sizes are replaced by the `large` preset's either way).
+    `cost` defaults to the H200 cost table measured through `PooledRanker` (`allocator/costs/h200.json`);
+    pass another to keep its timings (its byte sizes are replaced by the `large` preset's either way).
     """
     cost = dataclasses.replace(
-        cost if cost is not None else CostModel(), kv_token_bytes=LARGE_KV_TOKEN_BYTES, emb_row_bytes=LARGE_EMB_ROW_BYTES
+        cost if cost is not None else packaged("h200"), kv_token_bytes=LARGE_KV_TOKEN_BYTES, emb_row_bytes=LARGE_EMB_ROW_BYTES
     )
     return NodeConfig(pool_bytes=PRODUCTION_POOL_BYTES, interval_s=1.0, warmup_s=PRODUCTION_WARMUP_S, cost=cost)
 

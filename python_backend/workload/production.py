@@ -43,10 +43,12 @@ DLRMV3_REFERENCE_GPUS = 8  # the inference reference runs on one host of 8 GPUs 
 # Items per node: issue 16's floor (at least 50M rows in host memory); DLRMv3's own table is 1e9 rows.
 PRODUCTION_ITEMS = 50_000_000
 
-# --- H200, `large` preset, 14000-token history / 2048 candidates, one request at a time (issue 16) ---------
-H200_KV_HIT_MS = 2.3  # the user's whole history cached: rank only
-H200_RETURNING_MS = 4.75  # cached prefix + 1 new event: extend, then rank
-H200_FULL_PREFILL_MS = 10.7  # nothing cached
+# --- H200, `large` preset, per request at the workload's mean history (6,400) and 2048 candidates, in a group
+# of 32: the served path's peak (hstu_pool groups waiting requests). From the H200 cost table
+# (allocator/costs/h200.json, `helmrec calibrate --device cuda`, 2026-12-02): CostModel.service_us x
+# batch_factor(kind, 32); tests/load/sim/test_production_costs.py holds these copies to the table.
+H200_RETURNING_MS = 1.75  # cached prefix + 1 new event: extend, then rank (2.83 ms alone x 0.62)
+H200_FULL_PREFILL_MS = 3.12  # nothing cached (4.64 ms alone x 0.67)
 
 
 def arrival_rate(
@@ -55,12 +57,13 @@ def arrival_rate(
     returning_ms: float = H200_RETURNING_MS,
     full_prefill_ms: float = H200_FULL_PREFILL_MS,
 ) -> float:
-    """Requests per second that keep one node, serving one request at a time, at `utilisation`.
+    """Requests per second that keep one node at `utilisation` of its grouped (peak) throughput.
 
     The mean service time is kv_hit * returning_ms + (1 - kv_hit) * full_prefill_ms (a returning
     user's request extends by a few events, the measured +1-event class). With the defaults,
-    0.7 / 7.725 ms = 90.6 req/s: the queue sits where an alpha that loses KV hits pushes the P99
-    past the SLO. Rerun with measured costs (or a grouped-execution service time) to re-derive.
+    0.7 / 2.435 ms = 287.5 req/s: an operator sizes the fleet at 70% of a node's measured peak, so
+    at quiet times requests run nearly alone (costlier) and queues form before the peak is reached.
+    Rerun with another cost table to re-derive.
     """
     if not 0.0 < utilisation < 1.0 or not 0.0 <= kv_hit <= 1.0 or returning_ms <= 0 or full_prefill_ms <= 0:
         raise ValueError("arrival_rate needs 0 < utilisation < 1, 0 <= kv_hit <= 1 and positive costs")

@@ -84,7 +84,7 @@ def test_ids_reproducible_and_in_range(traces: dict) -> None:
 
 
 def test_production_rate_follows_the_measured_costs() -> None:
-    assert prod.arrival_rate() == pytest.approx(1e3 * 0.7 / (0.5 * 4.75 + 0.5 * 10.7))
+    assert prod.arrival_rate() == pytest.approx(1e3 * 0.7 / (0.5 * prod.H200_RETURNING_MS + 0.5 * prod.H200_FULL_PREFILL_MS))
     assert PRODUCTION.arrival_rate == pytest.approx(prod.arrival_rate())
     assert prod.arrival_rate(kv_hit=1.0) > prod.arrival_rate(kv_hit=0.0)
     with pytest.raises(ValueError, match="utilisation"):

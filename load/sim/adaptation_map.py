@@ -10,6 +10,11 @@ the node `helmrec sim` runs). From that table:
   controller could win on this node;
 - adaptive: the packaged full controller stepping through the same windows.
 
+Each point's arrival rate is what an operator sizing at 0.7 of the node's grouped
+peak would send for that mean history (`config.sized_rate`, the production
+workload's own rule): longer histories mean fewer requests per node, not an
+overloaded node.
+
 The gain is 1 - P99(adaptive) / P99(best static): positive where adapting
 pays. A point where even the oracle's gain is small is one where a static
 split is enough, whatever the controller.
@@ -32,9 +37,9 @@ from helmrec.allocator.evaluate import replay
 from helmrec.allocator.node_model import ALPHA_GRID, WindowTable
 from helmrec.allocator.oracle import alpha_star
 from helmrec.allocator.policy import Policy
-from helmrec.load.sim.config import SimConfig
+from helmrec.load.sim.config import SimConfig, sized_rate
 from helmrec.load.sim.node_table import SWEEP_ALPHAS, replay_table
-from helmrec.workload.traces import REGIMES, make_trace
+from helmrec.workload.traces import PRODUCTION, REGIMES, make_trace
 
 GIB = 2**30
 POOL_GIB = (28, 56, 112)
@@ -53,8 +58,15 @@ def point(args: tuple[str, int, float, float, int, float, str | None]) -> dict:
     regime, pool_gib, hot, history, seed, duration_s, policy_path = args
     sim = SimConfig.production(nodes=1)
     sim = dataclasses.replace(sim, node=dataclasses.replace(sim.node, pool_bytes=pool_gib * GIB))
+    rate = sized_rate(sim.node.cost, float(history), PRODUCTION.candidates)
     trace = make_trace(
-        regime, seed, workload="production", duration_s=duration_s, hot_user_share=hot, mean_history_len=float(history)
+        regime,
+        seed,
+        workload="production",
+        duration_s=duration_s,
+        hot_user_share=hot,
+        mean_history_len=float(history),
+        arrival_rate=rate,
     )
     table = replay_table(trace, sim)
     columns = [int(np.flatnonzero(np.isclose(ALPHA_GRID, a))[0]) for a in SWEEP_ALPHAS]
@@ -70,6 +82,7 @@ def point(args: tuple[str, int, float, float, int, float, str | None]) -> dict:
         "pool_gib": pool_gib,
         "hot_user_share": hot,
         "mean_history_len": history,
+        "arrival_rate": rate,
         "best_static_alpha": best_alpha,
         "best_static_p99_ms": static[best_alpha],
         "oracle_p99_ms": oracle,

@@ -16,10 +16,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import numpy as np
+
 from helmrec.allocator.cost_model import PCIE_H2D_BYTES_PER_US, CostModel, packaged
 from helmrec.allocator.node_model import NodeConfig
 from helmrec.router.config import RouterConfig
+from helmrec.workload import production as prod
 from helmrec.workload.traces import PRODUCTION, WORKLOADS
+
+# Largest group a node serves in one step: hstu_pool's graph_max_batch (model_repository/hstu_pool).
+GROUP_MAX = 32
 
 # The router's default in-flight limit per backend (RouterConfig's own default, read, not copied).
 ROUTER_MAX_IN_FLIGHT: int = RouterConfig.__dataclass_fields__["max_in_flight_per_backend"].default  # type: ignore[assignment]
@@ -158,3 +164,18 @@ def workload_sim(workload: str, nodes: int = 32) -> SimConfig:
     if workload not in WORKLOADS:
         raise ValueError(f"workload must be one of {tuple(WORKLOADS)}, got {workload!r}")
     return SimConfig.production(nodes=nodes) if workload == "production" else SimConfig(nodes=nodes)
+
+
+def sized_rate(cost: CostModel, mean_history: float, candidates: int, utilisation: float = 0.7, kv_hit: float = 0.5) -> float:
+    """Per-node req/s that an operator sizing at `utilisation` of the node's grouped peak would send.
+
+    `workload.production.arrival_rate` with the cost table's own figures at `mean_history`: a returning
+    user (+1 event) and a full prefill, each in a group of `GROUP_MAX`, EMB rows all hits (what the
+    production constants hold; tests/load/sim/test_production_costs.py).
+    """
+    def grouped_ms(kind: str, computed: float) -> float:
+        rows = computed + candidates
+        alone = float(cost.service_us(np.array(computed), np.array(mean_history), candidates, np.array(0.0), np.array(rows)))
+        return alone * float(cost.batch_factor(kind, GROUP_MAX)) / 1e3
+
+    return prod.arrival_rate(utilisation, kv_hit, grouped_ms("extend", 1.0), grouped_ms("prefill", mean_history))

@@ -46,12 +46,9 @@ from collections import OrderedDict, deque
 import numpy as np
 
 from helmrec.allocator.observation import COUNTERFACTUAL_SHARE, KVLookback, Observation
-from helmrec.load.sim.config import SimConfig
+from helmrec.load.sim.config import GROUP_MAX, SimConfig
 from helmrec.pool.kv_ghost import KVGhost
 from helmrec.workload.zipf import ZipfLaw
-
-# Largest group a node serves in one step: hstu_pool's graph_max_batch (model_repository/hstu_pool).
-GROUP_MAX = 32
 
 
 class NodePool:

@@ -26,6 +26,11 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+def _gap(x: float | None) -> str:
+    """An alpha gap, or '-' where the run did not pay for alpha* (only the headline run does)."""
+    return "-" if x is None else f"{x:.4f}"
+
+
 def headline_table(report: dict) -> list[str]:
     """Ours per regime next to the paper's range, with a verdict per figure."""
     lines = [
@@ -76,7 +81,7 @@ def ablation_table(report: dict) -> list[str]:
         for router, a in r["routing_ablation"].items():
             lines.append(
                 f"| {regime} | {router} | {a['emb_hit']:.3f} | {a['kv_hit']:.3f} | {a['p99_ms']:.2f} "
-                f"| {_pct(a['slo_satisfaction'])} | {a['alpha_gap']:.4f} |"
+                f"| {_pct(a['slo_satisfaction'])} | {_gap(a['alpha_gap'])} |"
             )
     return lines
 
@@ -157,6 +162,7 @@ def plot_hits(report: dict, path: Path) -> None:
 def render(report: dict, command: str, alpha_png: str, hits_png: str, discussion: str) -> str:
     """The whole docs/sim.md."""
     cfg = report["config"]
+    per_node = cfg["trace_per_node"]
     out = [
         f"# The cluster simulator: the paper's table on a simulated {report['nodes']}-node cluster",
         "",
@@ -165,15 +171,19 @@ def render(report: dict, command: str, alpha_png: str, hits_png: str, discussion
         "",
         "## What is simulated",
         "",
-        f"- {report['nodes']} nodes, each one H100 pool of {cfg['pool_bytes'] / 1e9:.1f} GB in "
+        f"- {report['nodes']} nodes, each a pool of {cfg['pool_bytes'] / 2**30:.1f} GiB in "
         f"{cfg['page_bytes'] // 1024} KiB pages shared by the EMB and KV caches (`load/sim/node.py`: the real "
         "pool's KV policy replayed per request over user ids, its LFU EMB policy as the resident top-popularity "
-        f"rows with a {cfg['refill_bytes_per_s'] / 1e9:.2f} GB/s refill cap), a FIFO server whose service "
-        "times come from `allocator/cost_model.py` (CPU-measured costs scaled to the H100, sources there).",
-        f"- Traces: `load/traces.py` Steady/Trend/Burst scaled by the node count (per node: 1700 req/s, 100k "
-        f"users, 600 hot users), {cfg['duration_s']:.0f} s of which the first {cfg['warmup_s']:.0f} s warm "
-        f"the caches and controllers and are not measured; Burst has a {cfg['burst_len_s']:.0f} s burst every "
-        f"{cfg['burst_every_s']:.0f} s (first at {cfg['burst_start_s']:.0f} s).",
+        f"rows with a {cfg['refill_bytes_per_s'] / 1e9:.2f} GB/s refill cap), a FIFO server that groups "
+        "waiting requests, whose service times and grouping factors come from the cost table "
+        f"({cfg['cost_source']}).",
+        f"- Traces: the `{cfg['workload']}` workload (docs/workload.md) of `helmrec.workload.traces`, "
+        f"Steady/Trend/Burst scaled by the node count (per node: {per_node['arrival_rate']:,.1f} req/s, "
+        f"{per_node['users']:,.0f} users of which {per_node['hot_users']:,.0f} hot, {per_node['items']:,.0f} items, "
+        f"histories of {per_node['mean_history_len']:,.0f} events on average up to {per_node['max_history_len']:,}, "
+        f"{per_node['candidates']:,} candidates), {cfg['duration_s']:.0f} s of which the first "
+        f"{cfg['warmup_s']:.0f} s warm the caches and controllers and are not measured; Burst has a "
+        f"{cfg['burst_len_s']:.0f} s burst every {cfg['burst_every_s']:.0f} s (first at {cfg['burst_start_s']:.0f} s).",
         "- Routing: `router/policies.py` objects and `router/state.py` backend states, unchanged; every "
         f"control interval ({cfg['interval_s']:g} s) the simulated router scrapes what a backend's metrics "
         f"port says (alpha, pending requests, KV cached users and evictions); at {cfg['max_in_flight']} "
@@ -183,7 +193,8 @@ def render(report: dict, command: str, alpha_png: str, hits_png: str, discussion
         f"({', '.join(f'{a:g}' for a in cfg['sweep_alphas'])}, on a {cfg['sweep_nodes']}-node slice at the same "
         "per-node load), found per router.",
         f"- SLO: a request within {cfg['slo_ms']:g} ms (see `load/sim/config.py` for why). alpha* per node "
-        "and window: `helmrec.allocator.oracle.alpha_star` on the traffic the router sent to that node.",
+        "and window: the replay's own optimum, `helmrec.allocator.oracle.alpha_star` on the traffic the router "
+        "sent to that node replayed through the same node at every alpha of a sweep (`load/sim/node_table.py`).",
         "",
         "## Against the paper",
         "",

@@ -50,11 +50,15 @@ def test_layers_config_selects_layers() -> None:
 
 def test_eval_allocator_quick_writes_the_report_shape(tmp_path) -> None:
     out = tmp_path / "alloc.json"
-    assert eval_run(Namespace(quick=True, json=out, plot=tmp_path / "alpha.png", policy=None, emb_miss_scale=1.0, workers=2)) == 0
+    args = Namespace(
+        quick=True, json=out, plot=tmp_path / "alpha.png", policy=None, emb_miss_scale=1.0, workers=2, workload="production"
+    )
+    assert eval_run(args) == 0
     report = json.loads(out.read_text())
     assert set(report) == {"regimes", "decision_latency_us"}
     assert set(report["regimes"]) == {"steady", "trend", "burst"}
-    names = {f"static_0.{k}" for k in range(1, 10)} | {"pid", "ppo", "ppo_residual", "full"}
+    statics = {f"static_{a}" for a in (0.02, 0.05)} | {f"static_0.{k}" for k in range(1, 10)}
+    names = statics | {"pid", "ppo", "ppo_residual", "full"}
     for regime in report["regimes"].values():
         assert set(regime) == {"gap", "p99_ms"}
         assert set(regime["gap"]) == names and set(regime["p99_ms"]) == names

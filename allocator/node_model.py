@@ -126,6 +126,20 @@ class WindowTraffic:
     mean_history_len: np.ndarray  # [W]
     in_burst: np.ndarray  # [W]
 
+    def table(self, regime: str, interval_s: float, **columns: np.ndarray) -> WindowTable:
+        """The WindowTable of these windows with the node's per-alpha `columns` (emb_hit, kv_hit, ...)."""
+        return WindowTable(
+            regime=regime,
+            t0_s=self.t0_s,
+            requests=self.requests,
+            lookback_requests=self.lookback_requests,
+            hot_user_share=self.hot_user_share,
+            mean_history_len=self.mean_history_len,
+            in_burst=self.in_burst,
+            interval_s=interval_s,
+            **columns,
+        )
+
 
 def window_traffic(trace: Trace, node: NodeConfig) -> WindowTraffic:
     """The alpha-free columns of every control window of `trace` after `node.warmup_s`."""
@@ -211,17 +225,7 @@ def build_table(trace: Trace, node: NodeConfig = NodeConfig()) -> WindowTable:
             out["kv_hit"][w] = hit.mean(axis=1)
             out["mean_service_us"][w] = mean_s
             out["p99_ms"][w] = p99_service_ms + _p99_wait_ms(rate, mean_s, (service**2).mean(axis=1), node.interval_s)
-    return WindowTable(
-        regime=cfg.regime,
-        t0_s=traffic.t0_s,
-        requests=traffic.requests,
-        lookback_requests=traffic.lookback_requests,
-        hot_user_share=traffic.hot_user_share,
-        mean_history_len=traffic.mean_history_len,
-        in_burst=traffic.in_burst,
-        interval_s=node.interval_s,
-        **out,
-    )
+    return traffic.table(cfg.regime, node.interval_s, **out)
 
 
 @dataclass

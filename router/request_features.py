@@ -55,32 +55,33 @@ def _route(user: np.ndarray | None, history_len: int, candidates: np.ndarray | N
 _SIGNED = {"INT64": True, "INT32": True, "UINT64": False, "UINT32": False}
 
 
+def _grpc_raw(request: service_pb2.ModelInferRequest, index: int) -> tuple[str | None, bytes | None]:
+    """(the integer dtype of input `index`, or None; its raw bytes when the request sends raw contents)."""
+    dtype = _INT_DTYPES.get(request.inputs[index].datatype)
+    if dtype is None or not request.raw_input_contents or index >= len(request.raw_input_contents):
+        return dtype, None
+    return dtype, request.raw_input_contents[index]
+
+
 def _grpc_user(request: service_pb2.ModelInferRequest, index: int) -> int | None:
     """The one USER_ID value, read straight from its bytes (no numpy array for one integer)."""
-    tensor = request.inputs[index]
-    dtype = _INT_DTYPES.get(tensor.datatype)
-    if dtype is None:
+    dtype, raw = _grpc_raw(request, index)
+    if dtype is None or (request.raw_input_contents and raw is None):
         return None
-    if request.raw_input_contents:
-        if index >= len(request.raw_input_contents):
-            return None
-        raw = request.raw_input_contents[index]
+    if raw is not None:
         if len(raw) != np.dtype(dtype).itemsize:
             return None
-        return int.from_bytes(raw, "little", signed=_SIGNED[tensor.datatype])
+        return int.from_bytes(raw, "little", signed=_SIGNED[request.inputs[index].datatype])
     values = _grpc_values(request, index)
     return None if values is None or len(values) != 1 else int(values[0])
 
 
 def _grpc_values(request: service_pb2.ModelInferRequest, index: int) -> np.ndarray | None:
     tensor = request.inputs[index]
-    dtype = _INT_DTYPES.get(tensor.datatype)
-    if dtype is None:
+    dtype, raw = _grpc_raw(request, index)
+    if dtype is None or (request.raw_input_contents and raw is None):
         return None
-    if request.raw_input_contents:
-        if index >= len(request.raw_input_contents):
-            return None
-        raw = request.raw_input_contents[index]
+    if raw is not None:
         if len(raw) % np.dtype(dtype).itemsize:
             return None
         return np.frombuffer(raw, dtype=dtype)

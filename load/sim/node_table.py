@@ -123,17 +123,7 @@ def replay_table(
         f: np.stack([np.interp(ALPHA_GRID, sweep, row) for row in values]) if values.size else np.zeros((0, ALPHA_GRID.size))
         for f, values in grid.items()
     }
-    return WindowTable(
-        regime=trace.config.regime,
-        t0_s=traffic.t0_s,
-        requests=traffic.requests,
-        lookback_requests=traffic.lookback_requests,
-        hot_user_share=traffic.hot_user_share,
-        mean_history_len=traffic.mean_history_len,
-        in_burst=traffic.in_burst,
-        interval_s=node.interval_s,
-        **on_grid,
-    )
+    return traffic.table(trace.config.regime, node.interval_s, **on_grid)
 
 
 def regime_tables(

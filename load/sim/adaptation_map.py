@@ -42,6 +42,9 @@ from helmrec.load.sim.node_table import SWEEP_ALPHAS, replay_table
 from helmrec.workload.traces import PRODUCTION, REGIMES, make_trace
 
 GIB = 2**30
+# Every other alpha of the node's sweep (0.02 .. 0.98 by 0.08): 81 points of 13 replays each fit a
+# few minutes on two cores; the gains are read between sweep points as eval-allocator does.
+MAP_ALPHAS = SWEEP_ALPHAS[::2]
 POOL_GIB = (28, 56, 112)
 HOT_SHARE = (0.1, 0.3, 0.6)
 MEAN_HISTORY = (1600, 6400, 12000)
@@ -68,9 +71,9 @@ def point(args: tuple[str, int, float, float, int, float, str | None]) -> dict:
         mean_history_len=float(history),
         arrival_rate=rate,
     )
-    table = replay_table(trace, sim)
-    columns = [int(np.flatnonzero(np.isclose(ALPHA_GRID, a))[0]) for a in SWEEP_ALPHAS]
-    static = {a: weighted_p99(table, table.p99_ms[1:, c]) for a, c in zip(SWEEP_ALPHAS, columns)}
+    table = replay_table(trace, sim, alphas=MAP_ALPHAS)
+    columns = [int(np.flatnonzero(np.isclose(ALPHA_GRID, a))[0]) for a in MAP_ALPHAS]
+    static = {a: weighted_p99(table, table.p99_ms[1:, c]) for a, c in zip(MAP_ALPHAS, columns)}
     best_alpha = min(static, key=static.get)
     star = alpha_star(table, sim.node)[1:]
     oracle = weighted_p99(table, np.array([table.at(w, a)[3] for w, a in enumerate(star, start=1)]))
@@ -93,16 +96,55 @@ def point(args: tuple[str, int, float, float, int, float, str | None]) -> dict:
     }
 
 
+def plot_map(points: list[dict], path: Path) -> None:
+    """One heatmap per (regime, hot-user share): pool size x mean history, coloured by the oracle's gain,
+    each cell labelled with the best static alpha and the controller's gain."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    regimes = sorted({p["regime"] for p in points}, key=REGIMES.index)
+    hots = sorted({p["hot_user_share"] for p in points})
+    pools = sorted({p["pool_gib"] for p in points})
+    hists = sorted({p["mean_history_len"] for p in points})
+    top = max(0.05, max(p["oracle_gain"] for p in points))
+    fig, axes = plt.subplots(len(regimes), len(hots), figsize=(3.6 * len(hots), 2.9 * len(regimes)), squeeze=False)
+    for r, regime in enumerate(regimes):
+        for h, hot in enumerate(hots):
+            ax = axes[r][h]
+            gain = np.full((len(pools), len(hists)), np.nan)
+            for p in points:
+                if p["regime"] == regime and p["hot_user_share"] == hot:
+                    i, j = pools.index(p["pool_gib"]), hists.index(p["mean_history_len"])
+                    gain[i, j] = p["oracle_gain"]
+                    ax.text(j, i, f"a={p['best_static_alpha']:.2f}\n{100 * p['adaptive_gain']:+.1f}%", ha="center",
+                            va="center", fontsize=7)
+            image = ax.imshow(gain, origin="lower", cmap="viridis", vmin=0.0, vmax=top, aspect="auto")
+            ax.set_xticks(range(len(hists)), [str(x) for x in hists], fontsize=7)
+            ax.set_yticks(range(len(pools)), [f"{x} GiB" for x in pools], fontsize=7)
+            ax.set_title(f"{regime}, hot share {hot:g}", fontsize=8)
+            if r == len(regimes) - 1:
+                ax.set_xlabel("mean history length", fontsize=7)
+    fig.colorbar(image, ax=axes, shrink=0.6, label="oracle P99 gain over best static")
+    fig.suptitle("best static alpha and the full controller's P99 gain per cell; colour: the most any controller could win",
+                 fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=Path, required=True, help="write the map here")
     parser.add_argument("--regimes", default=",".join(REGIMES), help="comma-separated subset of " + ",".join(REGIMES))
     parser.add_argument("--pool-gib", default=",".join(map(str, POOL_GIB)), help="pool sizes (GiB)")
     parser.add_argument("--hot-share", default=",".join(map(str, HOT_SHARE)), help="hot-user shares of requests")
     parser.add_argument("--mean-history", default=",".join(map(str, MEAN_HISTORY)), help="mean history lengths")
-    parser.add_argument("--duration", type=float, default=300.0, help="trace seconds per point")
+    parser.add_argument("--duration", type=float, default=200.0, help="trace seconds per point (the first 60 warm up)")
     parser.add_argument("--seed", type=int, default=100, help="trace seed (default: a held-out one)")
     parser.add_argument("--policy", default=None, help="controller policy .npz (default: the packaged one)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--plot", type=Path, default=None, help="PNG of the map (one heatmap per regime and hot share)")
 
 
 def _numbers(text: str, kind: type) -> list:
@@ -126,6 +168,8 @@ def run(args: argparse.Namespace) -> int:
         points = pool.map(point, tasks)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"points": points}, indent=2) + "\n")
+    if args.plot is not None:
+        plot_map(points, args.plot)
     print(f"{'regime':8s}{'pool':>6s}{'hot':>6s}{'hist':>7s}{'best a':>8s}{'static ms':>11s}{'oracle':>9s}{'adaptive':>10s}")
     for p in points:
         print(

@@ -6,8 +6,9 @@ the training seeds and calls `train` here; evaluation uses other seeds. This
 module takes tables of either kind and knows nothing of how they were made.
 The reward is the latency regret against the window's best alpha plus a
 shaping term toward alpha* (offline only; see `NodeEnv`). Decisions hardly
-affect later windows (only through the carried backlog), so a short discount
-(gamma 0.5) keeps the value targets low-variance.
+affect later windows (a replayed table holds each alpha's own queue; only the
+analytic table carries a backlog), so a short discount (gamma 0.5) keeps the
+value targets low-variance.
 """
 
 from __future__ import annotations

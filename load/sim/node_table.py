@@ -54,8 +54,8 @@ def regime_trace(regime: str, nodes: int, sim: SimConfig, seed: int | None = Non
     )
 
 
-def replay_alpha(trace: Trace, sim: SimConfig, node: NodeConfig, alpha: float) -> dict[str, np.ndarray]:
-    """One node serving all of `trace` at `alpha`: the five per-window columns ([W] each)."""
+def replay_alpha(trace: Trace, sim: SimConfig, node: NodeConfig, closes: list[float], alpha: float) -> dict[str, np.ndarray]:
+    """One node serving all of `trace` at `alpha`: the five columns ([W] each) of the windows closing at `closes`."""
     server = SimNode(sim, trace.items, trace.config.candidates, alpha)
     n = len(trace)
     latency = np.empty(n)
@@ -63,8 +63,6 @@ def replay_alpha(trace: Trace, sim: SimConfig, node: NodeConfig, alpha: float) -
     hit = np.empty(n, dtype=bool)
     lookups = np.empty(n)
     emb_hits = np.empty(n)
-    traffic = window_traffic(trace, node)
-    closes = (traffic.t0_s + node.interval_s).tolist()
     queue = np.zeros(len(closes))
     k = 0
     for i, (t, user, length) in enumerate(zip(trace.t_s.tolist(), trace.user_id.tolist(), trace.history_len.tolist())):
@@ -91,7 +89,7 @@ def replay_alpha(trace: Trace, sim: SimConfig, node: NodeConfig, alpha: float) -
     return out
 
 
-def _replay_task(args: tuple[Trace, SimConfig, NodeConfig, float]) -> dict[str, np.ndarray]:
+def _replay_task(args: tuple[Trace, SimConfig, NodeConfig, list[float], float]) -> dict[str, np.ndarray]:
     return replay_alpha(*args)
 
 
@@ -111,13 +109,14 @@ def replay_table(
     sweep = sorted(float(a) for a in alphas)
     if len(sweep) < 2 or len(set(sweep)) != len(sweep) or sweep[0] < 0.0 or sweep[-1] > 1.0:
         raise ValueError(f"replay_table: alphas must be >= 2 distinct values in [0, 1], got {list(alphas)}")
-    tasks = [(trace, sim, node, a) for a in sweep]
+    traffic = window_traffic(trace, node)  # the windows are alpha-free: computed once for the sweep
+    closes = (traffic.t0_s + node.interval_s).tolist()
+    tasks = [(trace, sim, node, closes, a) for a in sweep]
     if workers > 1:
         with multiprocessing.get_context("fork").Pool(min(workers, len(tasks))) as pool:
             columns = pool.map(_replay_task, tasks)
     else:
         columns = [_replay_task(t) for t in tasks]
-    traffic = window_traffic(trace, node)
     grid = {f: np.stack([c[f] for c in columns], axis=1) for f in _FIELDS}  # [W, len(sweep)]
     on_grid = {
         f: np.stack([np.interp(ALPHA_GRID, sweep, row) for row in values]) if values.size else np.zeros((0, ALPHA_GRID.size))

@@ -19,6 +19,12 @@ captures the graphs of both buckets at load (`warmup_shapes`), so no capture run
 while the clock does. The ceiling is `PooledRanker.rank_many` in this process on
 groups of `--group` requests of the same mix: pool lookup, graphs and commit, without
 Triton, gRPC or the clients. The last line is the headline ratio.
+
+Each served row also carries hstu_pool's own Triton statistics over the row: requests per
+execute, execute time, queue time per request and the stub's busy share of the row's
+wall time (near 1: the one stub is the bottleneck; well below: Triton, gRPC or the load
+generators are). `--py-spy DIR` samples the stub during each row, and this process during
+each ceiling, into collapsed stacks: where that busy time goes.
 """
 
 from __future__ import annotations
@@ -26,11 +32,15 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
+import shutil
 import statistics
+import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,8 +132,9 @@ def _load_generator(job: tuple) -> tuple[list[tuple[str, float]], dict[int, int]
 
 
 def closed_loop(pool: mp.pool.Pool, url: str, traffic: Traffic, mix: str, concurrency: int, processes: int,
-                lengths: dict[int, int], seconds: float) -> dict:  # fmt: skip
-    """`concurrency` client threads over `processes` processes for `seconds`; updates `lengths`."""
+                lengths: dict[int, int], seconds: float, spy: Path | None = None) -> dict:  # fmt: skip
+    """`concurrency` client threads over `processes` processes for `seconds`; updates `lengths`.
+    With `spy`, py-spy samples hstu_pool's stub over the row into `spy/<mix>_<concurrency>.txt`."""
     users = sorted(lengths)
     shares = [users[i::concurrency] for i in range(concurrency)]
     procs = min(processes, concurrency)
@@ -132,18 +143,97 @@ def closed_loop(pool: mp.pool.Pool, url: str, traffic: Traffic, mix: str, concur
         mine = shares[p::procs]
         owned = {u: lengths[u] for share in mine for u in share}
         jobs.append((url, traffic, mix, mine, owned, seconds, 1 + p + 100 * concurrency))
-    t0 = time.perf_counter()
-    results = pool.map(_load_generator, jobs)
-    elapsed = time.perf_counter() - t0
+    before = pool_statistics(url)
+    with py_spy(stub_pid(schema.POOL_MODEL) if spy else None, seconds, spy and spy / f"{mix}_{concurrency}.txt"):
+        t0 = time.perf_counter()
+        results = pool.map(_load_generator, jobs)
+        elapsed = time.perf_counter() - t0
+    window = min(elapsed, seconds + 0.5)
     samples = [x for res, _ in results for x in res]
     for _, owned in results:
         lengths.update(owned)
-    row = {"mix": mix, "concurrency": concurrency, "requests": len(samples), "rps": len(samples) / min(elapsed, seconds + 0.5)}
+    row = {"mix": mix, "concurrency": concurrency, "requests": len(samples), "rps": len(samples) / window}
+    row.update(pool_stats_delta(before, pool_statistics(url), window))
     row.update(_percentiles([ms for _, ms in samples]))
     for kind in sorted({k for k, _ in samples}):
         row[f"{kind}_requests"] = sum(1 for k, _ in samples if k == kind)
         row.update({f"{kind}_{key}": v for key, v in _percentiles([ms for k, ms in samples if k == kind]).items()})
     return row
+
+
+def pool_statistics(url: str) -> dict:
+    """hstu_pool's cumulative Triton statistics: one `model_stats` entry of ModelStatistics in its JSON form."""
+    import tritonclient.grpc as grpcclient  # noqa: PLC0415
+
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        return client.get_inference_statistics(model_name=schema.POOL_MODEL, as_json=True)["model_stats"][0]
+    finally:
+        client.close()
+
+
+def _counter(stats: dict, *path: str) -> int:
+    """One counter of ModelStatistics' JSON form, where uint64s are strings and zeros are left out."""
+    for key in path[:-1]:
+        stats = stats.get(key, {})
+    return int(stats.get(path[-1], 0))
+
+
+def _batch_ns(stats: dict, phase: str) -> int:
+    return sum(_counter(b, phase, "ns") for b in stats.get("batch_stats", []))
+
+
+def pool_stats_delta(before: dict, after: dict, wall_s: float) -> dict[str, float]:
+    """hstu_pool's work between two `pool_statistics` snapshots `wall_s` apart.
+
+    Execute times come from `batch_stats`, which count each execute once: the per-request
+    `inference_stats` charge every request of a group the whole group's compute time.
+    `pool_busy` is the share of `wall_s` the one stub spent executing."""
+    executes = _counter(after, "execution_count") - _counter(before, "execution_count")
+    requests = _counter(after, "inference_count") - _counter(before, "inference_count")
+    queued = _counter(after, "inference_stats", "queue", "count") - _counter(before, "inference_stats", "queue", "count")
+    queue_ns = _counter(after, "inference_stats", "queue", "ns") - _counter(before, "inference_stats", "queue", "ns")
+    phase_ns = {p: _batch_ns(after, p) - _batch_ns(before, p) for p in ("compute_input", "compute_infer", "compute_output")}
+    per_execute = 1e6 * max(executes, 1)
+    return {
+        "pool_executes": executes,
+        "pool_group": requests / max(executes, 1),
+        "pool_execute_ms": sum(phase_ns.values()) / per_execute,
+        **{f"pool_{p.removeprefix('compute_')}_ms": ns / per_execute for p, ns in phase_ns.items()},
+        "pool_queue_ms": queue_ns / 1e6 / max(queued, 1),
+        "pool_busy": sum(phase_ns.values()) / 1e9 / wall_s,
+    }
+
+
+def stub_pid(model: str) -> int:
+    """The pid of `model`'s Python-backend stub (one instance), found by its command line."""
+    for proc in Path("/proc").iterdir():
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # not a process, or gone
+            continue
+        if args[0].endswith(b"triton_python_backend_stub") and any(f"/{model}/".encode() in a for a in args[1:]):
+            return int(proc.name)
+    raise RuntimeError(f"no triton_python_backend_stub of {model} is running")
+
+
+@contextmanager
+def py_spy(pid: int | None, seconds: float, out: Path | None) -> Iterator[None]:
+    """py-spy samples `pid` (every thread, idle ones too, at 250 Hz without pausing it) for
+    `seconds` into collapsed stacks at `out`; nothing when `pid` is None."""
+    if pid is None or out is None:
+        yield
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = ["py-spy", "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))), "--rate", "250",
+           "--format", "raw", "--nonblocking", "--idle", "--threads", "-o", str(out)]  # fmt: skip
+    spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        yield
+    finally:
+        _, err = spy.communicate()
+        if spy.returncode:
+            print(f"py-spy on pid {pid} failed ({spy.returncode}): {err.strip()[-400:]}", flush=True)
 
 
 def _percentiles(ms: Sequence[float]) -> dict[str, float]:
@@ -154,11 +244,13 @@ def _percentiles(ms: Sequence[float]) -> dict[str, float]:
 
 
 def in_process_ceiling(
-    repo: Path, device: str, traffic: Traffic, mix: str, group: int, users: int, seconds: float, profile: Path | None = None
-) -> dict:
+    repo: Path, device: str, traffic: Traffic, mix: str, group: int, users: int, seconds: float,
+    profile: Path | None = None, spy: Path | None = None,
+) -> dict:  # fmt: skip
     """`PooledRanker.rank_many` on groups of `group` requests of `mix`, in this process.
     With `profile`, one more group runs under torch.profiler and its op table (host and
-    device time, top 40 by host time) is written there: where a group's time goes."""
+    device time, top 40 by host time) is written there: where a group's time goes.
+    With `spy`, py-spy samples this process over the timed loop into `spy/ceiling_<mix>.txt`."""
     import torch  # noqa: PLC0415
 
     from helmrec.hstu.weights import load  # noqa: PLC0415
@@ -188,23 +280,24 @@ def in_process_ceiling(
         for lo in range(0, users, group):
             ranker.rank_many([request(u, traffic.history) for u in range(lo, min(users, lo + group))])
         lat, served, k = [], 0, 0
-        stop_at = time.perf_counter() + seconds
-        while time.perf_counter() < stop_at:
-            batch = []
-            for _ in range(group):
-                user = k % users
-                k += 1
-                kind = traffic.next_kind(mix, rng, lengths[user])
-                if kind == "miss":
-                    batch.append(request(new_user, traffic.history))
-                    new_user += 1
-                    continue
-                lengths[user] += kind == "grow"
-                batch.append(request(user, lengths[user]))
-            t0 = time.perf_counter()
-            ranker.rank_many(batch)
-            lat.append((time.perf_counter() - t0) * 1e3)
-            served += len(batch)
+        with py_spy(os.getpid() if spy else None, seconds, spy and spy / f"ceiling_{mix}.txt"):
+            stop_at = time.perf_counter() + seconds
+            while time.perf_counter() < stop_at:
+                batch = []
+                for _ in range(group):
+                    user = k % users
+                    k += 1
+                    kind = traffic.next_kind(mix, rng, lengths[user])
+                    if kind == "miss":
+                        batch.append(request(new_user, traffic.history))
+                        new_user += 1
+                        continue
+                    lengths[user] += kind == "grow"
+                    batch.append(request(user, lengths[user]))
+                t0 = time.perf_counter()
+                ranker.rank_many(batch)
+                lat.append((time.perf_counter() - t0) * 1e3)
+                served += len(batch)
         elapsed = sum(lat) / 1e3
         if profile is not None:
             with torch.profiler.profile() as prof:
@@ -249,6 +342,9 @@ def stage(args: argparse.Namespace, folder: Path, miss_share: float = 0.0, hit_s
 def run(args: argparse.Namespace) -> dict:
     from helmrec.launcher import TritonServer  # noqa: PLC0415
 
+    spy = args.py_spy if args.py_spy and shutil.which("py-spy") else None
+    if args.py_spy and spy is None:
+        print("--py-spy: no py-spy on PATH, rows run without it", flush=True)
     report: dict = {"device": args.device, "preset": args.preset, "history": args.history, "candidates": args.candidates,
                     "users": args.users, "processes": args.processes, "seconds": args.seconds,
                     "served": [], "ceiling": []}  # fmt: skip
@@ -262,12 +358,12 @@ def run(args: argparse.Namespace) -> dict:
             first_contact(server.grpc_url, traffic, args.users)  # every user's prefill, outside the measurement
             for mix in args.mix:
                 for c in args.concurrency:
-                    row = closed_loop(pool, server.grpc_url, traffic, mix, c, args.processes, lengths, args.seconds)
+                    row = closed_loop(pool, server.grpc_url, traffic, mix, c, args.processes, lengths, args.seconds, spy)
                     report["served"].append(row)
                     print(json.dumps(row), flush=True)
         for mix in args.mix:
             profile = args.profile.with_name(f"{args.profile.stem}_{mix}.txt") if args.profile else None
-            row = in_process_ceiling(repo, args.device, traffic, mix, args.group, args.users, args.seconds, profile)
+            row = in_process_ceiling(repo, args.device, traffic, mix, args.group, args.users, args.seconds, profile, spy)
             report["ceiling"].append(row)
             print(json.dumps(row), flush=True)
     ceiling = {r["mix"]: r["rps"] for r in report["ceiling"]}
@@ -292,10 +388,12 @@ def print_table(report: dict) -> None:
     ceiling = {r["mix"]: r for r in report["ceiling"]}
     print(f"\nserved hstu_ensemble, {report['preset']} on {report['device']}, history {report['history']}, "
           f"{report['candidates']} candidates, {report['users']} users, {report['processes']} load processes")  # fmt: skip
-    print(f"{'mix':<7}{'clients':>8}{'req/s':>10}{'P50 ms':>9}{'P99 ms':>9}{'ceiling req/s':>15}{'share':>8}")
+    print(f"{'mix':<7}{'clients':>8}{'req/s':>10}{'P50 ms':>9}{'P99 ms':>9}{'ceiling req/s':>15}{'share':>8}"
+          f"{'group':>7}{'exec ms':>9}{'busy':>6}{'queue ms':>10}")  # fmt: skip
     for row in report["served"]:
         print(f"{row['mix']:<7}{row['concurrency']:>8}{row['rps']:>10.0f}{row.get('p50_ms', 0):>9.2f}{row.get('p99_ms', 0):>9.2f}"
-              f"{ceiling[row['mix']]['rps']:>15.0f}{row['share_of_ceiling']:>8.2f}")  # fmt: skip
+              f"{ceiling[row['mix']]['rps']:>15.0f}{row['share_of_ceiling']:>8.2f}{row['pool_group']:>7.1f}"
+              f"{row['pool_execute_ms']:>9.2f}{row['pool_busy']:>6.2f}{row['pool_queue_ms']:>10.2f}")  # fmt: skip
     best = max(report["served"], key=lambda r: r["share_of_ceiling"])
     print(f"best served / in-process ceiling: {best['share_of_ceiling']:.2f} ({best['mix']}, {best['concurrency']} clients)")
 
@@ -311,6 +409,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="per closed-loop row")
     parser.add_argument("--group", type=int, default=32, help="requests per rank_many group of the in-process ceiling")
     parser.add_argument("--profile", type=Path, help="write each mix's profiled in-process group to PROFILE_<mix>.txt")
+    parser.add_argument("--py-spy", type=Path, help="py-spy's collapsed stacks of the stub per row and of each ceiling, here")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     report = run(args)

@@ -15,7 +15,7 @@ import torch
 from helmrec.hstu.features import previous_event_gaps
 from helmrec.hstu.layer import HSTULayer
 from helmrec.hstu.model import HSTU
-from helmrec.kernels.attention import candidate_attention, causal_attention
+from helmrec.kernels.attention import candidate_attention, causal_attention, paged_candidate_attention
 
 
 def layer_extend(
@@ -31,6 +31,20 @@ def layer_rank(layer: HSTULayer, x: torch.Tensor, k_hist: torch.Tensor, v_hist: 
     """`layer.forward_candidates(x, k_hist, v_hist, None, None)` for one request: x [c, D] -> y [c, D]."""
     u, q, k, v = layer.project(x)
     a = candidate_attention(q, k_hist, v_hist, k, v, layer.qk_scale, layer.norm_scale)
+    return layer.output(x, u, a.flatten(-2))
+
+
+def layer_rank_paged(
+    layer: HSTULayer,
+    x: torch.Tensor,
+    k_pages: torch.Tensor,
+    v_pages: torch.Tensor,
+    block_table: torch.Tensor,
+    length: torch.Tensor,
+) -> torch.Tensor:
+    """`layer_rank` of a batch x [B, c, D] whose histories are read in place from the pool's pages."""
+    u, q, k, v = layer.project(x)
+    a = paged_candidate_attention(q, k_pages, v_pages, block_table, length, k, v, layer.qk_scale, layer.norm_scale)
     return layer.output(x, u, a.flatten(-2))
 
 
@@ -90,12 +104,28 @@ class FusedHSTU:
         captured in a CUDA graph (`GraphedRank`). `kv` may carry zero rows past
         `length`: a zero key scores SiLU(0) = 0, so padding adds nothing.
         """
+        return self._rank_layers(length, gap, cand_emb, lambda i, layer, x: layer_rank(layer, x, *self._unpack(kv[i])))
+
+    def rank_paged_core(
+        self, kv_pages: torch.Tensor, block_table: torch.Tensor, length: torch.Tensor, gap: torch.Tensor, cand_emb: torch.Tensor
+    ) -> torch.Tensor:
+        """`rank_core` of a batch whose histories stay in the KV pool's pages: kv_pages [P, L, tpp, W]
+        (the pool's view), block_table [B, nb] int32, length and gap [B] int64, cand_emb [B, c, D] ->
+        [B, c, T]. Nothing is copied out of the pool, and nothing here reads a value on the host,
+        so one graph per (blocks, candidates, batch) bucket serves every history in it (`PagedRank`)."""
+
+        def step(i: int, layer: HSTULayer, x: torch.Tensor) -> torch.Tensor:
+            return layer_rank_paged(layer, x, *self._unpack(kv_pages[:, i]), block_table, length)
+
+        return self._rank_layers(length, gap, cand_emb, step)
+
+    def _rank_layers(self, length: torch.Tensor, gap: torch.Tensor, cand_emb: torch.Tensor, step) -> torch.Tensor:
+        """The candidate tower: input features, `step(i, layer, x)` through each layer, the head."""
         model = self.model
         lead = cand_emb.shape[:-1]
         x = model._candidate_input(cand_emb, length.unsqueeze(-1).expand(lead), gap.unsqueeze(-1).expand(lead))
         for i, layer in enumerate(model.layers):
-            k_hist, v_hist = self._unpack(kv[i])
-            x = layer_rank(layer, x, k_hist, v_hist)
+            x = step(i, layer, x)
         return model._head(x, cand_emb)
 
     def _unpack(self, kv_layer: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

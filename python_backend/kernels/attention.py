@@ -119,3 +119,68 @@ def candidate_attention(
 
         return candidate_attention_triton(q, k_hist, v_hist, k_self, v_self, qk_scale, norm_scale, splits)
     return candidate_attention_reference(q, k_hist, v_hist, k_self, v_self, qk_scale, norm_scale).to(q.dtype)
+
+
+def paged_candidate_attention(
+    q: torch.Tensor,
+    k_pages: torch.Tensor,
+    v_pages: torch.Tensor,
+    block_table: torch.Tensor,
+    lengths: torch.Tensor,
+    k_self: torch.Tensor,
+    v_self: torch.Tensor,
+    qk_scale: float,
+    norm_scale: float,
+    splits: int | None = None,
+) -> torch.Tensor:
+    """`candidate_attention` of a batch whose histories are read in place from the KV pool's pages.
+
+    q, k_self [B, c, H, dqk]; v_self [B, c, H, dv]; k_pages [P, tpp, H, dqk] and v_pages
+    [P, tpp, H, dv] are the pool's pages of one layer (strided views, no copy); request b's
+    history is its first lengths[b] tokens, token j in page block_table[b, j // tpp] at row
+    j % tpp. block_table [B, nb] int32 (entries past a request's pages are never read),
+    lengths [B] int64 with lengths[b] <= nb * tpp. Returns [B, c, H, dv] in q's dtype.
+    Reading the pages in place is what lets a rank step skip copying each request's
+    K/V out of the pool and into a padded batch (two copies of ~20 MB a request at
+    2,048 tokens of `large`).
+    """
+    if q.dim() != 4:
+        raise ValueError(f"q: must be 4-d [batch, candidates, heads, d_qk], got shape {list(q.shape)}")
+    b, c, h, dqk = q.shape
+    pages, tpp = k_pages.shape[0], k_pages.shape[1]
+    _check("k_self", k_self, c, h, dqk, q)
+    dv = v_self.shape[-1] if v_self.dim() == 4 else -1
+    _check("v_self", v_self, c, h, dv, q)
+    for name, t, d in (("k_pages", k_pages, dqk), ("v_pages", v_pages, dv)):
+        if t.dim() != 4 or tuple(t.shape) != (pages, tpp, h, d):
+            want = f"[{pages}, {tpp}, {h}, {d}] (pages, tokens, heads, dim)"
+            raise ValueError(f"{name}: must have shape {want}, got {list(t.shape)}")
+        if t.dtype != q.dtype or t.device != q.device or t.stride(-1) != 1:
+            raise ValueError(f"{name}: must be {q.dtype} on {q.device} like q with a contiguous last dim")
+    if k_pages.stride()[:2] != v_pages.stride()[:2]:
+        raise ValueError("k_pages, v_pages: must be views of the same page rows (equal page and token strides)")
+    table = block_table
+    if table.dim() != 2 or table.shape[0] != b or table.dtype != torch.int32 or table.device != q.device:
+        raise ValueError(f"block_table: must be int32 [{b}, blocks] on {q.device}, got {table.dtype} {list(table.shape)}")
+    if tuple(lengths.shape) != (b,) or lengths.dtype != torch.int64 or lengths.device != q.device:
+        raise ValueError(f"lengths: must be int64 [{b}] on {q.device}, got {lengths.dtype} {list(lengths.shape)}")
+    if q.numel() == 0:
+        return q.new_zeros(b, c, h, dv)
+    if supported(q):
+        from helmrec.kernels.triton_attention import paged_candidate_attention_triton
+
+        return paged_candidate_attention_triton(
+            q, k_pages, v_pages, block_table, lengths, k_self, v_self, qk_scale, norm_scale, splits
+        )
+    k_hist, v_hist = (gather_pages(t, block_table, lengths) for t in (k_pages, v_pages))
+    return candidate_attention_reference(q, k_hist, v_hist, k_self, v_self, qk_scale, norm_scale).to(q.dtype)
+
+
+def gather_pages(pages: torch.Tensor, block_table: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """The paged rows [P, tpp, ...] of each request as one padded batch [B, nb * tpp, ...]: rows at
+    or past lengths[b] are zero (a zero key adds nothing), whatever the page holds there (even NaN)."""
+    b, nb = block_table.shape
+    tpp = pages.shape[1]
+    rows = pages[block_table.long()].reshape(b, nb * tpp, *pages.shape[2:])
+    keep = torch.arange(nb * tpp, device=pages.device).unsqueeze(0) < lengths.unsqueeze(1)
+    return torch.where(keep.view(b, nb * tpp, *([1] * (pages.dim() - 2))), rows, rows.new_zeros(()))

@@ -54,18 +54,32 @@ def _accumulate(
     CAUSAL: tl.constexpr,
     BLOCK_N: tl.constexpr,
     PRECISION: tl.constexpr,
+    bt_ptr,
+    tokens_per_page,
+    stride_page,
+    PAGED: tl.constexpr,
 ):
-    """acc += SiLU(q k^T * scale) v over keys [start, end) of one segment (optionally k <= query index)."""
+    """acc += SiLU(q k^T * scale) v over keys [start, end) of one segment (optionally k <= query index).
+
+    PAGED: key j lives in page `bt_ptr[j // tokens_per_page]`, row `j % tokens_per_page`
+    (rows `stride_kn` apart, pages `stride_page` apart; K and V share the row)."""
     for j0 in range(start, end, BLOCK_N):
         offs_n = j0 + tl.arange(0, BLOCK_N)
         n_ok = offs_n < end
-        k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_dk[None, :], mask=n_ok[:, None] & dk_ok[None, :], other=0.0)
+        if PAGED:
+            page = tl.load(bt_ptr + offs_n // tokens_per_page, mask=n_ok, other=0).to(tl.int64)
+            k_rows = page * stride_page + (offs_n % tokens_per_page) * stride_kn
+            v_rows = k_rows
+        else:
+            k_rows = offs_n * stride_kn
+            v_rows = offs_n * stride_vn
+        k = tl.load(k_base + k_rows[:, None] + offs_dk[None, :], mask=n_ok[:, None] & dk_ok[None, :], other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
         p = s * tl.sigmoid(s)
         # Padded keys load as zeros and SiLU(0) = 0, so only causality needs a mask.
         if CAUSAL:
             p = tl.where(offs_n[None, :] <= offs_q[:, None], p, 0.0)
-        v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_dv[None, :], mask=n_ok[:, None] & dv_ok[None, :], other=0.0)
+        v = tl.load(v_base + v_rows[:, None] + offs_dv[None, :], mask=n_ok[:, None] & dv_ok[None, :], other=0.0)
         acc += tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
     return acc
 
@@ -108,16 +122,19 @@ def _causal_kernel(
     last_q = tl.minimum(pid_m * BLOCK_M + BLOCK_M, m)  # new keys at or past this index are never visible
     acc = _accumulate(acc, q, kc_ptr + b * stride_kcb + h * stride_kch, vc_ptr + b * stride_vcb + h * stride_vch,
                       stride_kcn, stride_vcn, offs_dk, offs_dv, dk_ok, dv_ok, g0, tl.minimum(g1, n0), offs_q, qk_scale,
-                      CAUSAL=False, BLOCK_N=BLOCK_N, PRECISION=PRECISION)
+                      CAUSAL=False, BLOCK_N=BLOCK_N, PRECISION=PRECISION,
+                      bt_ptr=0, tokens_per_page=1, stride_page=0, PAGED=False)
     # New keys below the tile's first query are visible to all its rows; only the rest needs the causal mask.
     kn_base = kn_ptr + b * stride_knb + h * stride_knh
     vn_base = vn_ptr + b * stride_vnb + h * stride_vnh
     lo, hi = tl.maximum(g0 - n0, 0), tl.minimum(g1 - n0, last_q)
     first_q = pid_m * BLOCK_M
     acc = _accumulate(acc, q, kn_base, vn_base, stride_knn, stride_vnn, offs_dk, offs_dv, dk_ok, dv_ok,
-                      lo, tl.minimum(hi, first_q), offs_q, qk_scale, CAUSAL=False, BLOCK_N=BLOCK_N, PRECISION=PRECISION)
+                      lo, tl.minimum(hi, first_q), offs_q, qk_scale, CAUSAL=False, BLOCK_N=BLOCK_N, PRECISION=PRECISION,
+                      bt_ptr=0, tokens_per_page=1, stride_page=0, PAGED=False)
     acc = _accumulate(acc, q, kn_base, vn_base, stride_knn, stride_vnn, offs_dk, offs_dv, dk_ok, dv_ok,
-                      tl.maximum(lo, first_q), hi, offs_q, qk_scale, CAUSAL=True, BLOCK_N=BLOCK_N, PRECISION=PRECISION)
+                      tl.maximum(lo, first_q), hi, offs_q, qk_scale, CAUSAL=True, BLOCK_N=BLOCK_N, PRECISION=PRECISION,
+                      bt_ptr=0, tokens_per_page=1, stride_page=0, PAGED=False)
     out = out_ptr + split * stride_os + b * stride_ob + offs_q[:, None] * stride_om + h * stride_oh + offs_dv[None, :]
     tl.store(out, (acc * norm_scale).to(out_ptr.dtype.element_ty), mask=q_ok[:, None] & dv_ok[None, :])
 
@@ -131,16 +148,28 @@ def _candidate_kernel(
     stride_os, stride_ob, stride_om, stride_oh,
     DQK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+    bt_ptr, len_ptr, tokens_per_page, stride_btb, PAGED: tl.constexpr,
 ):
+    """PAGED: request b's history is its first `len_ptr[b]` tokens, in the pages its block-table
+    row `bt_ptr + b * stride_btb` lists; kh/vh are the pool's pages as [page, token, head, d]
+    (so stride_khb is the page stride and K and V of a token share its row)."""
     split = tl.program_id(2)
     b, h, offs_q, offs_dk, offs_dv, q_ok, dk_ok, dv_ok, q = _query_tile(
         q_ptr, c, heads, stride_qb, stride_qm, stride_qh, DQK, DV, BLOCK_DK, BLOCK_DV, BLOCK_M)
     qmask = q_ok[:, None] & dk_ok[None, :]
     acc = tl.zeros((BLOCK_M, BLOCK_DV), dtype=tl.float32)
     g0 = split * chunk
-    acc = _accumulate(acc, q, kh_ptr + b * stride_khb + h * stride_khh, vh_ptr + b * stride_vhb + h * stride_vhh,
-                      stride_khn, stride_vhn, offs_dk, offs_dv, dk_ok, dv_ok, g0, tl.minimum(g0 + chunk, n), offs_q,
-                      qk_scale, CAUSAL=False, BLOCK_N=BLOCK_N, PRECISION=PRECISION)
+    if PAGED:
+        n = tl.load(len_ptr + b).to(tl.int32)
+        kh_base = kh_ptr + h * stride_khh
+        vh_base = vh_ptr + h * stride_vhh
+    else:
+        kh_base = kh_ptr + b * stride_khb + h * stride_khh
+        vh_base = vh_ptr + b * stride_vhb + h * stride_vhh
+    acc = _accumulate(acc, q, kh_base, vh_base, stride_khn, stride_vhn, offs_dk, offs_dv, dk_ok, dv_ok, g0,
+                      tl.minimum(g0 + chunk, n), offs_q, qk_scale, CAUSAL=False, BLOCK_N=BLOCK_N, PRECISION=PRECISION,
+                      bt_ptr=bt_ptr + b * stride_btb, tokens_per_page=tokens_per_page, stride_page=stride_khb,
+                      PAGED=PAGED)
     if split == 0:  # the diagonal (candidate attends to itself) is added once
         k_self = tl.load(ks_ptr + b * stride_ksb + offs_q[:, None] * stride_ksn + h * stride_ksh + offs_dk[None, :],
                          mask=qmask, other=0.0)
@@ -204,8 +233,9 @@ def _precision(dtype: torch.dtype) -> str:
 
 
 def _launch(kernel, q, k_a, v_a, k_b, v_b, m: int, n_a: int, num_keys: int, qk_scale: float, norm_scale: float,
-            splits: int | None, tiles: Tiles | None) -> torch.Tensor:
-    """Run `kernel` on [B, tokens, H, d] tensors (3-d ones are a batch of one) -> [B, m, H, dv]."""
+            splits: int | None, tiles: Tiles | None, **extra) -> torch.Tensor:
+    """Run `kernel` on [B, tokens, H, d] tensors (3-d ones are a batch of one) -> [B, m, H, dv];
+    `extra` are the kernel's own further arguments (the paged history's block table)."""
     batched = q.dim() == 4
     if not batched:
         q, k_a, v_a, k_b, v_b = (t.unsqueeze(0) for t in (q, k_a, v_a, k_b, v_b))
@@ -221,7 +251,7 @@ def _launch(kernel, q, k_a, v_a, k_b, v_b, m: int, n_a: int, num_keys: int, qk_s
         *out.stride()[:4],
         DQK=dqk, DV=dv, BLOCK_DK=max(16, triton.next_power_of_2(dqk)), BLOCK_DV=max(16, triton.next_power_of_2(dv)),
         BLOCK_M=t.block_m, BLOCK_N=t.block_n, PRECISION=_precision(q.dtype),
-        num_warps=t.num_warps, num_stages=t.num_stages,
+        num_warps=t.num_warps, num_stages=t.num_stages, **extra,
     )
     out = out[0] if nsplit == 1 else out.sum(0).to(q.dtype)
     return out if batched else out[0]
@@ -238,5 +268,16 @@ def candidate_attention_triton(q, k_hist, v_hist, k_self, v_self, qk_scale: floa
                                splits: int | None = None, tiles: Tiles | None = None) -> torch.Tensor:
     """See `attention.candidate_attention`; inputs already checked. `tiles` overrides `default_tiles` (tile sweeps)."""
     c, n = q.shape[-3], k_hist.shape[-3]
-    return _launch(_candidate_kernel, q, k_hist, v_hist, k_self, v_self, c, n, n, qk_scale, norm_scale, splits, tiles)
+    return _launch(_candidate_kernel, q, k_hist, v_hist, k_self, v_self, c, n, n, qk_scale, norm_scale, splits, tiles,
+                   bt_ptr=q, len_ptr=q, tokens_per_page=1, stride_btb=0, PAGED=False)
+
+
+def paged_candidate_attention_triton(q, k_pages, v_pages, block_table, lengths, k_self, v_self, qk_scale: float,
+                                     norm_scale: float, splits: int | None = None) -> torch.Tensor:
+    """See `attention.paged_candidate_attention`; inputs already checked. The key range split over
+    programs is that of the block table's width (the bucket), so one graph serves every length in it."""
+    c, tpp = q.shape[-3], k_pages.shape[1]
+    return _launch(_candidate_kernel, q, k_pages, v_pages, k_self, v_self, c, 0, block_table.shape[1] * tpp, qk_scale,
+                   norm_scale, splits, None, bt_ptr=block_table, len_ptr=lengths, tokens_per_page=tpp,
+                   stride_btb=block_table.stride(0), PAGED=True)
 

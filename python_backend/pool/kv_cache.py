@@ -72,6 +72,14 @@ class KVCache:
         self.tokens_per_page = pages.shape[2]
         self._entries: OrderedDict[int, KVEntry] = OrderedDict()
         self._ghost: KVGhost[KVEntry] = KVGhost(ghost_pages)
+        # Users whose pages a rank step reads in place: never evicted until unpinned (counts, not a set,
+        # so nested pins of one user stay correct).
+        self._pins: dict[int, int] = {}
+
+    @property
+    def pages(self) -> torch.Tensor:
+        """The pool's KV view [num_pages, L, tokens_per_page, W]: what in-place rank graphs read."""
+        return self._pages
 
     @property
     def cached_users(self) -> int:
@@ -111,24 +119,42 @@ class KVCache:
             start += b
         return out
 
-    def store(self, user_id: int, kv: torch.Tensor, reused: int, tokens: HistoryTokens) -> int:
-        """Cache `kv` [L, n, W] as this user's prefix; returns how many other users were evicted.
+    def pin(self, users: Sequence[int]) -> None:
+        """Keep these users' pages where they are (no eviction) until `unpin`: a rank step reads them in place."""
+        for user in users:
+            self._pins[user] = self._pins.get(user, 0) + 1
+
+    def unpin(self, users: Sequence[int]) -> None:
+        for user in users:
+            left = self._pins[user] - 1
+            if left:
+                self._pins[user] = left
+            else:
+                del self._pins[user]
+
+    def pages_of(self, user_id: int) -> list[int]:
+        """The user's block table: its pages, in token order."""
+        return self._entries[user_id].pages
+
+    def store(self, user_id: int, kv: torch.Tensor, reused: int, tokens: HistoryTokens, kv_start: int = 0) -> int:
+        """Cache `kv` [L, m, W], the K/V of history tokens [kv_start, kv_start + m), so that this
+        user's entry holds the first kv_start + m tokens; returns how many other users were evicted.
 
         When the entry still holds the prefix this request reused, only the new
         suffix is written (into the last page's spare tokens, then new pages);
         otherwise (first request, history rewritten, or the entry was evicted
-        meanwhile) the entry is rebuilt. If even evicting every other user
-        leaves too few pages, the old entry is kept when still valid and the
-        new prefix is simply not cached.
+        meanwhile) the entry is rebuilt, which needs the whole history (kv_start 0).
+        If even evicting every other unpinned user leaves too few pages, the old
+        entry is kept when still valid and the new prefix is simply not cached.
         """
-        length = kv.shape[1]
+        length = kv_start + kv.shape[1]
         entry = self._entries.get(user_id)
         extendable = entry is not None and reused > 0 and entry.length == reused and entry.tokens == tokens.prefix(reused)
         if entry is not None and not extendable:
             self._drop(user_id, evicted=False)  # the user's history changed: the old prefix will not be asked for again
             entry = None
-        if length == 0:
-            return 0  # an empty history has nothing to reuse
+        if length == 0 or (reused if extendable else 0) < kv_start:
+            return 0  # an empty history has nothing to reuse; a suffix alone cannot rebuild an entry
         if entry is None:
             self._ghost.forgotten(user_id)  # its ghost, if any, was this request's counterfactual hit
         start = reused if extendable else 0
@@ -149,19 +175,16 @@ class KVCache:
             table = torch.tensor(entry.pages, dtype=torch.int64, device=self._pages.device)
             page_index = table[positions // self.tokens_per_page]
             slot_index = positions % self.tokens_per_page
-            self._pages[page_index, :, slot_index] = kv[:, start:length].permute(1, 0, 2).to(self._pages.dtype)
+            new = kv[:, start - kv_start : length - kv_start]
+            self._pages[page_index, :, slot_index] = new.permute(1, 0, 2).to(self._pages.dtype)
         entry.length, entry.tokens = length, tokens.prefix(length)
         self._entries.move_to_end(user_id)
         self._ghost.touched(user_id, len(entry.pages))
         return evicted
 
     def release_pages(self, count: int) -> int:
-        """Evict least recently used users until `count` KV pages are free; returns users evicted."""
-        evicted = 0
-        while self._alloc.free_count(Side.KV) < count and self._entries:
-            self._drop(next(iter(self._entries)))
-            evicted += 1
-        return evicted
+        """Evict least recently used unpinned users until `count` KV pages are free; returns users evicted."""
+        return self._make_room(count, protect=None)
 
     def cached_length(self, user_id: int) -> int:
         entry = self._entries.get(user_id)
@@ -186,10 +209,11 @@ class KVCache:
         if in_use != seen:
             raise AssertionError("KV pages in use differ from the pages in block tables")
 
-    def _make_room(self, need: int, protect: int) -> int:
+    def _make_room(self, need: int, protect: int | None) -> int:
+        """Evict least recently used users, never `protect` nor a pinned one, until `need` pages are free."""
         evicted = 0
         while self._alloc.free_count(Side.KV) < need:
-            victim = next((user for user in self._entries if user != protect), None)
+            victim = next((user for user in self._entries if user != protect and user not in self._pins), None)
             if victim is None:
                 break
             self._drop(victim)

@@ -160,9 +160,14 @@ class Pool:
         """`lookup_many` of one request."""
         return self.lookup_many([LookupQuery(user_id, tokens, hist_ids, cand_ids)])[0]
 
-    def lookup_many(self, queries: Sequence[LookupQuery]) -> list[PoolLookup]:
+    def lookup_many(self, queries: Sequence[LookupQuery], *, in_place: bool = False) -> list[PoolLookup]:
         """KV prefix match of each request, then one EMB lookup of every uncovered history
         suffix and candidate of the group.
+
+        `in_place`: the caller reads reused prefixes from the pages themselves (`commit_many`
+        gives their block tables), so a full hit's prefix is not copied out (its prefix_kv is
+        None) and every user with a reused prefix is pinned until `unpin`; a partial hit's
+        prefix is still copied for its extend.
 
         One lock pass and one host gather serve the whole group: per request, the
         Python of a lookup cost ~0.6 ms on the GPU host, most of it fixed costs of
@@ -180,9 +185,12 @@ class Pool:
             slots = self.emb_cache.lookup(need)
             hit = slots >= 0
             hit_rows = self.emb_cache.gather(slots[hit])
-            reused = [(q.user_id, m.length) for q, m in zip(queries, matches) if m.length]
-            prefix_reads = iter(self.kv_cache.read_many(reused) if reused else [])
-            prefix_kvs = [next(prefix_reads) if m.length else None for m in matches]
+            copied = [bool(m.length) and not (in_place and m.length == q.tokens.length) for q, m in zip(queries, matches)]
+            if in_place:
+                self.kv_cache.pin([q.user_id for q, m in zip(queries, matches) if m.length])
+            wanted = [(q.user_id, m.length) for q, m, c in zip(queries, matches, copied) if c]
+            prefix_reads = iter(self.kv_cache.read_many(wanted) if wanted else [])
+            prefix_kvs = [next(prefix_reads) if c else None for c in copied]
             self._stats.emb_lookups += need.size
             self._stats.emb_hits += int(hit.sum())
             miss_ids = need[~hit]
@@ -221,13 +229,27 @@ class Pool:
         """`commit_many` of one request."""
         self.commit_many([(user_id, tokens, lookup, kv)])
 
-    def commit_many(self, done: Sequence[tuple[int, HistoryTokens, PoolLookup, torch.Tensor]]) -> None:
-        """Store each request's full-history KV, queue its missed rows for admission, count it:
-        the whole group under one lock pass."""
+    def commit_many(
+        self, done: Sequence[tuple[int, HistoryTokens, PoolLookup, torch.Tensor]], *, in_place: bool = False
+    ) -> list[list[int] | None]:
+        """Store each request's KV, queue its missed rows for admission, count it: the whole
+        group under one lock pass.
+
+        Each kv is the whole history's [L, n, W]; with `in_place` (after `lookup_many(...,
+        in_place=True)`) it is only the part past the reused prefix, [L, n - prefix_len, W],
+        and each user whose entry now holds its whole history is pinned and gets its block
+        table back (None: not cached, e.g. no room), to be ranked from the pages and then
+        `unpin`ned. Without `in_place`, every entry is None."""
+        tables: list[list[int] | None] = []
         with self.lock:
             stats = self._stats
             for user_id, tokens, lookup, kv in done:
-                stats.kv_evictions += self.kv_cache.store(user_id, kv, lookup.prefix_len, tokens)
+                start = lookup.prefix_len if in_place else 0
+                stats.kv_evictions += self.kv_cache.store(user_id, kv, lookup.prefix_len, tokens, kv_start=start)
+                held = in_place and tokens.length > 0 and self.kv_cache.cached_length(user_id) == tokens.length
+                if held:
+                    self.kv_cache.pin([user_id])
+                tables.append(list(self.kv_cache.pages_of(user_id)) if held else None)
                 self._admit_queue.extend(lookup.miss_ids.tolist())
                 stats.record_request(user_id, tokens.length)
                 stats.kv_requests += 1
@@ -238,6 +260,12 @@ class Pool:
                 if lookup.prefix_len:
                     stats.kv_hits += 1
                     stats.kv_partial_hits += int(lookup.prefix_len < tokens.length)
+        return tables
+
+    def unpin(self, users: Sequence[int]) -> None:
+        """Release the pins of `lookup_many` / `commit_many(in_place=True)` once the pages were read."""
+        with self.lock:
+            self.kv_cache.unpin(users)
 
     # -- background ----------------------------------------------------------------------------------
     def background_step(self, budget_bytes: int) -> int:

@@ -22,7 +22,7 @@ from helmrec import schema
 from helmrec.fastpath.fused_model import FusedHSTU
 from helmrec.fastpath.graphed_extend import GraphedExtend
 from helmrec.fastpath.graphed_prefill import GraphedPrefill
-from helmrec.fastpath.graphed_rank import GraphedRank, RankInput
+from helmrec.fastpath.paged_rank import PagedInput, PagedRank
 from helmrec.hstu.model import HSTU
 from helmrec.kernels.attention import triton_importable
 from helmrec.pool.background import BackgroundWorker, RefillThrottle
@@ -92,15 +92,16 @@ class GraphedSteps:
 
     prefill: GraphedPrefill
     extend: GraphedExtend
-    rank: GraphedRank
+    rank: PagedRank
 
 
-def graphed_steps(model: HSTU, capture_lock: threading.Lock, max_batch: int = 32) -> GraphedSteps | None:
+def graphed_steps(model: HSTU, kv_pages: torch.Tensor, capture_lock: threading.Lock, max_batch: int = 32) -> GraphedSteps | None:
     """Prefill, extend and rank replayed from CUDA graphs, where they apply: on a GPU (eager,
     each is launch-bound: for `large` at 4k history the rank step is ~4 ms vs ~0.5 ms
     replayed) with the bias-free production variant (the fused kernels do not take the
-    research variant's relative bias) and the `triton` package present. Graphs are captured
-    under `capture_lock`, which the background thread holds around its rounds."""
+    research variant's relative bias) and the `triton` package present. The rank reads the
+    histories in place from the pool's `kv_pages`. Graphs are captured under
+    `capture_lock`, which the background thread holds around its rounds."""
     on_gpu = model.item_emb.weight.device.type == "cuda"
     if not on_gpu or model.config.variant != "production" or not triton_importable():
         return None
@@ -108,7 +109,7 @@ def graphed_steps(model: HSTU, capture_lock: threading.Lock, max_batch: int = 32
     return GraphedSteps(
         GraphedPrefill(fused, capture_lock=capture_lock),
         GraphedExtend(fused, capture_lock=capture_lock),
-        GraphedRank(fused, capture_lock=capture_lock, max_batch=max_batch),
+        PagedRank(fused, kv_pages, capture_lock=capture_lock, max_batch=max_batch),
     )
 
 
@@ -141,10 +142,14 @@ class PooledRanker:
         *,
         background_interval_s: float | None = DEFAULT_BACKGROUND_INTERVAL_S,
         graph_max_batch: int = 32,
+        in_place: bool | None = None,
     ) -> None:
         """`background_interval_s=None` runs no thread; the caller then drives `step_background`
         (benchmarks and tests that need a reproducible order of events). `graph_max_batch`
-        bounds the requests of one rank replay (and so its buffers' memory)."""
+        bounds the requests of one rank replay (and so its buffers' memory). `in_place`: rank
+        histories where they lie in the pool's pages (`_rank_round_in_place`); None chooses it
+        where the graphed steps apply (a GPU), True forces it elsewhere too (the production
+        variant only: it ranks through `FusedHSTU`), so the CPU tests cover that path."""
         device = torch.device(config.device)
         weight = model.item_emb.weight
         param_device = next(p for name, p in model.named_parameters() if not name.startswith("item_emb")).device
@@ -155,8 +160,12 @@ class PooledRanker:
         self._device = device
         # Held by a background round and by a CUDA-graph capture: never both at once.
         self._cuda_lock = threading.Lock()
-        self._graphs = graphed_steps(model, self._cuda_lock, graph_max_batch)
         self.pool = Pool(config, HostTable(weight, device), model.config.num_layers, model.kv_width, weight.dtype)
+        self._graphs = graphed_steps(model, self.pool.kv_cache.pages, self._cuda_lock, graph_max_batch)
+        self._in_place = self._graphs is not None if in_place is None else in_place
+        if self._in_place and model.config.variant != "production":
+            raise ValueError(f"in_place ranking needs the production variant (FusedHSTU), got {model.config.variant!r}")
+        self._fused = FusedHSTU(model) if self._in_place else None
         self._throttle = RefillThrottle(config.refill_bandwidth_bytes_per_s, self.pool.host_table.row_bytes)
         self._worker = (
             BackgroundWorker(self._background_round, background_interval_s) if background_interval_s is not None else None
@@ -239,6 +248,8 @@ class PooledRanker:
         return results  # type: ignore[return-value]
 
     def _rank_round(self, reqs: list[RankRequest]) -> list[torch.Tensor]:
+        if self._in_place:
+            return self._rank_round_in_place(reqs)
         dev = self._device
         tokens = [HistoryTokens(r.hist_ids, r.hist_ts, r.hist_actions) for r in reqs]
         with torch.inference_mode():
@@ -248,43 +259,79 @@ class PooledRanker:
                 if f.prefix_len == tok.length and f.prefix_kv is not None:
                     kvs.append(f.prefix_kv)  # full hit: nothing to compute for the history
                 else:
-                    kvs.append(self._history_kv(f, req.hist_ts.to(dev), req.hist_actions[f.prefix_len :].to(dev)))
-            scores = self._rank_scores(reqs, kvs, found)
+                    suffix = self._suffix_kv(f, req.hist_ts.to(dev), req.hist_actions[f.prefix_len :].to(dev))
+                    kvs.append(torch.cat([f.prefix_kv, suffix], dim=1) if f.prefix_len else suffix)
+            scores = [self._rank_eager(r, kv, f) for r, kv, f in zip(reqs, kvs, found)]
             self.pool.commit_many([(r.user_id, t, f, kv) for r, t, f, kv in zip(reqs, tokens, found, kvs)])
-            return [s.float().cpu() for s in scores]
+            return scores
 
-    def _rank_scores(self, reqs: list[RankRequest], kvs: list[torch.Tensor], found: list[PoolLookup]) -> list[torch.Tensor]:
-        """Scores of each request: one graph replay per (history, candidates) bucket of at most
-        `max_batch` requests where graphs apply, the eager rank otherwise."""
+    def _rank_round_in_place(self, reqs: list[RankRequest]) -> list[torch.Tensor]:
+        """The GPU round: reused prefixes stay in the pool's pages (pinned), only the new tokens'
+        K/V is computed and stored, and the rank graphs read every history in place, so no
+        request's K/V is copied out of the pool or into a padded buffer. A request whose KV
+        could not be cached (no room) ranks from the K/V it computed, eagerly."""
+        dev = self._device
+        tokens = [HistoryTokens(r.hist_ids, r.hist_ts, r.hist_actions) for r in reqs]
+        with torch.inference_mode():
+            queries = [LookupQuery(r.user_id, t, r.hist_ids, r.cand_ids) for r, t in zip(reqs, tokens)]
+            found = self.pool.lookup_many(queries, in_place=True)
+            pinned = [r.user_id for r, f in zip(reqs, found) if f.prefix_len]
+            try:
+                news = [
+                    self.model.empty_kv()  # a full hit adds no tokens to its cached prefix
+                    if f.prefix_len == tok.length
+                    else self._suffix_kv(f, req.hist_ts.to(dev), req.hist_actions[f.prefix_len :].to(dev))
+                    for req, tok, f in zip(reqs, tokens, found)
+                ]
+                tables = self.pool.commit_many(
+                    [(r.user_id, t, f, kv) for r, t, f, kv in zip(reqs, tokens, found, news)], in_place=True
+                )
+                pinned += [r.user_id for r, table in zip(reqs, tables) if table is not None]
+                scores: list[torch.Tensor | None] = [None] * len(reqs)
+                buckets: dict[tuple[int, int], list[int]] = {}
+                for i, (req, tok, f, table) in enumerate(zip(reqs, tokens, found, tables)):
+                    if table is None:
+                        kv = torch.cat([f.prefix_kv, news[i]], dim=1) if f.prefix_len else news[i]
+                        scores[i] = self._rank_eager(req, kv, f)
+                    else:
+                        key = self._graphs.rank.bucket(tok.length, f.cand_emb.shape[0]) if self._graphs else (0, 0)
+                        buckets.setdefault(key, []).append(i)
+                for members in buckets.values():
+                    inputs = [PagedInput(tables[i], tokens[i].length, found[i].cand_emb, _gap_s(reqs[i])) for i in members]  # type: ignore[arg-type]
+                    for i, s in zip(members, self._rank_paged(inputs)):
+                        scores[i] = s
+                return scores  # type: ignore[return-value]
+            finally:
+                self.pool.unpin(pinned)
+
+    def _rank_paged(self, inputs: list[PagedInput]) -> list[torch.Tensor]:
+        """Scores of requests ranked from the pool's pages: graph replays of up to `max_batch` on
+        a GPU, else one eager `FusedHSTU.rank_paged_core` per request."""
         graphs = self._graphs
-        if graphs is None:
-            dev = self._device
-            return [
-                self.model.rank_unchecked(kv, r.hist_ts.to(dev), f.cand_emb, torch.tensor(r.query_ts, device=dev))
-                for r, kv, f in zip(reqs, kvs, found)
-            ]
-        buckets: dict[tuple[int, int], list[int]] = {}
-        for i, (kv, f) in enumerate(zip(kvs, found)):
-            buckets.setdefault(graphs.rank.bucket(kv.shape[1], f.cand_emb.shape[0]), []).append(i)
-        scores: list[torch.Tensor | None] = [None] * len(reqs)
-        for members in buckets.values():
-            for lo in range(0, len(members), graphs.rank.max_batch):
-                chunk = members[lo : lo + graphs.rank.max_batch]
-                inputs = [RankInput(kvs[i], found[i].cand_emb, _gap_s(reqs[i])) for i in chunk]
-                for i, s in zip(chunk, graphs.rank.rank_many(inputs, to_host=True)):
-                    scores[i] = s
-        return scores  # type: ignore[return-value]
+        if graphs is not None:
+            step = graphs.rank.max_batch
+            return [s for lo in range(0, len(inputs), step) for s in graphs.rank.rank_many(inputs[lo : lo + step])]
+        assert self._fused is not None
+        dev, pages, out = self._device, self.pool.kv_cache.pages, []
+        for r in inputs:
+            table = torch.tensor([list(r.pages) or [0]], dtype=torch.int32, device=dev)
+            length, gap = (torch.tensor([v], dtype=torch.int64, device=dev) for v in (r.length, r.gap_s))
+            out.append(self._fused.rank_paged_core(pages, table, length, gap, r.cand_emb.unsqueeze(0))[0].float().cpu())
+        return out
 
-    def _history_kv(self, found: PoolLookup, hist_ts: torch.Tensor, new_actions: torch.Tensor) -> torch.Tensor:
-        """K/V of the whole history from the reused prefix (if any) plus the computed suffix:
-        from CUDA graphs where they apply, eagerly otherwise."""
+    def _rank_eager(self, req: RankRequest, kv: torch.Tensor, found: PoolLookup) -> torch.Tensor:
+        """Scores [c, T] float32 on the host of one request from its whole history's K/V, without graphs."""
+        query = torch.tensor(req.query_ts, device=self._device)
+        return self.model.rank_unchecked(kv, req.hist_ts.to(self._device), found.cand_emb, query).float().cpu()
+
+    def _suffix_kv(self, found: PoolLookup, hist_ts: torch.Tensor, new_actions: torch.Tensor) -> torch.Tensor:
+        """K/V of the history past the reused prefix (all of it at a miss): from CUDA graphs
+        where they apply, eagerly otherwise."""
         graphs, reused, new = self._graphs, found.prefix_len, found.suffix_emb.shape[0]
         if reused > 0:
             if graphs is not None and graphs.extend.applies(reused, new):
-                suffix = graphs.extend.extend_suffix(found.prefix_kv, found.suffix_emb, hist_ts, new_actions)
-            else:
-                suffix = self.model.extend_suffix_unchecked(found.prefix_kv, found.suffix_emb, hist_ts, new_actions)
-            return torch.cat([found.prefix_kv, suffix], dim=1)
+                return graphs.extend.extend_suffix(found.prefix_kv, found.suffix_emb, hist_ts, new_actions)
+            return self.model.extend_suffix_unchecked(found.prefix_kv, found.suffix_emb, hist_ts, new_actions)
         if graphs is not None and new > 0:
             return graphs.prefill.prefill(found.suffix_emb, hist_ts, new_actions)
         return self.model.extend_suffix_unchecked(self.model.empty_kv(), found.suffix_emb, hist_ts, new_actions)

@@ -95,13 +95,13 @@ RankerMachine.TestCase.settings = settings(
 TestRankerStateful = RankerMachine.TestCase
 
 
-@pytest.mark.parametrize("variant", ["research", "production"])
-def test_hit_partial_and_miss_match_uncached_scores(variant):
+@pytest.mark.parametrize("variant,in_place", [("research", False), ("production", False), ("production", True)])
+def test_hit_partial_and_miss_match_uncached_scores(variant, in_place):
     model = _model(variant, seed=3)
     gen = torch.Generator().manual_seed(3)
     ids, ts, acts = _history(gen, 50)
     cand = torch.randint(0, TINY.num_items, (16,), generator=gen)
-    with PooledRanker(model, _config(pages=96), background_interval_s=None) as ranker:
+    with PooledRanker(model, _config(pages=96), background_interval_s=None, in_place=in_place) as ranker:
         for n in (30, 30, 45, 50, 20):  # miss, full hit, partial, partial, shorter history -> miss
             req = RankRequest(9, ids[:n], ts[:n], acts[:n], cand, int(ts[n - 1]) + 30)
             torch.testing.assert_close(ranker.rank(req), _reference(model, req), atol=ATOL, rtol=0)

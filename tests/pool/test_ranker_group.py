@@ -30,6 +30,9 @@ def _model(variant: str) -> HSTU:
 
 
 MODELS = {variant: _model(variant) for variant in ("research", "production")}
+# How the grouped ranker reads histories: copied out of the pool, or in place from its pages
+# (what the GPU runs; on the CPU through FusedHSTU's reference gather). The single ranker copies.
+MODES = [("research", False), ("production", False), ("production", True)]
 
 
 def _reference(model: HSTU, req: RankRequest) -> torch.Tensor:
@@ -51,14 +54,13 @@ REQUEST = st.tuples(st.integers(0, 5), st.sampled_from(["grow", "grow", "hit", "
 
 
 class GroupMachine(RuleBasedStateMachine):
-    @initialize(
-        variant=st.sampled_from(sorted(MODELS)), pages=st.integers(6, 48), alpha=st.floats(0.1, 0.9), seed=st.integers(0, 99)
-    )
-    def setup(self, variant, pages, alpha, seed):
+    @initialize(mode=st.sampled_from(MODES), pages=st.integers(6, 48), alpha=st.floats(0.1, 0.9), seed=st.integers(0, 99))
+    def setup(self, mode, pages, alpha, seed):
+        variant, in_place = mode
         self.model = MODELS[variant]
         config = PoolConfig(pages * 1024, 1024, alpha, 1e6, 2)  # tiny: one KV token is 512 B, one row 128 B
-        self.grouped = PooledRanker(self.model, config, background_interval_s=None)
-        self.single = PooledRanker(self.model, config, background_interval_s=None)
+        self.grouped = PooledRanker(self.model, config, background_interval_s=None, in_place=in_place)
+        self.single = PooledRanker(self.model, config, background_interval_s=None, in_place=False)
         self.gen = torch.Generator().manual_seed(seed)
         self.histories: dict[int, tuple[torch.Tensor, ...]] = {}
 
@@ -113,15 +115,17 @@ class GroupMachine(RuleBasedStateMachine):
 
 
 GroupMachine.TestCase.settings = settings(
-    max_examples=25, stateful_step_count=12, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=30, stateful_step_count=12, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 test_group_ranks_like_one_at_a_time = GroupMachine.TestCase
 
 
-def test_group_serves_repeated_users_in_order() -> None:
+@pytest.mark.parametrize("in_place", [False, True])
+def test_group_serves_repeated_users_in_order(in_place: bool) -> None:
     """A user twice in one group: the second request reuses the KV the first stored."""
     model = MODELS["production"]
-    with PooledRanker(model, PoolConfig(64 * 1024, 1024, 0.3, 1e6, 2), background_interval_s=None) as ranker:
+    config = PoolConfig(64 * 1024, 1024, 0.3, 1e6, 2)
+    with PooledRanker(model, config, background_interval_s=None, in_place=in_place) as ranker:
         gen = torch.Generator().manual_seed(1)
         ids, ts, acts = _events(gen, 20, 1_000_000)
         cands = torch.randint(0, TINY.num_items, (5,), generator=gen)
@@ -132,3 +136,32 @@ def test_group_serves_repeated_users_in_order() -> None:
         torch.testing.assert_close(b, _reference(model, second), atol=ATOL, rtol=0)
         stats = ranker.stats()
         assert stats.kv_requests == 2 and stats.kv_hits == 1  # the second reused the first's 12 tokens
+
+
+def test_in_place_pins_hold_the_group_s_pages_until_ranked() -> None:
+    """While a group ranks from the pages, a shrinking KV side (alpha moved toward EMB) cannot
+    evict its users, and after the group every pin is gone: the next move evicts them."""
+    model = MODELS["production"]
+    with PooledRanker(model, PoolConfig(16 * 1024, 1024, 0.0, 1e6, 16), background_interval_s=None, in_place=True) as ranker:
+        gen = torch.Generator().manual_seed(5)
+        reqs = []
+        for user in range(3):
+            ids, ts, acts = _events(gen, 4, 1_000_000)  # 4 tokens of 512 B: 2 pages a user
+            reqs.append(RankRequest(user, ids, ts, acts, torch.randint(0, TINY.num_items, (3,), generator=gen), int(ts[-1]) + 1))
+        ranker.rank_many(reqs)
+        pool = ranker.pool
+        found = pool.lookup_many([_query(r) for r in reqs], in_place=True)  # pins the three cached users
+        ranker.set_alpha(1.0)
+        ranker.step_background(0.01)
+        assert pool.kv_cache.cached_users == 3  # nothing evictable: every KV user is pinned
+        pool.unpin([r.user_id for r, f in zip(reqs, found) if f.prefix_len])
+        ranker.step_background(0.01)
+        assert pool.kv_cache.cached_users < 3
+        pool.check_invariants()
+
+
+def _query(req: RankRequest):
+    from helmrec.pool.kv_cache import HistoryTokens
+    from helmrec.pool.pool import LookupQuery
+
+    return LookupQuery(req.user_id, HistoryTokens(req.hist_ids, req.hist_ts, req.hist_actions), req.hist_ids, req.cand_ids)

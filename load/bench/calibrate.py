@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from helmrec.allocator import calibrate, cost_table
-from helmrec.fastpath.graphed_extend import GraphedExtend
+from helmrec.fastpath.paged_extend import PagedExtend
 from helmrec.hstu.config import HSTUConfig, preset
 from helmrec.hstu.model import HSTU
 from helmrec.pool.config import PoolConfig
@@ -61,9 +61,9 @@ from helmrec.pool.stats import PoolStats
 from helmrec.serving.network import serving_dtype
 
 # A returning user with more new events than this runs the eager extend on a GPU (see
-# fastpath/graphed_extend.py); such cells are measured and kept, but not fitted, since one
+# fastpath/paged_extend.py); such cells are measured and kept, but not fitted, since one
 # prefill_fixed cannot be both a graph launch and ~100 eager launches.
-EXTEND_GRAPH_MAX_NEW = inspect.signature(GraphedExtend).parameters["max_new"].default
+EXTEND_GRAPH_MAX_NEW = inspect.signature(PagedExtend).parameters["max_new"].default
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import torch
 from helmrec.hstu.features import previous_event_gaps
 from helmrec.hstu.layer import HSTULayer
 from helmrec.hstu.model import HSTU
-from helmrec.kernels.attention import candidate_attention, causal_attention, paged_candidate_attention
+from helmrec.kernels.attention import candidate_attention, causal_attention, paged_candidate_attention, paged_causal_attention
 
 
 def layer_extend(
@@ -24,6 +24,20 @@ def layer_extend(
     """`layer(x, k_ctx, v_ctx, causal keep, None)` for one request: x [m, D] -> (y [m, D], k, v)."""
     u, q, k, v = layer.project(x)
     a = causal_attention(q, k_ctx, v_ctx, k, v, layer.qk_scale, layer.norm_scale)
+    return layer.output(x, u, a.flatten(-2)), k, v
+
+
+def layer_extend_paged(
+    layer: HSTULayer,
+    x: torch.Tensor,
+    k_pages: torch.Tensor,
+    v_pages: torch.Tensor,
+    block_table: torch.Tensor,
+    cached: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`layer_extend` of a batch x [B, m, D] whose cached contexts are read in place from the pool's pages."""
+    u, q, k, v = layer.project(x)
+    a = paged_causal_attention(q, k_pages, v_pages, block_table, cached, k, v, layer.qk_scale, layer.norm_scale)
     return layer.output(x, u, a.flatten(-2)), k, v
 
 
@@ -78,13 +92,41 @@ class FusedHSTU:
         step can be captured in a CUDA graph. `kv` may carry zero rows past `start` (a zero key
         adds SiLU(0) = 0), and new tokens past the real ones only change rows after them (causal);
         their positions are clamped into the position table."""
+        return self._extend_layers(
+            start, gaps, new_emb, new_actions, lambda i, layer, x: layer_extend(layer, x, *self._unpack(kv[i]))
+        )
+
+    def extend_paged_core(
+        self,
+        kv_pages: torch.Tensor,
+        block_table: torch.Tensor,
+        start: torch.Tensor,
+        gaps: torch.Tensor,
+        new_emb: torch.Tensor,
+        new_actions: torch.Tensor,
+    ) -> torch.Tensor:
+        """`extend_core` of a batch of returning users whose cached K/V stays in the pool's pages:
+        kv_pages [P, L, tpp, W], block_table [B, nb] int32, start [B] int64 (each user's cached
+        length, where its new tokens begin), gaps and new_actions [B, m], new_emb [B, m, D] ->
+        the new tokens' K/V [L, B, m, W]. Rows past a user's real new tokens are padding
+        (causal: they never reach the real ones). Nothing reads a value on the host (`PagedExtend`)."""
+
+        def step(i: int, layer: HSTULayer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            return layer_extend_paged(layer, x, *self._unpack(kv_pages[:, i]), block_table, start)
+
+        return self._extend_layers(start.unsqueeze(-1), gaps, new_emb, new_actions, step)
+
+    def _extend_layers(self, start: torch.Tensor, gaps: torch.Tensor, new_emb: torch.Tensor, new_actions: torch.Tensor, step):
+        """The history tower over new tokens whose first position is `start` (broadcast over their
+        leading dims): features, `step(i, layer, x) -> (x, k, v)` through each layer, and the new
+        K/V of every layer stacked [L, ..., m, W]."""
         model = self.model
-        positions = (start + torch.arange(new_emb.shape[0], device=new_emb.device)).clamp(max=model.config.max_seq_len - 1)
+        steps = torch.arange(new_emb.shape[-2], device=new_emb.device)
+        positions = (start + steps).clamp(max=model.config.max_seq_len - 1)
         x = model._history_features(new_emb, new_actions, positions, gaps)
         new_kv = []
         for i, layer in enumerate(model.layers):
-            k_ctx, v_ctx = self._unpack(kv[i])
-            x, k, v = layer_extend(layer, x, k_ctx, v_ctx)
+            x, k, v = step(i, layer, x)
             new_kv.append(torch.cat([k.flatten(-2), v.flatten(-2)], dim=-1))
         return torch.stack(new_kv)
 

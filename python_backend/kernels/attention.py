@@ -144,13 +144,61 @@ def paged_candidate_attention(
     K/V out of the pool and into a padded batch (two copies of ~20 MB a request at
     2,048 tokens of `large`).
     """
+    _check_paged(q, k_pages, v_pages, block_table, lengths, k_self, v_self, ("k_self", "v_self"))
+    if q.numel() == 0:
+        return q.new_zeros(*q.shape[:-1], v_pages.shape[-1])
+    if supported(q):
+        from helmrec.kernels.triton_attention import paged_candidate_attention_triton
+
+        return paged_candidate_attention_triton(
+            q, k_pages, v_pages, block_table, lengths, k_self, v_self, qk_scale, norm_scale, splits
+        )
+    k_hist, v_hist = (gather_pages(t, block_table, lengths) for t in (k_pages, v_pages))
+    return candidate_attention_reference(q, k_hist, v_hist, k_self, v_self, qk_scale, norm_scale).to(q.dtype)
+
+
+def paged_causal_attention(
+    q: torch.Tensor,
+    k_pages: torch.Tensor,
+    v_pages: torch.Tensor,
+    block_table: torch.Tensor,
+    lengths: torch.Tensor,
+    k_new: torch.Tensor,
+    v_new: torch.Tensor,
+    qk_scale: float,
+    norm_scale: float,
+    splits: int | None = None,
+) -> torch.Tensor:
+    """`causal_attention` of a batch of extends whose cached contexts stay in the KV pool's pages.
+
+    q, k_new [B, m, H, dqk]; v_new [B, m, H, dv]: each request's m new tokens (padded to one m:
+    causal, so padding past a request's real tokens never reaches them). Request b's context is
+    its first lengths[b] cached tokens, paged as in `paged_candidate_attention`. Returns
+    [B, m, H, dv] in q's dtype. A returning user's extend so reads its cached K/V in place
+    instead of copying it out of the pool and into a context buffer.
+    """
+    _check_paged(q, k_pages, v_pages, block_table, lengths, k_new, v_new, ("k_new", "v_new"))
+    if q.numel() == 0:
+        return q.new_zeros(*q.shape[:-1], v_pages.shape[-1])
+    if supported(q):
+        from helmrec.kernels.triton_attention import paged_causal_attention_triton
+
+        return paged_causal_attention_triton(
+            q, k_pages, v_pages, block_table, lengths, k_new, v_new, qk_scale, norm_scale, splits
+        )
+    k_ctx, v_ctx = (gather_pages(t, block_table, lengths) for t in (k_pages, v_pages))
+    return causal_attention_reference(q, k_ctx, v_ctx, k_new, v_new, qk_scale, norm_scale).to(q.dtype)
+
+
+def _check_paged(q, k_pages, v_pages, block_table, lengths, k_own, v_own, own_names: tuple[str, str]) -> None:
+    """The paged ops' shared input rules; `k_own`/`v_own` are the batch's own keys (new tokens or candidates)."""
     if q.dim() != 4:
-        raise ValueError(f"q: must be 4-d [batch, candidates, heads, d_qk], got shape {list(q.shape)}")
-    b, c, h, dqk = q.shape
+        raise ValueError(f"q: must be 4-d [batch, tokens, heads, d_qk], got shape {list(q.shape)}")
+    b, m, h, dqk = q.shape
     pages, tpp = k_pages.shape[0], k_pages.shape[1]
-    _check("k_self", k_self, c, h, dqk, q)
-    dv = v_self.shape[-1] if v_self.dim() == 4 else -1
-    _check("v_self", v_self, c, h, dv, q)
+    _check(own_names[0], k_own, m, h, dqk, q)
+    dv = v_own.shape[-1] if v_own.dim() == 4 else -1
+    _check(own_names[1], v_own, m, h, dv, q)
     for name, t, d in (("k_pages", k_pages, dqk), ("v_pages", v_pages, dv)):
         if t.dim() != 4 or tuple(t.shape) != (pages, tpp, h, d):
             want = f"[{pages}, {tpp}, {h}, {d}] (pages, tokens, heads, dim)"
@@ -164,16 +212,6 @@ def paged_candidate_attention(
         raise ValueError(f"block_table: must be int32 [{b}, blocks] on {q.device}, got {table.dtype} {list(table.shape)}")
     if tuple(lengths.shape) != (b,) or lengths.dtype != torch.int64 or lengths.device != q.device:
         raise ValueError(f"lengths: must be int64 [{b}] on {q.device}, got {lengths.dtype} {list(lengths.shape)}")
-    if q.numel() == 0:
-        return q.new_zeros(b, c, h, dv)
-    if supported(q):
-        from helmrec.kernels.triton_attention import paged_candidate_attention_triton
-
-        return paged_candidate_attention_triton(
-            q, k_pages, v_pages, block_table, lengths, k_self, v_self, qk_scale, norm_scale, splits
-        )
-    k_hist, v_hist = (gather_pages(t, block_table, lengths) for t in (k_pages, v_pages))
-    return candidate_attention_reference(q, k_hist, v_hist, k_self, v_self, qk_scale, norm_scale).to(q.dtype)
 
 
 def gather_pages(pages: torch.Tensor, block_table: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

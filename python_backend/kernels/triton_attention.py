@@ -111,7 +111,11 @@ def _causal_kernel(
     stride_os, stride_ob, stride_om, stride_oh,
     DQK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+    bt_ptr, len_ptr, tokens_per_page, stride_btb, PAGED: tl.constexpr,
 ):
+    """PAGED: request b's cached keys are its first `len_ptr[b]` tokens, in the pages its
+    block-table row lists; kc/vc are the pool's pages as [page, token, head, d] (see
+    `_candidate_kernel`)."""
     pid_m, split = tl.program_id(0), tl.program_id(2)
     b, h, offs_q, offs_dk, offs_dv, q_ok, dk_ok, dv_ok, q = _query_tile(
         q_ptr, m, heads, stride_qb, stride_qm, stride_qh, DQK, DV, BLOCK_DK, BLOCK_DV, BLOCK_M)
@@ -120,10 +124,17 @@ def _causal_kernel(
     g0 = split * chunk
     g1 = g0 + chunk
     last_q = tl.minimum(pid_m * BLOCK_M + BLOCK_M, m)  # new keys at or past this index are never visible
-    acc = _accumulate(acc, q, kc_ptr + b * stride_kcb + h * stride_kch, vc_ptr + b * stride_vcb + h * stride_vch,
-                      stride_kcn, stride_vcn, offs_dk, offs_dv, dk_ok, dv_ok, g0, tl.minimum(g1, n0), offs_q, qk_scale,
-                      CAUSAL=False, BLOCK_N=BLOCK_N, PRECISION=PRECISION,
-                      bt_ptr=0, tokens_per_page=1, stride_page=0, PAGED=False)
+    if PAGED:
+        n0 = tl.load(len_ptr + b).to(tl.int32)
+        kc_base = kc_ptr + h * stride_kch
+        vc_base = vc_ptr + h * stride_vch
+    else:
+        kc_base = kc_ptr + b * stride_kcb + h * stride_kch
+        vc_base = vc_ptr + b * stride_vcb + h * stride_vch
+    acc = _accumulate(acc, q, kc_base, vc_base, stride_kcn, stride_vcn, offs_dk, offs_dv, dk_ok, dv_ok, g0,
+                      tl.minimum(g1, n0), offs_q, qk_scale, CAUSAL=False, BLOCK_N=BLOCK_N, PRECISION=PRECISION,
+                      bt_ptr=bt_ptr + b * stride_btb, tokens_per_page=tokens_per_page, stride_page=stride_kcb,
+                      PAGED=PAGED)
     # New keys below the tile's first query are visible to all its rows; only the rest needs the causal mask.
     kn_base = kn_ptr + b * stride_knb + h * stride_knh
     vn_base = vn_ptr + b * stride_vnb + h * stride_vnh
@@ -261,7 +272,18 @@ def causal_attention_triton(q, k_ctx, v_ctx, k_new, v_new, qk_scale: float, norm
                             splits: int | None = None, tiles: Tiles | None = None) -> torch.Tensor:
     """See `attention.causal_attention`; inputs already checked. `tiles` overrides `default_tiles` (tile sweeps)."""
     m, n0 = q.shape[-3], k_ctx.shape[-3]
-    return _launch(_causal_kernel, q, k_ctx, v_ctx, k_new, v_new, m, n0, n0 + m, qk_scale, norm_scale, splits, tiles)
+    return _launch(_causal_kernel, q, k_ctx, v_ctx, k_new, v_new, m, n0, n0 + m, qk_scale, norm_scale, splits, tiles,
+                   bt_ptr=q, len_ptr=q, tokens_per_page=1, stride_btb=0, PAGED=False)
+
+
+def paged_causal_attention_triton(q, k_pages, v_pages, block_table, lengths, k_new, v_new, qk_scale: float,
+                                  norm_scale: float, splits: int | None = None) -> torch.Tensor:
+    """See `attention.paged_causal_attention`; inputs already checked. Keys split over programs as
+    for the bucket's widest context (the block table's width) plus the m new tokens."""
+    m, tpp = q.shape[-3], k_pages.shape[1]
+    return _launch(_causal_kernel, q, k_pages, v_pages, k_new, v_new, m, 0, block_table.shape[1] * tpp + m, qk_scale,
+                   norm_scale, splits, None, bt_ptr=block_table, len_ptr=lengths, tokens_per_page=tpp,
+                   stride_btb=block_table.stride(0), PAGED=True)
 
 
 def candidate_attention_triton(q, k_hist, v_hist, k_self, v_self, qk_scale: float, norm_scale: float,

@@ -107,9 +107,16 @@ class KVCache:
 
     def read_many(self, wanted: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
         """`read` of several (user, length) prefixes: one block table and one gather for all of them."""
+        return self._gather([(self._entries[user].pages, length) for user, length in wanted])
+
+    def read_pages(self, pages: Sequence[int], length: int) -> torch.Tensor:
+        """Copy the first `length` tokens held by `pages` (a block table, token order) as [L, length, W]."""
+        return self._gather([(pages, length)])[0]
+
+    def _gather(self, wanted: Sequence[tuple[Sequence[int], int]]) -> list[torch.Tensor]:
         tpp = self.tokens_per_page
         blocks = [-(-length // tpp) for _, length in wanted]
-        pages = [page for (user, _), b in zip(wanted, blocks) for page in self._entries[user].pages[:b]]
+        pages = [page for (table, _), b in zip(wanted, blocks) for page in table[:b]]
         gathered = self._pages[torch.tensor(pages, dtype=torch.int64, device=self._pages.device)]  # [sum blocks, L, tpp, W]
         layers, width = gathered.shape[1], gathered.shape[3]
         out, start = [], 0

@@ -59,13 +59,14 @@ class PoolLookup:
     """
 
     prefix_len: int
-    prefix_kv: torch.Tensor | None  # [L, prefix_len, W] or None when prefix_len == 0
+    prefix_kv: torch.Tensor | None  # [L, prefix_len, W]; None when prefix_len == 0 or read in place
     suffix_emb: torch.Tensor  # [n - prefix_len, D] rows of the history not covered by the prefix
     cand_emb: torch.Tensor  # [c, D]
     miss_ids: np.ndarray  # ids gathered from the host table (queued for admission at commit)
     # Would the KV prefix have been reused with PoolConfig.counterfactual_share of the pool more / less for KV?
     kv_hit_more: bool
     kv_hit_less: bool
+    prefix_pages: tuple[int, ...] = ()  # in place: the reused prefix's pages, in token order (pinned)
 
 
 class Pool:
@@ -164,10 +165,9 @@ class Pool:
         """KV prefix match of each request, then one EMB lookup of every uncovered history
         suffix and candidate of the group.
 
-        `in_place`: the caller reads reused prefixes from the pages themselves (`commit_many`
-        gives their block tables), so a full hit's prefix is not copied out (its prefix_kv is
-        None) and every user with a reused prefix is pinned until `unpin`; a partial hit's
-        prefix is still copied for its extend.
+        `in_place`: the caller reads reused prefixes from the pages themselves, so none is
+        copied out (prefix_kv is None; prefix_pages is the block table) and every user with a
+        reused prefix is pinned until `unpin`.
 
         One lock pass and one host gather serve the whole group: per request, the
         Python of a lookup cost ~0.6 ms on the GPU host, most of it fixed costs of
@@ -185,12 +185,14 @@ class Pool:
             slots = self.emb_cache.lookup(need)
             hit = slots >= 0
             hit_rows = self.emb_cache.gather(slots[hit])
-            copied = [bool(m.length) and not (in_place and m.length == q.tokens.length) for q, m in zip(queries, matches)]
+            pages: list[tuple[int, ...]] = [()] * len(queries)
             if in_place:
-                self.kv_cache.pin([q.user_id for q, m in zip(queries, matches) if m.length])
-            wanted = [(q.user_id, m.length) for q, m, c in zip(queries, matches, copied) if c]
+                reused = [q.user_id for q, m in zip(queries, matches) if m.length]
+                self.kv_cache.pin(reused)
+                pages = [tuple(self.kv_cache.pages_of(q.user_id)) if m.length else () for q, m in zip(queries, matches)]
+            wanted = [] if in_place else [(q.user_id, m.length) for q, m in zip(queries, matches) if m.length]
             prefix_reads = iter(self.kv_cache.read_many(wanted) if wanted else [])
-            prefix_kvs = [next(prefix_reads) if c else None for c in copied]
+            prefix_kvs = [next(prefix_reads) if m.length and not in_place else None for m in matches]
             self._stats.emb_lookups += need.size
             self._stats.emb_hits += int(hit.sum())
             miss_ids = need[~hit]
@@ -208,7 +210,7 @@ class Pool:
                 emb.index_copy_(0, torch.from_numpy(np.flatnonzero(~hit)).to(self.device), miss_rows)
         out, offset, miss_offset = [], 0, 0
         misses_before = np.concatenate([[0], np.cumsum(~hit)])
-        for q, m, part, prefix_kv in zip(queries, matches, parts, prefix_kvs):
+        for q, m, part, prefix_kv, prefix_pages in zip(queries, matches, parts, prefix_kvs, pages):
             suffix = q.hist_ids.numel() - m.length
             end, miss_end = offset + part.size, int(misses_before[offset + part.size])
             out.append(
@@ -220,6 +222,7 @@ class Pool:
                     miss_ids=miss_ids[miss_offset:miss_end],
                     kv_hit_more=m.hit_more,
                     kv_hit_less=m.hit_less,
+                    prefix_pages=prefix_pages,
                 )
             )
             offset, miss_offset = end, miss_end
@@ -261,6 +264,12 @@ class Pool:
                     stats.kv_hits += 1
                     stats.kv_partial_hits += int(lookup.prefix_len < tokens.length)
         return tables
+
+    def read_prefix(self, lookup: PoolLookup) -> torch.Tensor:
+        """A copy [L, prefix_len, W] of the pinned prefix an in-place lookup found (for a request
+        whose new K/V could not be cached and so ranks from a whole-history tensor)."""
+        with self.lock:
+            return self.kv_cache.read_pages(lookup.prefix_pages, lookup.prefix_len)
 
     def unpin(self, users: Sequence[int]) -> None:
         """Release the pins of `lookup_many` / `commit_many(in_place=True)` once the pages were read."""

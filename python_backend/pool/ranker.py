@@ -20,9 +20,10 @@ import torch
 
 from helmrec import schema
 from helmrec.fastpath.fused_model import FusedHSTU
-from helmrec.fastpath.graphed_extend import GraphedExtend
 from helmrec.fastpath.graphed_prefill import GraphedPrefill
+from helmrec.fastpath.paged_extend import ExtendInput, PagedExtend
 from helmrec.fastpath.paged_rank import PagedInput, PagedRank
+from helmrec.hstu.features import previous_event_gaps
 from helmrec.hstu.model import HSTU
 from helmrec.kernels.attention import triton_importable
 from helmrec.pool.background import BackgroundWorker, RefillThrottle
@@ -91,7 +92,7 @@ class GraphedSteps:
     """The request path's steps replayed from CUDA graphs."""
 
     prefill: GraphedPrefill
-    extend: GraphedExtend
+    extend: PagedExtend
     rank: PagedRank
 
 
@@ -99,8 +100,8 @@ def graphed_steps(model: HSTU, kv_pages: torch.Tensor, capture_lock: threading.L
     """Prefill, extend and rank replayed from CUDA graphs, where they apply: on a GPU (eager,
     each is launch-bound: for `large` at 4k history the rank step is ~4 ms vs ~0.5 ms
     replayed) with the bias-free production variant (the fused kernels do not take the
-    research variant's relative bias) and the `triton` package present. The rank reads the
-    histories in place from the pool's `kv_pages`. Graphs are captured under
+    research variant's relative bias) and the `triton` package present. Extend and rank read
+    the cached K/V in place from the pool's `kv_pages`. Graphs are captured under
     `capture_lock`, which the background thread holds around its rounds."""
     on_gpu = model.item_emb.weight.device.type == "cuda"
     if not on_gpu or model.config.variant != "production" or not triton_importable():
@@ -108,7 +109,7 @@ def graphed_steps(model: HSTU, kv_pages: torch.Tensor, capture_lock: threading.L
     fused = FusedHSTU(model)
     return GraphedSteps(
         GraphedPrefill(fused, capture_lock=capture_lock),
-        GraphedExtend(fused, capture_lock=capture_lock),
+        PagedExtend(fused, kv_pages, capture_lock=capture_lock, max_batch=max_batch),
         PagedRank(fused, kv_pages, capture_lock=capture_lock, max_batch=max_batch),
     )
 
@@ -146,10 +147,11 @@ class PooledRanker:
     ) -> None:
         """`background_interval_s=None` runs no thread; the caller then drives `step_background`
         (benchmarks and tests that need a reproducible order of events). `graph_max_batch`
-        bounds the requests of one rank replay (and so its buffers' memory). `in_place`: rank
-        histories where they lie in the pool's pages (`_rank_round_in_place`); None chooses it
-        where the graphed steps apply (a GPU), True forces it elsewhere too (the production
-        variant only: it ranks through `FusedHSTU`), so the CPU tests cover that path."""
+        bounds the requests of one extend or rank replay (and so its buffers' memory).
+        `in_place`: extend and rank from the cached K/V where it lies in the pool's pages
+        (`_rank_round_in_place`); None chooses it where the graphed steps apply (a GPU), True
+        forces it elsewhere too (the production variant only: it runs `FusedHSTU` eagerly), so
+        the CPU tests cover that path; False copies prefixes out and runs eagerly (no graphs)."""
         device = torch.device(config.device)
         weight = model.item_emb.weight
         param_device = next(p for name, p in model.named_parameters() if not name.startswith("item_emb")).device
@@ -161,8 +163,9 @@ class PooledRanker:
         # Held by a background round and by a CUDA-graph capture: never both at once.
         self._cuda_lock = threading.Lock()
         self.pool = Pool(config, HostTable(weight, device), model.config.num_layers, model.kv_width, weight.dtype)
-        self._graphs = graphed_steps(model, self.pool.kv_cache.pages, self._cuda_lock, graph_max_batch)
-        self._in_place = self._graphs is not None if in_place is None else in_place
+        graphs = None if in_place is False else graphed_steps(model, self.pool.kv_cache.pages, self._cuda_lock, graph_max_batch)
+        self._graphs = graphs
+        self._in_place = graphs is not None if in_place is None else in_place
         if self._in_place and model.config.variant != "production":
             raise ValueError(f"in_place ranking needs the production variant (FusedHSTU), got {model.config.variant!r}")
         self._fused = FusedHSTU(model) if self._in_place else None
@@ -266,43 +269,79 @@ class PooledRanker:
             return scores
 
     def _rank_round_in_place(self, reqs: list[RankRequest]) -> list[torch.Tensor]:
-        """The GPU round: reused prefixes stay in the pool's pages (pinned), only the new tokens'
-        K/V is computed and stored, and the rank graphs read every history in place, so no
-        request's K/V is copied out of the pool or into a padded buffer. A request whose KV
-        could not be cached (no room) ranks from the K/V it computed, eagerly."""
-        dev = self._device
+        """The GPU round: reused prefixes stay in the pool's pages (pinned until the round ends);
+        returning users' new tokens are extended in batches over them, new users prefilled, and
+        only the new K/V is stored; then the rank graphs read every history in place. No
+        request's cached K/V is copied out of the pool or into a padded buffer. A request whose
+        KV could not be cached (no room) ranks from a whole-history tensor, eagerly."""
         tokens = [HistoryTokens(r.hist_ids, r.hist_ts, r.hist_actions) for r in reqs]
         with torch.inference_mode():
             queries = [LookupQuery(r.user_id, t, r.hist_ids, r.cand_ids) for r, t in zip(reqs, tokens)]
             found = self.pool.lookup_many(queries, in_place=True)
             pinned = [r.user_id for r, f in zip(reqs, found) if f.prefix_len]
             try:
-                news = [
-                    self.model.empty_kv()  # a full hit adds no tokens to its cached prefix
-                    if f.prefix_len == tok.length
-                    else self._suffix_kv(f, req.hist_ts.to(dev), req.hist_actions[f.prefix_len :].to(dev))
-                    for req, tok, f in zip(reqs, tokens, found)
-                ]
+                news = self._new_kv(reqs, tokens, found)
                 tables = self.pool.commit_many(
                     [(r.user_id, t, f, kv) for r, t, f, kv in zip(reqs, tokens, found, news)], in_place=True
                 )
                 pinned += [r.user_id for r, table in zip(reqs, tables) if table is not None]
                 scores: list[torch.Tensor | None] = [None] * len(reqs)
-                buckets: dict[tuple[int, int], list[int]] = {}
+                buckets: dict[tuple[int, int], list[PagedInput]] = {}
+                members: dict[tuple[int, int], list[int]] = {}
                 for i, (req, tok, f, table) in enumerate(zip(reqs, tokens, found, tables)):
                     if table is None:
-                        kv = torch.cat([f.prefix_kv, news[i]], dim=1) if f.prefix_len else news[i]
+                        kv = torch.cat([self.pool.read_prefix(f), news[i]], dim=1) if f.prefix_len else news[i]
                         scores[i] = self._rank_eager(req, kv, f)
-                    else:
-                        key = self._graphs.rank.bucket(tok.length, f.cand_emb.shape[0]) if self._graphs else (0, 0)
-                        buckets.setdefault(key, []).append(i)
-                for members in buckets.values():
-                    inputs = [PagedInput(tables[i], tokens[i].length, found[i].cand_emb, _gap_s(reqs[i])) for i in members]  # type: ignore[arg-type]
-                    for i, s in zip(members, self._rank_paged(inputs)):
+                        continue
+                    key = self._graphs.rank.bucket(tok.length, f.cand_emb.shape[0]) if self._graphs else (0, 0)
+                    buckets.setdefault(key, []).append(PagedInput(table, tok.length, f.cand_emb, _gap_s(req)))
+                    members.setdefault(key, []).append(i)
+                for key, inputs in buckets.items():
+                    for i, s in zip(members[key], self._rank_paged(inputs)):
                         scores[i] = s
                 return scores  # type: ignore[return-value]
             finally:
                 self.pool.unpin(pinned)
+
+    def _new_kv(self, reqs: list[RankRequest], tokens: list[HistoryTokens], found: list[PoolLookup]) -> list[torch.Tensor]:
+        """K/V [L, m, W] of each request's tokens past its reused prefix (none at a full hit, all at
+        a miss): returning users' extends batched per bucket into one graph replay each, reading
+        their prefixes in place; prefills from graphs; eager `FusedHSTU` where no graph applies."""
+        dev, graphs, fused = self._device, self._graphs, self._fused
+        assert fused is not None
+        news: list[torch.Tensor | None] = [None] * len(reqs)
+        batches: dict[tuple[int, int], list[int]] = {}
+        for i, (req, tok, f) in enumerate(zip(reqs, tokens, found)):
+            n0, m = f.prefix_len, tok.length - f.prefix_len
+            if m == 0:
+                news[i] = self.model.empty_kv()
+            elif n0 == 0:
+                news[i] = self._suffix_kv(f, req.hist_ts.to(dev), req.hist_actions.to(dev))
+            elif graphs is not None and graphs.extend.applies(n0, m):
+                batches.setdefault(graphs.extend.bucket(n0, m), []).append(i)
+            else:  # a long absence (or no graphs): the same in-place extend, eagerly
+                table = torch.tensor([f.prefix_pages], dtype=torch.int32, device=dev)
+                start = torch.tensor([n0], dtype=torch.int64, device=dev)
+                gaps = previous_event_gaps(req.hist_ts, n0).to(dev).unsqueeze(0)
+                actions = req.hist_actions[n0:].to(dev).unsqueeze(0)
+                kv = fused.extend_paged_core(self.pool.kv_cache.pages, table, start, gaps, f.suffix_emb.unsqueeze(0), actions)
+                news[i] = kv[:, 0]
+        if graphs is not None:
+            step = graphs.extend.max_batch
+            for chunk in (members[lo : lo + step] for members in batches.values() for lo in range(0, len(members), step)):
+                inputs = [
+                    ExtendInput(
+                        found[i].prefix_pages,
+                        found[i].prefix_len,
+                        found[i].suffix_emb,
+                        reqs[i].hist_actions[found[i].prefix_len :].numpy(),
+                        previous_event_gaps(reqs[i].hist_ts, found[i].prefix_len).numpy(),
+                    )
+                    for i in chunk
+                ]
+                for i, kv in zip(chunk, graphs.extend.extend_many(inputs)):
+                    news[i] = kv
+        return news  # type: ignore[return-value]
 
     def _rank_paged(self, inputs: list[PagedInput]) -> list[torch.Tensor]:
         """Scores of requests ranked from the pool's pages: graph replays of up to `max_batch` on
@@ -325,16 +364,13 @@ class PooledRanker:
         return self.model.rank_unchecked(kv, req.hist_ts.to(self._device), found.cand_emb, query).float().cpu()
 
     def _suffix_kv(self, found: PoolLookup, hist_ts: torch.Tensor, new_actions: torch.Tensor) -> torch.Tensor:
-        """K/V of the history past the reused prefix (all of it at a miss): from CUDA graphs
-        where they apply, eagerly otherwise."""
+        """K/V of the history past the reused prefix (all of it at a miss) from a copied prefix:
+        a prefill from its CUDA graph where graphs apply, the eager network otherwise."""
         graphs, reused, new = self._graphs, found.prefix_len, found.suffix_emb.shape[0]
-        if reused > 0:
-            if graphs is not None and graphs.extend.applies(reused, new):
-                return graphs.extend.extend_suffix(found.prefix_kv, found.suffix_emb, hist_ts, new_actions)
-            return self.model.extend_suffix_unchecked(found.prefix_kv, found.suffix_emb, hist_ts, new_actions)
-        if graphs is not None and new > 0:
+        if reused == 0 and graphs is not None and new > 0:
             return graphs.prefill.prefill(found.suffix_emb, hist_ts, new_actions)
-        return self.model.extend_suffix_unchecked(self.model.empty_kv(), found.suffix_emb, hist_ts, new_actions)
+        prefix = found.prefix_kv if reused else self.model.empty_kv()
+        return self.model.extend_suffix_unchecked(prefix, found.suffix_emb, hist_ts, new_actions)
 
     # -- background -----------------------------------------------------------------------------------
     def step_background(self, elapsed_s: float) -> None:

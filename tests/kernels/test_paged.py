@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helmrec.kernels.attention import paged_candidate_attention
-from helmrec.kernels.reference import candidate_attention_reference
+from helmrec.kernels.attention import paged_candidate_attention, paged_causal_attention
+from helmrec.kernels.reference import candidate_attention_reference, causal_attention_reference
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32] + ([torch.bfloat16, torch.float16] if DEVICE == "cuda" else [])
@@ -63,6 +63,41 @@ def test_paged_candidate_kernel_matches_reference_on_dense_histories(dtype, leng
     for i, rows in enumerate(histories):
         k_hist, v_hist = rows[:, : h * dqk].view(-1, h, dqk), rows[:, h * dqk :].view(-1, h, dv)
         want = candidate_attention_reference(q[i], k_hist, v_hist, k_self[i], v_self[i], scale, norm)
+        assert _rel_err(got[i], want) < REL_TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "lengths,m,tpp,splits", [([0, 1, 37], 5, 16, None), ([300, 129, 64], 40, 102, None), ([250, 7], 70, 10, 3)]
+)
+def test_paged_causal_kernel_matches_reference_on_dense_contexts(dtype, lengths, m, tpp, splits) -> None:
+    """Extends of m new tokens over contexts read in place from shuffled pages equal the dense
+    reference on each request's own context."""
+    gen = torch.Generator().manual_seed(sum(lengths) + m)
+    b, h, dqk, dv = len(lengths), 2, 16, 32
+    width = h * (dqk + dv)
+    contexts = [torch.randn(n, width, generator=gen).to(DEVICE, dtype) for n in lengths]
+    pool = torch.full((0, tpp, width), 0.0, dtype=dtype, device=DEVICE)
+    tables = []
+    for rows in contexts:
+        part, order = _paged(rows, tpp, max(1, -(-rows.shape[0] // tpp)) + 2, gen)
+        tables.append([pool.shape[0] + p for p in order])
+        pool = torch.cat([pool, part])
+    blocks = max(1, max(len(t) for t in tables))
+    block_table = torch.tensor([t + [0] * (blocks - len(t)) for t in tables], dtype=torch.int32, device=DEVICE)
+    q = torch.randn(b, m, h, dqk, generator=gen).to(DEVICE, dtype)
+    k_new = torch.randn(b, m, h, dqk, generator=gen).to(DEVICE, dtype)
+    v_new = torch.randn(b, m, h, dv, generator=gen).to(DEVICE, dtype)
+    k_pages = pool[..., : h * dqk].unflatten(-1, (h, dqk))
+    v_pages = pool[..., h * dqk :].unflatten(-1, (h, dv))
+    scale, norm = dqk**-0.5, 1.0 / 256
+    got = paged_causal_attention(
+        q, k_pages, v_pages, block_table, torch.tensor(lengths, device=DEVICE), k_new, v_new, scale, norm, splits=splits
+    )
+    assert got.dtype == dtype and got.shape == (b, m, h, dv)
+    for i, rows in enumerate(contexts):
+        k_ctx, v_ctx = rows[:, : h * dqk].view(-1, h, dqk), rows[:, h * dqk :].view(-1, h, dv)
+        want = causal_attention_reference(q[i], k_ctx, v_ctx, k_new[i], v_new[i], scale, norm)
         assert _rel_err(got[i], want) < REL_TOL[dtype]
 
 

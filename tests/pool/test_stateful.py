@@ -246,3 +246,29 @@ def test_a_cached_prefix_is_reused_only_when_every_token_matches(n, where, field
     changed[field][k] = changed[field][k] % (NUM_ITEMS - 1) + 1 if field == "id" else changed[field][k] + 1
     assert reused(changed["id"], changed["ts"], changed["action"]) == 0
     pool.check_invariants()
+
+
+def test_refill_scan_skipped_only_while_no_candidate_can_have_appeared():
+    """The refill scan is skipped after one that found no candidate, until a miss or an
+    eviction: a new miss, and rows evicted by an alpha move, are refill candidates again."""
+    table = torch.randn(NUM_ITEMS, D)
+    pool = Pool(PoolConfig(8 * 64, 64, 1.0, 1e9, 8), HostTable(table, torch.device("cpu")), LAYERS, W, torch.float32)
+    cache = pool.emb_cache
+    cache.lookup(np.array([3, 5]))
+    assert sorted(cache.refill_candidates(100).tolist()) == [3, 5]
+    while pool.background_step(100 * ROW_BYTES):
+        pass
+    assert sorted(cache.resident_items().tolist()) == [3, 5]
+    assert cache.refill_candidates(100).size == 0  # a scan that finds none: later ones wait for a change
+    assert cache.refill_candidates(100).size == 0
+    cache.lookup(np.array([3, 7]))  # 7 misses
+    assert cache.refill_candidates(100).tolist() == [7]
+    pool.background_step(100 * ROW_BYTES)
+    pool.set_alpha(0.0)
+    while pool.step_moves():
+        pass
+    pool.set_alpha(1.0)
+    while pool.step_moves():
+        pass
+    assert sorted(cache.refill_candidates(100).tolist()) == [3, 5, 7]  # evicted by the move
+    pool.check_invariants()

@@ -14,6 +14,7 @@ import contextlib
 from collections.abc import Callable
 from typing import TypeVar
 
+import numpy as np
 import torch
 
 from helmrec.fastpath.fused_model import FusedHSTU
@@ -24,6 +25,22 @@ T = TypeVar("T")
 def round_up(n: int, step: int) -> int:
     """n rounded up to a multiple of step."""
     return -(-n // step) * step
+
+
+def to_device(array: np.ndarray, device: torch.device, out: torch.Tensor | None = None) -> torch.Tensor:
+    """A host array on `device` (into `out` when given) without making the host wait for the GPU.
+
+    A copy from pageable host memory is ordered on the stream and blocks the host until it
+    is done, so it waits for every kernel queued before it: a block table copied between
+    two graph replays would idle the host for the whole first replay. Staged through
+    PyTorch's pinned-memory cache, the copy is queued and the host goes on (the cache
+    keeps the staging block until the copy has run)."""
+    tensor = torch.from_numpy(array)
+    if device.type == "cuda":
+        tensor = tensor.pin_memory()
+    if out is not None:
+        return out.copy_(tensor, non_blocking=True)
+    return tensor.to(device, non_blocking=True)
 
 
 def require_cuda(fused: FusedHSTU, owner: str) -> torch.device:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from helmrec.fastpath.cuda_graphs import capture, require_cuda, round_up
+from helmrec.fastpath.cuda_graphs import capture, require_cuda, round_up, to_device
 from helmrec.fastpath.fused_model import FusedHSTU
 
 
@@ -137,10 +137,11 @@ class PagedExtend:
             actions_gaps[0, b, :n] = r.new_actions
             actions_gaps[1, b, :n] = r.gaps
             start[b] = r.cached
+        device = buffers.start.device
         with torch.inference_mode():
-            buffers.block_table[:batch].copy_(torch.from_numpy(table))
-            buffers.start[:padded].copy_(torch.from_numpy(start))
-            buffers.actions_gaps[:, :padded].copy_(torch.from_numpy(actions_gaps))
+            to_device(table, device, out=buffers.block_table[:batch])
+            to_device(start, device, out=buffers.start[:padded])
+            to_device(actions_gaps, device, out=buffers.actions_gaps[:, :padded])
             for b, (r, n) in enumerate(zip(requests, news)):
                 buffers.emb[b, :n].copy_(r.new_emb)
             graph.replay()

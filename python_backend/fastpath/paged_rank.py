@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from helmrec.fastpath.cuda_graphs import capture, require_cuda
+from helmrec.fastpath.cuda_graphs import capture, require_cuda, to_device
 from helmrec.fastpath.fused_model import FusedHSTU
 from helmrec.fastpath.graphed_rank import RankBuckets
 
@@ -134,9 +134,10 @@ class PagedRank:
         length_gap = np.zeros((2, padded_batch), dtype=np.int64)  # padding slots: no history to read
         length_gap[0, :batch] = lengths
         length_gap[1, :batch] = [r.gap_s for r in requests]
+        device = buffers.block_table.device
         with torch.inference_mode():
-            buffers.block_table[:batch].copy_(torch.from_numpy(table))
-            buffers.length_gap[:, :padded_batch].copy_(torch.from_numpy(length_gap))
+            to_device(table, device, out=buffers.block_table[:batch])
+            to_device(length_gap, device, out=buffers.length_gap[:, :padded_batch])
             for b, r in enumerate(requests):
                 buffers.cand_emb[b, : counts[b]].copy_(r.cand_emb)
             graph.replay()

@@ -28,7 +28,7 @@ import torch
 from helmrec.pool.config import PoolConfig
 from helmrec.pool.emb_cache import EmbCache
 from helmrec.pool.host_table import HostTable
-from helmrec.pool.kv_cache import HistoryTokens, KVCache
+from helmrec.pool.kv_cache import HistoryTokens, KVCache, StoreItem
 from helmrec.pool.pages import PageAllocator, Side
 from helmrec.pool.stats import PoolStats, StatsRecorder
 
@@ -246,9 +246,9 @@ class Pool:
         tables: list[list[int] | None] = []
         with self.lock:
             stats = self._stats
-            for user_id, tokens, lookup, kv in done:
-                start = lookup.prefix_len if in_place else 0
-                stats.kv_evictions += self.kv_cache.store(user_id, kv, lookup.prefix_len, tokens, kv_start=start)
+            items = [StoreItem(u, kv, f.prefix_len, t, f.prefix_len if in_place else 0) for u, t, f, kv in done]
+            stats.kv_evictions += self.kv_cache.store_many(items)
+            for user_id, tokens, lookup, _ in done:
                 held = in_place and tokens.length > 0 and self.kv_cache.cached_length(user_id) == tokens.length
                 if held:
                     self.kv_cache.pin([user_id])

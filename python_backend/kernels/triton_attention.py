@@ -58,6 +58,7 @@ def _accumulate(
     tokens_per_page,
     stride_page,
     PAGED: tl.constexpr,
+    WIDE_PAGES: tl.constexpr,
 ):
     """acc += SiLU(q k^T * scale) v over keys [start, end) of one segment (optionally k <= query index).
 
@@ -67,7 +68,15 @@ def _accumulate(
         offs_n = j0 + tl.arange(0, BLOCK_N)
         n_ok = offs_n < end
         if PAGED:
-            page = tl.load(bt_ptr + offs_n // tokens_per_page, mask=n_ok, other=0).to(tl.int64)
+            if WIDE_PAGES:
+                # A page holds >= BLOCK_N tokens, so a tile spans at most two: two scalar block-table
+                # reads and a select instead of a gather per key in front of every K/V load.
+                first = j0 // tokens_per_page
+                p0 = tl.load(bt_ptr + first)
+                p1 = tl.load(bt_ptr + (tl.minimum(j0 + BLOCK_N, end) - 1) // tokens_per_page)
+                page = tl.where(offs_n // tokens_per_page == first, p0, p1).to(tl.int64)
+            else:
+                page = tl.load(bt_ptr + offs_n // tokens_per_page, mask=n_ok, other=0).to(tl.int64)
             k_rows = page * stride_page + (offs_n % tokens_per_page) * stride_kn
             v_rows = k_rows
         else:
@@ -111,7 +120,7 @@ def _causal_kernel(
     stride_os, stride_ob, stride_om, stride_oh,
     DQK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
-    bt_ptr, len_ptr, tokens_per_page, stride_btb, PAGED: tl.constexpr,
+    bt_ptr, len_ptr, tokens_per_page, stride_btb, PAGED: tl.constexpr, WIDE_PAGES: tl.constexpr,
 ):
     """PAGED: request b's cached keys are its first `len_ptr[b]` tokens, in the pages its
     block-table row lists; kc/vc are the pool's pages as [page, token, head, d] (see
@@ -134,7 +143,7 @@ def _causal_kernel(
     acc = _accumulate(acc, q, kc_base, vc_base, stride_kcn, stride_vcn, offs_dk, offs_dv, dk_ok, dv_ok, g0,
                       tl.minimum(g1, n0), offs_q, qk_scale, CAUSAL=False, BLOCK_N=BLOCK_N, PRECISION=PRECISION,
                       bt_ptr=bt_ptr + b * stride_btb, tokens_per_page=tokens_per_page, stride_page=stride_kcb,
-                      PAGED=PAGED)
+                      PAGED=PAGED, WIDE_PAGES=WIDE_PAGES)
     # New keys below the tile's first query are visible to all its rows; only the rest needs the causal mask.
     kn_base = kn_ptr + b * stride_knb + h * stride_knh
     vn_base = vn_ptr + b * stride_vnb + h * stride_vnh
@@ -142,10 +151,10 @@ def _causal_kernel(
     first_q = pid_m * BLOCK_M
     acc = _accumulate(acc, q, kn_base, vn_base, stride_knn, stride_vnn, offs_dk, offs_dv, dk_ok, dv_ok,
                       lo, tl.minimum(hi, first_q), offs_q, qk_scale, CAUSAL=False, BLOCK_N=BLOCK_N, PRECISION=PRECISION,
-                      bt_ptr=0, tokens_per_page=1, stride_page=0, PAGED=False)
+                      bt_ptr=0, tokens_per_page=1, stride_page=0, PAGED=False, WIDE_PAGES=False)
     acc = _accumulate(acc, q, kn_base, vn_base, stride_knn, stride_vnn, offs_dk, offs_dv, dk_ok, dv_ok,
                       tl.maximum(lo, first_q), hi, offs_q, qk_scale, CAUSAL=True, BLOCK_N=BLOCK_N, PRECISION=PRECISION,
-                      bt_ptr=0, tokens_per_page=1, stride_page=0, PAGED=False)
+                      bt_ptr=0, tokens_per_page=1, stride_page=0, PAGED=False, WIDE_PAGES=False)
     out = out_ptr + split * stride_os + b * stride_ob + offs_q[:, None] * stride_om + h * stride_oh + offs_dv[None, :]
     tl.store(out, (acc * norm_scale).to(out_ptr.dtype.element_ty), mask=q_ok[:, None] & dv_ok[None, :])
 
@@ -159,7 +168,7 @@ def _candidate_kernel(
     stride_os, stride_ob, stride_om, stride_oh,
     DQK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
-    bt_ptr, len_ptr, tokens_per_page, stride_btb, PAGED: tl.constexpr,
+    bt_ptr, len_ptr, tokens_per_page, stride_btb, PAGED: tl.constexpr, WIDE_PAGES: tl.constexpr,
 ):
     """PAGED: request b's history is its first `len_ptr[b]` tokens, in the pages its block-table
     row `bt_ptr + b * stride_btb` lists; kh/vh are the pool's pages as [page, token, head, d]
@@ -180,7 +189,7 @@ def _candidate_kernel(
     acc = _accumulate(acc, q, kh_base, vh_base, stride_khn, stride_vhn, offs_dk, offs_dv, dk_ok, dv_ok, g0,
                       tl.minimum(g0 + chunk, n), offs_q, qk_scale, CAUSAL=False, BLOCK_N=BLOCK_N, PRECISION=PRECISION,
                       bt_ptr=bt_ptr + b * stride_btb, tokens_per_page=tokens_per_page, stride_page=stride_khb,
-                      PAGED=PAGED)
+                      PAGED=PAGED, WIDE_PAGES=WIDE_PAGES)
     if split == 0:  # the diagonal (candidate attends to itself) is added once
         k_self = tl.load(ks_ptr + b * stride_ksb + offs_q[:, None] * stride_ksn + h * stride_ksh + offs_dk[None, :],
                          mask=qmask, other=0.0)
@@ -252,6 +261,8 @@ def _launch(kernel, q, k_a, v_a, k_b, v_b, m: int, n_a: int, num_keys: int, qk_s
         q, k_a, v_a, k_b, v_b = (t.unsqueeze(0) for t in (q, k_a, v_a, k_b, v_b))
     bsz, h, dqk, dv = q.shape[0], q.shape[2], q.shape[3], v_a.shape[3]
     t = tiles or default_tiles(m, max(dqk, dv), q.device)
+    if extra.get("PAGED"):
+        extra["WIDE_PAGES"] = extra["tokens_per_page"] >= t.block_n
     query_tiles = triton.cdiv(m, t.block_m)
     nsplit, chunk = _split(num_keys, query_tiles * bsz * h, t.block_n, q.device, splits)
     out = torch.empty((nsplit, bsz, m, h, dv), dtype=q.dtype if nsplit == 1 else torch.float32, device=q.device)
@@ -273,7 +284,7 @@ def causal_attention_triton(q, k_ctx, v_ctx, k_new, v_new, qk_scale: float, norm
     """See `attention.causal_attention`; inputs already checked. `tiles` overrides `default_tiles` (tile sweeps)."""
     m, n0 = q.shape[-3], k_ctx.shape[-3]
     return _launch(_causal_kernel, q, k_ctx, v_ctx, k_new, v_new, m, n0, n0 + m, qk_scale, norm_scale, splits, tiles,
-                   bt_ptr=q, len_ptr=q, tokens_per_page=1, stride_btb=0, PAGED=False)
+                   bt_ptr=q, len_ptr=q, tokens_per_page=1, stride_btb=0, PAGED=False, WIDE_PAGES=False)
 
 
 def paged_causal_attention_triton(q, k_pages, v_pages, block_table, lengths, k_new, v_new, qk_scale: float,
@@ -291,7 +302,7 @@ def candidate_attention_triton(q, k_hist, v_hist, k_self, v_self, qk_scale: floa
     """See `attention.candidate_attention`; inputs already checked. `tiles` overrides `default_tiles` (tile sweeps)."""
     c, n = q.shape[-3], k_hist.shape[-3]
     return _launch(_candidate_kernel, q, k_hist, v_hist, k_self, v_self, c, n, n, qk_scale, norm_scale, splits, tiles,
-                   bt_ptr=q, len_ptr=q, tokens_per_page=1, stride_btb=0, PAGED=False)
+                   bt_ptr=q, len_ptr=q, tokens_per_page=1, stride_btb=0, PAGED=False, WIDE_PAGES=False)
 
 
 def paged_candidate_attention_triton(q, k_pages, v_pages, block_table, lengths, k_self, v_self, qk_scale: float,

@@ -34,7 +34,10 @@ def _paged(rows: torch.Tensor, tpp: int, pages: int, gen: torch.Generator) -> tu
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("lengths,tpp,splits", [([0, 1, 37], 16, None), ([300, 129, 64], 102, None), ([250, 7], 10, 3)])
+# Pages of 102 and 64 tokens take the kernel's two-page path (a page holds a whole key tile); 16 and 10, its gather.
+@pytest.mark.parametrize(
+    "lengths,tpp,splits", [([0, 1, 37], 16, None), ([300, 129, 64], 102, None), ([200, 65, 128], 64, 2), ([250, 7], 10, 3)]
+)
 def test_paged_candidate_kernel_matches_reference_on_dense_histories(dtype, lengths, tpp, splits) -> None:
     """Histories read in place from shuffled pages (block tables, ragged lengths, NaN everywhere
     else in the pool) score as the dense reference on each request's own rows."""

@@ -102,6 +102,12 @@ class PagedExtend:
                 self._graph(b, blocks, new)
                 b *= 2
 
+    @property
+    def buffer_bytes(self) -> int:
+        """Bytes held by the static inputs of every bucket captured so far (graph workspaces excluded)."""
+        tensors = [t for b in self._buffers.values() for t in (b.block_table, b.start, b.actions_gaps, b.emb)]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
     def _graph(self, batch: int, blocks: int, m: int) -> tuple[_Buffers, tuple[torch.cuda.CUDAGraph, torch.Tensor]]:
         buffers = self._buffers.get((blocks, m))
         if buffers is None:

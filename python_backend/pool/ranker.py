@@ -211,8 +211,8 @@ class PooledRanker:
 
     @property
     def graph_buffer_bytes(self) -> int:
-        """Device bytes held by the rank graphs' static buffers (the largest graph memory)."""
-        return 0 if self._graphs is None else self._graphs.rank.buffer_bytes
+        """Device bytes held by the extend and rank graphs' static buffers (graph workspaces excluded)."""
+        return 0 if self._graphs is None else self._graphs.rank.buffer_bytes + self._graphs.extend.buffer_bytes
 
     # -- the request path ---------------------------------------------------------------------------
     def rank(self, req: RankRequest | schema.ValidRequest) -> torch.Tensor:

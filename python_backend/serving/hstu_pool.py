@@ -97,7 +97,7 @@ class TritonPythonModel:
         if shapes:
             pb_utils.Logger.log_info(
                 f"hstu_pool: captured the graphs of {len(shapes)} warm-up shape(s) in {seconds:.1f} s; "
-                f"rank buffers hold {self.ranker.graph_buffer_bytes / 2**20:.0f} MiB"
+                f"graph buffers hold {self.ranker.graph_buffer_bytes / 2**20:.0f} MiB"
             )
         self.service_times = ServiceTimes()
         metrics = PoolMetrics(pb_utils.MetricFamily)

@@ -81,7 +81,9 @@ class EmbCache:
     def lookup(self, ids: np.ndarray) -> np.ndarray:
         """Slot of each id (negative = miss); counts every lookup toward frequency."""
         self._tick += 1
-        np.add.at(self._freq, ids, 1.0)
+        # Counts of repeated ids added once each: np.add.at is ~4x slower for a group's few thousand ids.
+        items, counts = np.unique(ids, return_counts=True)
+        self._freq[items] += counts
         slots = self._item_slot[ids]
         if slots.size and slots.min() < 0:
             self._changes += 1

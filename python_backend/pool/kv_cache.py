@@ -151,6 +151,11 @@ class KVCache:
             else:
                 del self._pins[user]
 
+    @property
+    def pinned_users(self) -> int:
+        """Users whose pages are pinned now (0 between groups: a pin outliving its group is a leak)."""
+        return len(self._pins)
+
     def pages_of(self, user_id: int) -> list[int]:
         """The user's block table: its pages, in token order."""
         return self._entries[user_id].pages

@@ -112,6 +112,7 @@ class GroupMachine(RuleBasedStateMachine):
     def pool_invariants_hold(self):
         if hasattr(self, "grouped"):
             self.grouped.pool.check_invariants()
+            assert self.grouped.pool.kv_cache.pinned_users == 0  # every pin of a group ends with it
 
 
 GroupMachine.TestCase.settings = settings(

@@ -85,3 +85,35 @@ def test_graphs_captured_while_the_background_thread_copies_do_not_fail():
         assert len(ranker._graphs.rank._graphs) == 4
         assert ranker.background_error is None
         assert ranker.stats().h2d_background_bytes > 0
+
+
+def test_cuda_groups_extend_and_rank_in_place_like_the_uncached_network():
+    """Groups of returning users (1-5 new events: batched PagedExtend replays), exact repeats and new
+    users, ranked together from pages that hold whole key tiles (the kernels' two-page path) and in
+    batches (PagedRank): every score equals the uncached network's, and no pin outlives its group."""
+    torch.manual_seed(0)
+    model = HSTU(dataclasses.replace(preset("tiny"), variant="production", max_seq_len=256)).eval().to("cuda")
+    config = PoolConfig(64 * 65536, 65536, 0.25, 1e8, 4, device="cuda")  # 128 fp32 tokens of `tiny` a page
+    gen = torch.Generator().manual_seed(1)
+    lengths = dict.fromkeys(range(12), 0)
+    with PooledRanker(model, config, background_interval_s=None) as ranker:
+        if ranker._graphs is None:
+            pytest.skip("the triton package is absent: no graphed steps")
+        for _ in range(6):
+            group = []
+            for user in torch.randperm(12, generator=gen)[:8].tolist():
+                grow = int(torch.randint(0, 6, (1,), generator=gen))  # 0: the same history again
+                n = lengths[user] = 150 if lengths[user] == 0 else min(200, lengths[user] + grow)
+                ids = torch.randint(0, 300, (200,), generator=torch.Generator().manual_seed(user))[:n]
+                ts = 1_000_000 + 60 * torch.arange(n)
+                cand = torch.randint(0, 300, (int(torch.randint(1, 40, (1,), generator=gen)),), generator=gen)
+                group.append(RankRequest(user, ids, ts, ids % 2, cand, 1_000_000 + 60 * n + 5))
+            for req, got in zip(group, ranker.rank_many(group)):
+                history = (t.cuda() for t in (req.hist_ids, req.hist_ts, req.hist_actions))
+                with torch.inference_mode():
+                    ref = model.score(*history, req.cand_ids.cuda(), req.query_ts)
+                torch.testing.assert_close(got, ref.cpu(), atol=1e-4, rtol=1e-4)
+            assert ranker.pool.kv_cache.pinned_users == 0
+        ranker.pool.check_invariants()
+        stats = ranker.stats()
+    assert stats.kv_hits > 0 and stats.kv_partial_hits > 0

@@ -693,6 +693,32 @@ def run_in_process(args: argparse.Namespace) -> dict:
     return report
 
 
+def run_batched(args: argparse.Namespace) -> dict:
+    """Only the batched KV-hit rank, copied (`graphed batched`) against in place (`paged batched`),
+    at `--throughput-history` x `--candidates` for each `--concurrency`: the quick check of a
+    change to the paged kernels (a minute of device time, docs/gpu.md (g))."""
+    device = torch.device(args.device)
+    if device.type != "cuda":
+        raise SystemExit("--batched-only needs a CUDA device (CUDA graphs)")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    torch.manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    with torch.device(device):
+        model = HSTU(preset(args.preset)).eval()
+    model = model.to(dtype)
+    fused = FusedHSTU(model)
+    n, c = args.throughput_history, args.candidates
+    users = []
+    with torch.inference_mode():
+        for _ in range(max(args.concurrency)):
+            ids, ts, actions, cands, query = make_history(model, n, c, gen, device)
+            users.append((fused.prefill(model.item_emb(ids), ts, actions), ts, cands, query, int(query) - int(ts[-1])))
+    rows = batched_throughput(fused, users, args.concurrency, args.seconds, device)
+    console.print(_table(f"batched KV-hit rank, history {n}, {c} candidates", rows, ["path", "concurrency", "rps", "p50_ms"]))
+    return {"device": torch.cuda.get_device_name(device), "preset": args.preset, "dtype": args.dtype, "history": n,
+            "candidates": c, "batched": rows}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -709,6 +735,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sweep-tiles", action="store_true", help="also time the kernels under forced tiles/splits")
     parser.add_argument("--json", type=Path, help="write the report here")
     parser.add_argument("--triton", action="store_true", help="(b): through tritonserver on the GPU vs in-process")
+    parser.add_argument(
+        "--batched-only", action="store_true", help="only the batched rank, copied vs in place from pages (--throughput-history)"
+    )
     parser.add_argument("--history", type=int, default=1024, help="--triton: history length")
     parser.add_argument(
         "--kv",
@@ -723,7 +752,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.concurrency[0] != 1:
         parser.error("--concurrency must start with 1 (the baseline of the headline ratio)")
-    if args.triton:
+    if args.batched_only:
+        report = run_batched(args)
+    elif args.triton:
         report = triton_vs_in_process(args)
         console.print(report)
         console.print(f"Triton end-to-end P50 / in-process P50 = {report['ratio_p50']:.2f}x")

@@ -56,6 +56,8 @@ class PoolLookup:
 
     Every tensor is a fresh copy on the pool's device; none aliases pool
     pages, so later evictions cannot change what the request computes with.
+    An in-place lookup instead names the prefix's pages (`prefix_pages`), which
+    stay pinned, and so unchanged, until the caller unpins the user.
     """
 
     prefix_len: int

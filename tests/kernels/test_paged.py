@@ -119,7 +119,8 @@ def test_paged_inputs_are_checked_by_name() -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
-def test_paged_rank_graphs_equal_the_fused_rank_across_lengths_and_batches() -> None:
+@pytest.mark.parametrize("gather", [False, True])
+def test_paged_rank_graphs_equal_the_fused_rank_across_lengths_and_batches(gather: bool) -> None:
     """Histories stored in a pool's pages (shuffled pages, NaN in every unused row), ranked by
     `PagedRank` alone and in batches, longer then shorter in one bucket: the scores equal
     `FusedHSTU.rank` on each history's dense K/V, and stale block-table rows never leak."""
@@ -138,7 +139,7 @@ def test_paged_rank_graphs_equal_the_fused_rank_across_lengths_and_batches() -> 
     tpp, num_pages = 10, 200
     pool = torch.full((num_pages, cfg.num_layers, tpp, model.kv_width), float("nan"), device="cuda")
     free = torch.randperm(num_pages, generator=torch.Generator().manual_seed(1)).tolist()
-    graphed = PagedRank(fused, pool, RankBuckets(history_step=64, candidate_step=32))
+    graphed = PagedRank(fused, pool, RankBuckets(history_step=64, candidate_step=32), gather=gather)
     gen = torch.Generator().manual_seed(2)
     query = 1_800_000_000
     made = []
@@ -157,3 +158,49 @@ def test_paged_rank_graphs_equal_the_fused_rank_across_lengths_and_batches() -> 
     for batch in ([made[0]], [made[1]], made[:3], made[2:], made):
         for got, (_, want) in zip(graphed.rank_many([r for r, _ in batch]), batch):
             torch.testing.assert_close(got, want.cpu(), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("core", ["rank_paged_core", "rank_gathered_core"])
+def test_ranking_from_pages_equals_ranking_the_dense_history(core: str) -> None:
+    """Both ways of ranking a batch from the pool's pages (reading them inside the attention loop,
+    or gathering them into a padded tensor first) score as `FusedHSTU.rank` on each request's own
+    dense K/V; unused page rows hold NaN, so a row read past a request's length would show."""
+    import dataclasses
+
+    from helmrec.fastpath.fused_model import FusedHSTU
+    from helmrec.hstu.config import preset
+    from helmrec.hstu.model import HSTU
+
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(preset("tiny"), variant="production", max_seq_len=256, max_candidates=64)
+    model = HSTU(cfg).eval().to(DEVICE)
+    fused = FusedHSTU(model)
+    tpp, lengths, c = 16, [70, 0, 33, 128], 9
+    gen = torch.Generator().manual_seed(3)
+    pool = torch.full((40, cfg.num_layers, tpp, model.kv_width), float("nan"), device=DEVICE)
+    free = torch.randperm(40, generator=gen).tolist()
+    tables, wants, cands, gaps = [], [], [], []
+    with torch.no_grad():
+        for n in lengths:
+            ts = 1_700_000_000 + torch.cumsum(torch.randint(0, 10**5, (max(n, 1),), generator=gen), 0)[:n]
+            emb = model.embed_items(torch.randint(0, cfg.num_items, (n,), generator=gen).to(DEVICE))
+            kv = fused.prefill(emb, ts.to(DEVICE), torch.randint(0, cfg.num_actions, (n,), generator=gen).to(DEVICE))
+            cand = model.embed_items(torch.randint(0, cfg.num_items, (c,), generator=gen).to(DEVICE))
+            query = (int(ts[-1]) if n else 1_700_000_000) + 600
+            wants.append(fused.rank(kv, ts.to(DEVICE), cand, torch.tensor(query, device=DEVICE)))
+            pages = [free.pop() for _ in range(-(-n // tpp))]
+            for i, page in enumerate(pages):
+                rows = kv[:, i * tpp : (i + 1) * tpp]
+                pool[page, :, : rows.shape[1]] = rows
+            tables.append(pages + [0] * (128 // tpp - len(pages)))
+            cands.append(cand)
+            gaps.append(query - int(ts[-1]) if n else 0)
+        got = getattr(fused, core)(
+            pool,
+            torch.tensor(tables, dtype=torch.int32, device=DEVICE),
+            torch.tensor(lengths, device=DEVICE),
+            torch.tensor(gaps, device=DEVICE),
+            torch.stack(cands),
+        )
+    for g, want in zip(got, wants):
+        torch.testing.assert_close(g, want, atol=1e-4, rtol=1e-4)

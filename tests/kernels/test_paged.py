@@ -33,6 +33,21 @@ def _paged(rows: torch.Tensor, tpp: int, pages: int, gen: torch.Generator) -> tu
     return pool, order
 
 
+
+def _paged_batch(lengths: list[int], tpp: int, width: int, dtype: torch.dtype, gen: torch.Generator):
+    """Random histories of `lengths` rows of `width`, their pages appended to one shared pool (each
+    request's shuffled, NaN in every unused row), and the batch's int32 block table."""
+    histories = [torch.randn(n, width, generator=gen).to(DEVICE, dtype) for n in lengths]
+    pool = torch.full((0, tpp, width), 0.0, dtype=dtype, device=DEVICE)
+    tables = []
+    for rows in histories:
+        part, order = _paged(rows, tpp, max(1, -(-rows.shape[0] // tpp)) + 2, gen)
+        tables.append([pool.shape[0] + p for p in order])
+        pool = torch.cat([pool, part])
+    blocks = max(1, max(len(t) for t in tables))
+    block_table = torch.tensor([t + [0] * (blocks - len(t)) for t in tables], dtype=torch.int32, device=DEVICE)
+    return histories, pool, block_table
+
 @pytest.mark.parametrize("dtype", DTYPES)
 # Pages of 102 and 64 tokens take the kernel's two-page path (a page holds a whole key tile); 16 and 10, its gather.
 @pytest.mark.parametrize(
@@ -44,15 +59,7 @@ def test_paged_candidate_kernel_matches_reference_on_dense_histories(dtype, leng
     gen = torch.Generator().manual_seed(sum(lengths) + tpp)
     b, c, h, dqk, dv = len(lengths), 20, 2, 16, 32
     width = h * (dqk + dv)
-    histories = [torch.randn(n, width, generator=gen).to(DEVICE, dtype) for n in lengths]
-    pool = torch.full((0, tpp, width), 0.0, dtype=dtype, device=DEVICE)
-    tables = []
-    for rows in histories:  # each request's pages appended to one shared pool, then shuffled in place
-        part, order = _paged(rows, tpp, max(1, -(-rows.shape[0] // tpp)) + 2, gen)
-        tables.append([pool.shape[0] + p for p in order])
-        pool = torch.cat([pool, part])
-    blocks = max(1, max(len(t) for t in tables))
-    block_table = torch.tensor([t + [0] * (blocks - len(t)) for t in tables], dtype=torch.int32, device=DEVICE)
+    histories, pool, block_table = _paged_batch(lengths, tpp, width, dtype, gen)
     q = torch.randn(b, c, h, dqk, generator=gen).to(DEVICE, dtype)
     k_self = torch.randn(b, c, h, dqk, generator=gen).to(DEVICE, dtype)
     v_self = torch.randn(b, c, h, dv, generator=gen).to(DEVICE, dtype)
@@ -79,15 +86,7 @@ def test_paged_causal_kernel_matches_reference_on_dense_contexts(dtype, lengths,
     gen = torch.Generator().manual_seed(sum(lengths) + m)
     b, h, dqk, dv = len(lengths), 2, 16, 32
     width = h * (dqk + dv)
-    contexts = [torch.randn(n, width, generator=gen).to(DEVICE, dtype) for n in lengths]
-    pool = torch.full((0, tpp, width), 0.0, dtype=dtype, device=DEVICE)
-    tables = []
-    for rows in contexts:
-        part, order = _paged(rows, tpp, max(1, -(-rows.shape[0] // tpp)) + 2, gen)
-        tables.append([pool.shape[0] + p for p in order])
-        pool = torch.cat([pool, part])
-    blocks = max(1, max(len(t) for t in tables))
-    block_table = torch.tensor([t + [0] * (blocks - len(t)) for t in tables], dtype=torch.int32, device=DEVICE)
+    contexts, pool, block_table = _paged_batch(lengths, tpp, width, dtype, gen)
     q = torch.randn(b, m, h, dqk, generator=gen).to(DEVICE, dtype)
     k_new = torch.randn(b, m, h, dqk, generator=gen).to(DEVICE, dtype)
     v_new = torch.randn(b, m, h, dv, generator=gen).to(DEVICE, dtype)

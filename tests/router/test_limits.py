@@ -4,8 +4,10 @@ The default limit is the largest valid request of the largest preset, written
 as JSON; an operator sizes it from the served model's limits or sets it. A
 `helmrec route` process hit by 200 MB bodies and messages (HTTP with a
 Content-Length, HTTP chunked, gRPC) refuses each with 413 / RESOURCE_EXHAUSTED,
-grows by a few MB at most while refusing, and is back within 10% of its
-baseline RSS afterwards.
+and stays within 64 MB of its starting RSS over four rounds of them (4 GB sent).
+RSS does not drop back exactly: glibc keeps freed heap up to its trim
+threshold (seen 6-25 MB here; with MALLOC_TRIM_THRESHOLD_=131072 it drops back
+to within a few MB), so the test bounds the growth instead of asking for a return.
 """
 
 from __future__ import annotations
@@ -87,8 +89,22 @@ def _grpc_oversize(url: str) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
+def _oversize_round(pid: int, grpc_port: int, http_port: int) -> tuple[list[object], int]:
+    """Send 4 oversize HTTP bodies and 1 oversize gRPC message at once; return the answers and the RSS after."""
+    answers: list[object] = []
+    senders = [
+        threading.Thread(target=lambda c=c: answers.append(_http_oversize(http_port, c))) for c in (False, True) * 2
+    ] + [threading.Thread(target=lambda: answers.append(_grpc_oversize(f"127.0.0.1:{grpc_port}")))]
+    for sender in senders:
+        sender.start()
+    for sender in senders:
+        sender.join(120)
+    time.sleep(1.0)
+    return answers, _rss_kib(pid)
+
+
 @pytest.mark.e2e
-def test_router_memory_returns_to_baseline_after_oversize_requests(triton_server: TritonServer) -> None:
+def test_router_memory_stays_bounded_under_rounds_of_oversize_requests(triton_server: TritonServer) -> None:
     grpc_port, http_port = free_port(), free_port()
     backend = f"--backend=127.0.0.1:{triton_server.grpc_port},http={triton_server.http_port}"
     proc = subprocess.Popen(
@@ -102,7 +118,6 @@ def test_router_memory_returns_to_baseline_after_oversize_requests(triton_server
         time.sleep(1.0)
         baseline = _rss_kib(proc.pid)
         peak = 0
-        answers: list[object] = []
 
         def watch(stop: threading.Event) -> None:
             nonlocal peak
@@ -113,25 +128,20 @@ def test_router_memory_returns_to_baseline_after_oversize_requests(triton_server
         stop = threading.Event()
         watcher = threading.Thread(target=watch, args=(stop,))
         watcher.start()
-        senders = [
-            threading.Thread(target=lambda c=c: answers.append(_http_oversize(http_port, c))) for c in (False, True) * 2
-        ] + [threading.Thread(target=lambda: answers.append(_grpc_oversize(f"127.0.0.1:{grpc_port}")))]
-        for sender in senders:
-            sender.start()
-        for sender in senders:
-            sender.join(120)
+        rounds = [_oversize_round(proc.pid, grpc_port, http_port) for _ in range(4)]
         time.sleep(2.0)
         stop.set()
         watcher.join()
         after = _rss_kib(proc.pid)
         print(
-            f"\nrouter RSS, 4 x 200 MB HTTP bodies + 1 x 200 MB gRPC message at once: "
-            f"before {baseline / 1024:.1f} MB, peak during {peak / 1024:.1f} MB, after {after / 1024:.1f} MB"
+            f"\nrouter RSS, 4 rounds of 4 x 200 MB HTTP bodies + 1 x 200 MB gRPC message at once: before "
+            f"{baseline / 1024:.1f} MB, after each round {[round(r[1] / 1024, 1) for r in rounds]} MB, peak during "
+            f"{peak / 1024:.1f} MB, after {after / 1024:.1f} MB"
         )
-        assert answers.count(b"HTTP/1.1 413 Request Entity Too Large") == 4, answers
-        assert grpc.StatusCode.RESOURCE_EXHAUSTED in answers, answers
-        assert peak < baseline + 64 * 1024, "the router buffered an oversize request"
-        assert after < 1.1 * baseline
+        for answers, _ in rounds:
+            assert answers.count(b"HTTP/1.1 413 Request Entity Too Large") == 4, answers
+            assert grpc.StatusCode.RESOURCE_EXHAUSTED in answers, answers
+        assert peak < baseline + 64 * 1024, "the router buffered an oversize request or kept what it read"
     finally:
         proc.terminate()
         proc.wait(30)

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from helmrec.router.backend_file import parse_backend_file
-from helmrec.router.config import POLICIES, PUBLIC_MODELS, BackendAddress, ConfigError, RouterConfig
+from helmrec.router.config import DATA_PLANES, POLICIES, PUBLIC_MODELS, BackendAddress, ConfigError, RouterConfig
 from helmrec.router.limits import MAX_CANDIDATES, MAX_HISTORY_LEN, request_bytes_bound
 from helmrec.router.server import RouterServer
 from helmrec.router.workers import serve_workers
@@ -41,6 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="router processes sharing the gRPC and HTTP ports (SO_REUSEPORT); worker k's own metrics "
         "are on --metrics-port + k; a worker that dies stops them all (exit 1)",
+    )
+    parser.add_argument(
+        "--data-plane",
+        choices=DATA_PLANES,
+        default="python",
+        help="native: the helmrec-hop binary (grpc++, `make hop`) serves gRPC ModelInfer, this process the rest; "
+        "one process using every core, so no --workers",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     parser.add_argument("--grpc-port", type=int, default=8001)
@@ -103,6 +110,7 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         body_timeout_s=args.body_timeout,
         exposed_models=tuple(args.expose_model or PUBLIC_MODELS),
         workers=args.workers,
+        data_plane=args.data_plane,
     )
 
 
@@ -116,7 +124,10 @@ async def _serve(config: RouterConfig, label: str) -> None:
     healthy = sum(b.healthy for b in server.dispatcher.backends)
     name = f"router {label}" if label else "router"
     listed = len(server.dispatcher.listed())
-    print(f"{name} ready (pid {os.getpid()}, policy {config.policy}, {healthy}/{listed} backends healthy)")
+    print(
+        f"{name} ready (pid {os.getpid()}, policy {config.policy}, {config.data_plane} data plane, "
+        f"{healthy}/{listed} backends healthy)"
+    )
     print(f"  gRPC    {server.grpc_url}")
     if server.http_port is not None:
         print(f"  HTTP    http://{server.http_url}")
@@ -129,9 +140,17 @@ async def _serve(config: RouterConfig, label: str) -> None:
         loop.add_signal_handler(sig, stop.set)
     if server.watcher is not None:
         loop.add_signal_handler(signal.SIGHUP, server.watcher.reload)
-    await stop.wait()
+    waits = [asyncio.create_task(stop.wait())]
+    if server.hop is not None:
+        waits.append(asyncio.create_task(server.hop.exited.wait()))
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for wait in waits:
+        wait.cancel()
+    hop_died = not stop.is_set()
     print(f"stopping {name} ...")
     await server.stop()
+    if hop_died:
+        raise OSError("the native hop exited: the router stopped with it")
 
 
 def serve_one(config: RouterConfig, label: str = "") -> int:

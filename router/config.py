@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from helmrec.router.limits import DEFAULT_MAX_REQUEST_BYTES
 
 POLICIES = ("round_robin", "least_loaded", "kv_aware", "emb_aware", "helm")
+# Who serves the gRPC front door's ModelInfer: grpc.aio in this process, or the
+# native hop (router/native_hop.py) with this process as its control plane.
+DATA_PLANES = ("python", "native")
 # The model clients may call through the router. The repository's others
 # (`hstu`, `hstu_pool`) are its internals: reachable only when named.
 PUBLIC_MODELS = ("hstu_ensemble",)
@@ -111,6 +114,7 @@ class RouterConfig:
     # content at start.
     backend_file: str | None = None
     backend_file_interval_s: float = 1.0
+    data_plane: str = "python"
 
     def __post_init__(self) -> None:
         if not self.backends:
@@ -124,6 +128,14 @@ class RouterConfig:
         if self.workers > 1 and (self.grpc_port == 0 or self.http_port == 0):
             raise ConfigError(
                 f"--workers {self.workers}: needs fixed --grpc-port and --http-port (port 0 would give each worker its own)"
+            )
+        if self.data_plane not in DATA_PLANES:
+            raise ConfigError(f"--data-plane {self.data_plane!r}: expected one of {', '.join(DATA_PLANES)}")
+        if self.data_plane == "native" and self.policy == "emb_aware":
+            raise ConfigError("--data-plane native runs every policy but emb_aware (its EMB sketch lives in Python)")
+        if self.data_plane == "native" and self.workers > 1:
+            raise ConfigError(
+                f"--workers {self.workers}: --data-plane native is one multi-threaded hop; workers are for --data-plane python"
             )
         if self.max_request_bytes < 1:
             raise ConfigError(f"--max-request-bytes {self.max_request_bytes}: must be >= 1")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TypeVar
 
 from helmrec.router.config import BackendAddress, RouterConfig
@@ -56,6 +56,10 @@ class RouterStats:
     @property
     def predicted_kv_hit_rate(self) -> float:
         return self.predicted_kv_hits / self.with_user if self.with_user else 0.0
+
+    def plus(self, other: RouterStats) -> RouterStats:
+        """Both sets of counters summed (the Python data plane's and the native hop's)."""
+        return RouterStats(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
 
 
 class Dispatcher:

@@ -1,7 +1,8 @@
 """The router's own Prometheus metrics, read from its state at scrape time.
 
 A collector instead of counters bumped on the request path: the hot path pays
-nothing, and the figures are the dispatcher's own (no second bookkeeping).
+nothing, and the figures are the dispatcher's own (no second bookkeeping). With
+the native data plane the hop's counters (its last report) are added to them.
 """
 
 from __future__ import annotations
@@ -12,15 +13,18 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from helmrec.router.dispatch import Dispatcher
+from helmrec.router.native_hop import HopStats, NativeHop
 
 
 class RouterCollector(Collector):
-    def __init__(self, dispatcher: Dispatcher) -> None:
+    def __init__(self, dispatcher: Dispatcher, hop: NativeHop | None = None) -> None:
         self.dispatcher = dispatcher
+        self.hop = hop
 
     def collect(self) -> Iterator[Metric]:
         d = self.dispatcher
-        stats = d.stats
+        hop = self.hop.stats if self.hop is not None else None
+        stats = d.stats if hop is None else d.stats.plus(hop.router)
         counters = {
             "requests": ("inference requests received", stats.requests),
             "answered": ("inference requests answered by a backend", stats.answered),
@@ -32,15 +36,20 @@ class RouterCollector(Collector):
         for name, (helptext, value) in counters.items():
             yield CounterMetricFamily(f"helmrec_router_{name}", helptext, value=value)
         gauges = {
-            "in_flight": ("requests in flight at the backend", lambda b: b.in_flight),
-            "healthy": ("1 while the backend is in rotation", lambda b: float(b.healthy)),
-            "recorded_users": ("users whose prefix the record places at the backend", lambda b: len(b.kv)),
-            "served": ("requests sent to the backend", lambda b: b.served),
+            "in_flight": ("requests in flight at the backend", lambda i, b: b.in_flight + _slot(hop, "in_flight", i)),
+            "healthy": ("1 while the backend is in rotation", lambda i, b: float(b.healthy)),
+            "recorded_users": ("users whose prefix the record places at the backend", lambda i, b: len(b.kv)),
+            "served": ("requests sent to the backend", lambda i, b: b.served + _slot(hop, "served", i)),
         }
         for name, (helptext, read) in gauges.items():
             family = GaugeMetricFamily(f"helmrec_router_backend_{name}", helptext, labels=["backend"])
-            for backend in d.backends:
+            for index, backend in enumerate(d.backends):
                 if backend.retired and not backend.in_flight:  # removed from the list and drained
                     continue
-                family.add_metric([backend.name], float(read(backend)))
+                family.add_metric([backend.name], float(read(index, backend)))
             yield family
+
+
+def _slot(hop: HopStats | None, what: str, index: int) -> int:
+    """The hop's last count of `what` ("in_flight" or "served") at backend slot `index` (0 without a hop)."""
+    return 0 if hop is None else getattr(hop, what).get(index, 0)

@@ -20,10 +20,11 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from helmrec.router.backend_file import BackendFileWatcher
 from helmrec.router.config import BackendAddress, RouterConfig
-from helmrec.router.dispatch import Dispatcher
+from helmrec.router.dispatch import Dispatcher, RouterStats
 from helmrec.router.grpc_front import GrpcFront
 from helmrec.router.health import HealthMonitor
 from helmrec.router.http_front import HttpFront
+from helmrec.router.native_hop import NativeHop
 from helmrec.router.router_metrics import RouterCollector
 
 log = logging.getLogger("helmrec.router")
@@ -45,6 +46,12 @@ class RouterServer:
         self._http: web.AppRunner | None = None
         self._metrics_server: object | None = None
         self.watcher: BackendFileWatcher | None = None
+        self.hop: NativeHop | None = None
+
+    @property
+    def stats(self) -> RouterStats:
+        """The router's counters: the dispatcher's, plus the native hop's last report (every 0.5 s)."""
+        return self.dispatcher.stats if self.hop is None else self.dispatcher.stats.plus(self.hop.stats.router)
 
     @property
     def grpc_url(self) -> str:
@@ -62,15 +69,19 @@ class RouterServer:
         # second router on the same port must fail, not silently share it. A message longer
         # than max_request_bytes is refused with RESOURCE_EXHAUSTED from its length prefix,
         # before its bytes are gathered into a buffer.
+        #
+        # With the native data plane the hop owns the public port and this server
+        # listens on loopback for what the hop relays (metadata, streams, sequences).
+        native = self.config.data_plane == "native"
         self._grpc = grpc.aio.server(
             options=(
                 ("grpc.max_send_message_length", -1),
                 ("grpc.max_receive_message_length", self.config.max_request_bytes),
-                ("grpc.so_reuseport", int(self.config.workers > 1)),
+                ("grpc.so_reuseport", int(self.config.workers > 1 and not native)),
             )
         )
         self._grpc.add_generic_rpc_handlers((self.grpc_front.handler(),))
-        address = f"{self.config.host}:{self.config.grpc_port}"
+        address = "127.0.0.1:0" if native else f"{self.config.host}:{self.config.grpc_port}"
         try:
             self.grpc_port = self._grpc.add_insecure_port(address)
         except RuntimeError:
@@ -78,13 +89,17 @@ class RouterServer:
         http_sock = self._bind_http()
         await self.monitor.start()
         await self._grpc.start()
+        if native:
+            self.hop = NativeHop(self.config, self.dispatcher)
+            await self.hop.start(fallback=f"127.0.0.1:{self.grpc_port}")
+            self.grpc_port = self.hop.port
         if http_sock is not None:
             self._http = web.AppRunner(HttpFront(self.config, self.dispatcher).app(), access_log=None)
             await self._http.setup()
             await web.SockSite(self._http, http_sock).start()
         if self.config.metrics_port is not None:
             registry = CollectorRegistry()
-            registry.register(RouterCollector(self.dispatcher))
+            registry.register(RouterCollector(self.dispatcher, self.hop))
             self._metrics_server, _ = start_http_server(self.config.metrics_port, self.config.host, registry)
             self.metrics_port = self._metrics_server.server_port  # type: ignore[attr-defined]
         if self.config.backend_file is not None:
@@ -125,6 +140,8 @@ class RouterServer:
     async def stop(self, grace_s: float = 2.0) -> None:
         if self.watcher is not None:
             await self.watcher.stop()
+        if self.hop is not None:
+            await self.hop.stop()
         if self._grpc is not None:
             await self._grpc.stop(grace_s)
         if self._http is not None:

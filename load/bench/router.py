@@ -353,17 +353,22 @@ def start_standins(count: int) -> tuple[list[subprocess.Popen[str]], list[str]]:
     return procs, urls
 
 
-def start_workers(backends: list[str], workers: int, policy: str,
-                  python_path: str | None) -> tuple[subprocess.Popen[str], str, list[int]]:
-    """`helmrec route --workers N` over `backends`; returns it, its URL and the worker pids."""
+def start_workers(backends: list[str], workers: int, policy: str, python_path: str | None,
+                  data_plane: str = "python", cpus: set[int] | None = None) -> tuple[subprocess.Popen[str], str, list[int]]:
+    """`helmrec route --workers N` over `backends`; returns it, its URL and the pids that route.
+
+    With `data_plane="native"` (one process) the pids are the router's and its hop's.
+    """
     port = free_port()
     env = dict(os.environ)
     if python_path:  # another checkout's router (a before/after comparison in one run)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (python_path, env.get("PYTHONPATH")) if p)
     proc = subprocess.Popen(
         [sys.executable, "-m", "helmrec.cli", "route", *(f"--backend={b}" for b in backends), f"--grpc-port={port}",
-         "--http-port=-1", f"--policy={policy}", "--max-in-flight=1024", f"--workers={workers}"],
+         "--http-port=-1", f"--policy={policy}", "--max-in-flight=1024", f"--workers={workers}",
+         f"--data-plane={data_plane}"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
     )
     assert proc.stdout is not None
     pids = []
@@ -373,6 +378,8 @@ def start_workers(backends: list[str], workers: int, policy: str,
             raise RuntimeError(f"router did not start: {proc.stdout.read()}")
         if " ready (pid " in line:
             pids.append(int(line.split("(pid ", 1)[1].split(",", 1)[0]))
+    if data_plane == "native":
+        pids += [int(c) for c in Path(f"/proc/{pids[0]}/task/{pids[0]}/children").read_text().split()]
     return proc, f"127.0.0.1:{port}", pids
 
 
@@ -388,29 +395,36 @@ def stop(proc: subprocess.Popen[str]) -> None:
 def cluster_rates(args: argparse.Namespace, console: Console) -> None:
     """Ceiling per worker count, and added latency at fractions of that ceiling, over stand-in backends."""
     cores = os.cpu_count() or 1
+    router_cpus = set(args.router_cpus) if args.router_cpus else None
+    if router_cpus is not None:  # the rest of the bench (stand-ins, load generators) inherits the other cores
+        os.sched_setaffinity(0, os.sched_getaffinity(0) - router_cpus)
     bodies = payloads(2000, args.history, args.candidates)
     standins, backend_urls = start_standins(args.standins)
     loadgen = LoadGenerators(args.loadgens, bodies)
-    ceilings: list[tuple[int, float, float]] = []  # (workers, req/s, router CPU s per request), in run order
+    # (label, workers, req/s, router CPU s per request), in run order; label "native": the hop
+    ceilings: list[tuple[str, int, float, float]] = []
     rows = []
     try:
         loadgen.run(backend_urls, 1.0, concurrency=8)  # warm the pool's processes
         direct, _, _ = loadgen.run(backend_urls, args.seconds, concurrency=args.concurrency)
         direct_ceiling = direct / args.seconds
-        for workers in args.workers:
-            proc, url, pids = start_workers(backend_urls, workers, args.policy, args.router_python_path)
+        setups = [(w, "python") for w in args.workers] + [(1, "native")] * args.native
+        for workers, plane in setups:
+            proc, url, pids = start_workers(backend_urls, workers, args.policy, args.router_python_path, plane,
+                                            router_cpus)
+            label = "native" if plane == "native" else str(workers)
             try:
                 loadgen.run([url], 1.0, concurrency=args.concurrency)  # connections, warm paths
                 cpu0 = sum(cpu_seconds(p) for p in pids)
                 answered, errors, _ = loadgen.run([url], args.seconds, concurrency=args.concurrency)
                 cpu = sum(cpu_seconds(p) for p in pids) - cpu0
                 ceiling = answered / args.seconds
-                ceilings.append((workers, ceiling, cpu / max(answered, 1)))
+                ceilings.append((label, workers, ceiling, cpu / max(answered, 1)))
                 for fraction in args.fractions:
                     rate = fraction * ceiling
                     _, e_direct, lat_direct = loadgen.run(backend_urls, args.seconds, rate=rate)
                     _, e_router, lat_router = loadgen.run([url], args.seconds, rate=rate)
-                    rows.append((workers, fraction, rate, lat_direct, lat_router, e_direct + e_router + errors))
+                    rows.append((label, fraction, rate, lat_direct, lat_router, e_direct + e_router + errors))
             finally:
                 stop(proc)
     finally:
@@ -420,13 +434,14 @@ def cluster_rates(args: argparse.Namespace, console: Console) -> None:
             p.wait(10)
 
     where = (f"{cores} cores; {args.standins} stand-in backends, {args.loadgens} load-generator processes x "
-             f"{args.concurrency} in flight; history {args.history}, {args.candidates} candidates, {args.policy}")
+             f"{args.concurrency} in flight; history {args.history}, {args.candidates} candidates, {args.policy}"
+             + (f"; router on cores {sorted(router_cpus)}, the rest on the others" if router_cpus else ""))
     table = Table(title=f"router ceiling by workers ({where})")
     for col in ("workers", "ceiling req/s", "x 1 worker", "per worker vs 1", "router CPU us/req"):
         table.add_column(col)
-    base = ceilings[0][1] / ceilings[0][0]  # the first row's ceiling per worker
-    for workers, ceiling, cpu in ceilings:
-        table.add_row(str(workers), f"{ceiling:.0f}", f"{ceiling / (base):.2f}", f"{ceiling / (base * workers):.2f}",
+    base = ceilings[0][2] / ceilings[0][1]  # the first row's ceiling per worker
+    for label, workers, ceiling, cpu in ceilings:
+        table.add_row(label, f"{ceiling:.0f}", f"{ceiling / (base):.2f}", f"{ceiling / (base * workers):.2f}",
                       f"{cpu * 1e6:.0f}")
     console.print(table)
     console.print(f"stand-in backends straight, same load: {direct_ceiling:.0f} req/s")
@@ -434,10 +449,10 @@ def cluster_rates(args: argparse.Namespace, console: Console) -> None:
     for col in ("workers", "load", "req/s", "P50 direct ms", "P50 router ms", "added P50", "P99 direct ms",
                 "P99 router ms", "added P99", "errors"):
         lat.add_column(col)
-    for workers, fraction, rate, d, r, errs in rows:
+    for label, fraction, rate, d, r, errs in rows:
         p50d, p99d = np.percentile(d, 50), np.percentile(d, 99)
         p50r, p99r = np.percentile(r, 50), np.percentile(r, 99)
-        lat.add_row(str(workers), f"{fraction:.0%}", f"{rate:.0f}", f"{p50d:.3f}", f"{p50r:.3f}", f"{p50r - p50d:+.3f}",
+        lat.add_row(label, f"{fraction:.0%}", f"{rate:.0f}", f"{p50d:.3f}", f"{p50r:.3f}", f"{p50r - p50d:+.3f}",
                     f"{p99d:.3f}", f"{p99r:.3f}", f"{p99r - p99d:+.3f}", str(errs))
     console.print(lat)
 
@@ -467,6 +482,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fractions", type=_floats, default=[0.1, 0.5, 0.9], help="loads for the latency rows")
     parser.add_argument("--standins", type=int, default=max(1, cores // 4), help="stand-in backend processes")
     parser.add_argument("--loadgens", type=int, default=max(1, cores // 4), help="load-generator processes")
+    parser.add_argument("--native", type=int, default=0, metavar="N",
+                        help="also measure the native data plane (helmrec-hop, `make hop`) N times, after the workers")
+    parser.add_argument("--router-cpus", type=_ints, default=None, metavar="LIST",
+                        help="pin the router to these cores and everything else to the others, e.g. 1")
     parser.add_argument("--router-python-path", default=None,
                         help="PYTHONPATH for the router processes only (run another checkout's router)")
     args = parser.parse_args(argv)

@@ -36,8 +36,10 @@ from helmrec.launcher import TritonServer, free_port
 from helmrec.load.client import infer_inputs
 from helmrec.router.backend_metrics import BackendReport, parse_report
 from helmrec.router.config import BackendAddress, RouterConfig
+from helmrec.router.dispatch import RouterStats
 from helmrec.router.server import RouterThread
 from tests.conftest import cpu_servers
+from tests.router.planes import DATA_PLANES
 
 pytestmark = pytest.mark.e2e
 MODEL = "hstu_ensemble"
@@ -74,16 +76,36 @@ def router(servers: list[TritonServer], policy: str = "helm", **overrides: objec
     return RouterThread(config)
 
 
+def settled_stats(r: RouterThread) -> RouterStats:
+    """The router's counters once the native hop (if any) has reported what it did (every 0.5 s)."""
+    if r.server.hop is not None:
+        time.sleep(1.2)
+    return r.server.stats
+
+
+def served(r: RouterThread, slot: int) -> int:
+    """Requests the router sent to backend `slot`, by either data plane (settle first)."""
+    hop = r.server.hop.stats.served.get(slot, 0) if r.server.hop is not None else 0
+    return r.server.dispatcher.backends[slot].served + hop
+
+
+def synced(r: RouterThread) -> None:
+    """Let a change made to the dispatcher's backend state reach the native hop (synced every 50 ms)."""
+    if r.server.hop is not None:
+        time.sleep(0.2)
+
+
 def reports(servers: list[TritonServer]) -> list[BackendReport]:
     return [parse_report(urllib.request.urlopen(s.metrics_url, timeout=5).read().decode()) for s in servers]
 
 
 # -- stock clients, unchanged ------------------------------------------------------------
-def test_stock_clients_work_unchanged_through_the_router(backends) -> None:
+@pytest.mark.parametrize("data_plane", DATA_PLANES)
+def test_stock_clients_work_unchanged_through_the_router(backends, data_plane: str) -> None:
     arrays = user_request(user=1, length=12)
     direct = grpcclient.InferenceServerClient(backends[0].grpc_url).infer(MODEL, infer_inputs(grpcclient, arrays))
     expected = direct.as_numpy("SCORES")
-    with router(backends, "round_robin", metrics_port=0) as r:
+    with router(backends, "round_robin", metrics_port=0, data_plane=data_plane) as r:
         url, http_url = r.server.grpc_url, r.server.http_url
         client = grpcclient.InferenceServerClient(url)
         assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(MODEL)
@@ -147,10 +169,11 @@ def test_stock_clients_work_unchanged_through_the_router(backends) -> None:
         assert "helmrec_router_requests_total" in own and "helmrec_router_backend_healthy" in own
 
 
-def test_backend_errors_reach_the_client_unchanged(backends) -> None:
+@pytest.mark.parametrize("data_plane", DATA_PLANES)
+def test_backend_errors_reach_the_client_unchanged(backends, data_plane: str) -> None:
     arrays = user_request(user=2, length=6)
     arrays["CANDIDATE_ITEM_IDS"] = np.array([5, -1], np.int64)
-    with router(backends) as r:
+    with router(backends, data_plane=data_plane) as r:
         with pytest.raises(InferenceServerException) as grpc_error:
             grpcclient.InferenceServerClient(r.server.grpc_url).infer(MODEL, infer_inputs(grpcclient, arrays))
         assert grpc_error.value.status() == "StatusCode.INVALID_ARGUMENT"
@@ -168,7 +191,8 @@ def test_backend_errors_reach_the_client_unchanged(backends) -> None:
         assert isinstance(streamed[0], InferenceServerException) and "CANDIDATE_ITEM_IDS" in streamed[0].message()
         with pytest.raises(InferenceServerException, match="not supported through the router"):
             client.unload_model(MODEL)
-        assert r.server.dispatcher.stats.retries == 0  # an error answer is an answer: no retry
+        stats = settled_stats(r)
+        assert stats.retries == 0 and stats.answered == 3  # an error answer is an answer: no retry
 
 
 # -- repeat users: helm vs round_robin ---------------------------------------------------
@@ -240,11 +264,12 @@ def test_helm_gets_far_higher_kv_hit_rate_than_round_robin(backends) -> None:
 
 
 # -- a backend that fails before answering --------------------------------------------------
-def test_request_on_a_dead_backend_is_retried_once_elsewhere(backends) -> None:
+@pytest.mark.parametrize("data_plane", DATA_PLANES)
+def test_request_on_a_dead_backend_is_retried_once_elsewhere(backends, data_plane: str) -> None:
     """The router believes a dead port is healthy; every door's request lands there first."""
     dead = BackendAddress("127.0.0.1", free_port(), free_port())
     live = BackendAddress("127.0.0.1", backends[0].grpc_port, backends[0].http_port)
-    config = RouterConfig(backends=(dead, live), policy="least_loaded", health_interval_s=60.0)
+    config = RouterConfig(backends=(dead, live), policy="least_loaded", health_interval_s=60.0, data_plane=data_plane)
     with RouterThread(config) as r:
         d = r.server.dispatcher
         arrays = user_request(user=6, length=8)
@@ -253,15 +278,17 @@ def test_request_on_a_dead_backend_is_retried_once_elsewhere(backends) -> None:
             """Dead backend 'up' and idle, the live one looking busier: least_loaded picks the dead one."""
             d.backends[0].mark_up()
             d.backends[1].queue_depth = 5.0
+            synced(r)
 
         lure()
         scores = grpcclient.InferenceServerClient(r.server.grpc_url).infer(MODEL, infer_inputs(grpcclient, arrays))
-        assert scores.as_numpy("SCORES").shape == (16, 2) and d.stats.retries == 1
+        assert scores.as_numpy("SCORES").shape == (16, 2) and settled_stats(r).retries == 1
+        assert not d.backends[0].healthy  # the native hop reports the failure to the control plane too
 
         lure()
         http = httpclient.InferenceServerClient(r.server.http_url)
         assert http.infer(MODEL, infer_inputs(httpclient, arrays)).as_numpy("SCORES").shape == (16, 2)
-        assert d.stats.retries == 2
+        assert r.server.stats.retries == 2
 
         lure()
         client = grpcclient.InferenceServerClient(r.server.grpc_url)
@@ -272,18 +299,20 @@ def test_request_on_a_dead_backend_is_retried_once_elsewhere(backends) -> None:
         assert done.wait(60)
         client.stop_stream()
         assert not isinstance(answers[0], InferenceServerException), answers[0]
-        assert d.stats.retries == 3 and not d.backends[0].healthy
+        assert r.server.stats.retries == 3 and not d.backends[0].healthy
 
         # With the only healthy backend gone too, the answer is an explicit UNAVAILABLE.
         d.backends[1].healthy = False
+        synced(r)
         with pytest.raises(InferenceServerException) as info:
             client.infer(MODEL, infer_inputs(grpcclient, arrays))
         assert info.value.status() == "StatusCode.UNAVAILABLE" and "no healthy backend" in info.value.message()
 
 
 # -- overload ------------------------------------------------------------------------------
-def test_overload_is_refused_explicitly(backends) -> None:
-    with router(backends, "least_loaded", max_in_flight_per_backend=1) as r:
+@pytest.mark.parametrize("data_plane", DATA_PLANES)
+def test_overload_is_refused_explicitly(backends, data_plane: str) -> None:
+    with router(backends, "least_loaded", max_in_flight_per_backend=1, data_plane=data_plane) as r:
 
         async def burst() -> list[object]:
             client = grpcaio.InferenceServerClient(r.server.grpc_url)
@@ -302,11 +331,13 @@ def test_overload_is_refused_explicitly(backends) -> None:
 
 
 # -- the CLI -------------------------------------------------------------------------------
-def test_helmrec_route_cli_serves_stock_clients(backends) -> None:
+@pytest.mark.parametrize("data_plane", DATA_PLANES)
+def test_helmrec_route_cli_serves_stock_clients(backends, data_plane: str) -> None:
     port = free_port()
     specs = [f"--backend=127.0.0.1:{s.grpc_port},http={s.http_port},metrics={s.metrics_port}" for s in backends]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "helmrec.cli", "route", *specs, f"--grpc-port={port}", "--http-port=-1"],
+        [sys.executable, "-m", "helmrec.cli", "route", *specs, f"--grpc-port={port}", "--http-port=-1",
+         f"--data-plane={data_plane}"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -323,8 +354,9 @@ def test_helmrec_route_cli_serves_stock_clients(backends) -> None:
 
 
 # -- a backend dies mid-load (runs last: it restarts one backend) --------------------------
-def test_backend_killed_mid_load_loses_no_request_and_returns_when_healthy(backends) -> None:
-    with router(backends, "round_robin") as r:
+@pytest.mark.parametrize("data_plane", DATA_PLANES)
+def test_backend_killed_mid_load_loses_no_request_and_returns_when_healthy(backends, data_plane: str) -> None:
+    with router(backends, "round_robin", data_plane=data_plane) as r:
         client = grpcclient.InferenceServerClient(r.server.grpc_url)
         victim = backends[2]
         sent = threading.Event()
@@ -373,7 +405,7 @@ def test_backend_killed_mid_load_loses_no_request_and_returns_when_healthy(backe
         streaming.stop_stream()
         assert not lost, lost
         assert answered == 120
-        stats = r.server.dispatcher.stats
+        stats = settled_stats(r)
         assert stats.answered == 120 and stats.unavailable == 0
         assert not r.server.dispatcher.backends[2].healthy
         print(f"\nkilled backend 2 mid-load: 120/120 answered, {stats.retries} retried on another backend")
@@ -392,7 +424,10 @@ def test_backend_killed_mid_load_loses_no_request_and_returns_when_healthy(backe
         while not r.server.dispatcher.backends[2].healthy and time.monotonic() < deadline:
             time.sleep(0.1)
         assert r.server.dispatcher.backends[2].healthy
-        before = r.server.dispatcher.backends[2].served
+        synced(r)
+        settled_stats(r)
+        before = served(r, 2)
         for i in range(6):
             client.infer(MODEL, infer_inputs(grpcclient, user_request(5000 + i, 6)))
-        assert r.server.dispatcher.backends[2].served == before + 2
+        settled_stats(r)
+        assert served(r, 2) == before + 2

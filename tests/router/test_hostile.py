@@ -32,6 +32,7 @@ from helmrec.launcher import TritonServer
 from helmrec.load.client import infer_inputs
 from helmrec.router.config import BackendAddress, RouterConfig
 from helmrec.router.server import RouterThread
+from tests.router.planes import DATA_PLANES
 
 pytestmark = pytest.mark.e2e
 MODEL = "hstu_ensemble"
@@ -76,10 +77,13 @@ def grpc_request(model: str = MODEL, tensors: dict[str, np.ndarray] | None = Non
 
 
 # -- one backend, one router ------------------------------------------------------------
-@pytest.fixture(scope="module")
-def front(triton_server: TritonServer) -> Iterator[RouterThread]:
+@pytest.fixture(scope="module", params=DATA_PLANES)
+def front(triton_server: TritonServer, request: pytest.FixtureRequest) -> Iterator[RouterThread]:
+    """One router per data plane: every probe must get the same clear error from both."""
     backend = BackendAddress("127.0.0.1", triton_server.grpc_port, triton_server.http_port)
-    config = RouterConfig(backends=(backend,), max_request_bytes=LIMIT, body_timeout_s=BODY_TIMEOUT_S)
+    config = RouterConfig(
+        backends=(backend,), max_request_bytes=LIMIT, body_timeout_s=BODY_TIMEOUT_S, data_plane=request.param
+    )
     with RouterThread(config) as router:
         yield router
 

@@ -6,6 +6,8 @@ user lands on the same backend (counted by the backends' own statistics)
 whichever worker took the connection; statistics through the router are the
 backends' summed; SIGTERM stops the whole router cleanly;
 a worker that dies takes the router down with an exit status naming it.
+`--data-plane native` (one process and its hop): the same homes, the same
+summed metrics, and the hop and the router stop together.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from helmrec.launcher import TritonServer, free_port
 from helmrec.load.client import infer_inputs
 from helmrec.router.rendezvous import home_order
 from tests.conftest import cpu_servers
+from tests.router.planes import needs_hop
 from tests.router.test_e2e import MODEL, user_request
 
 pytestmark = pytest.mark.e2e
@@ -321,3 +324,86 @@ def test_killing_a_backend_then_a_worker_under_load_answers_or_refuses_every_req
     print(f"\n{len(outcomes)} requests, each answered or refused: {counts}")
     assert all(o == "ok" for ph, o in outcomes if ph != "worker killed"), messages[:3]  # the backend's death cost nothing
     assert {o for _, o in outcomes} <= {"ok", "StatusCode.UNAVAILABLE"}, counts  # explicit, never a deadline
+
+
+# -- the native data plane: one `helmrec route --data-plane native` process and its hop -----------
+def _native_router(servers: list[TritonServer]) -> tuple[subprocess.Popen[str], int, int, int]:
+    """(the router process, its gRPC, HTTP and metrics ports), once it announced it is ready."""
+    grpc_port, http_port, metrics_port = free_port(), free_port(), free_port()
+    specs = [f"--backend=127.0.0.1:{s.grpc_port},http={s.http_port},metrics={s.metrics_port}" for s in servers]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "helmrec.cli", "route", *specs, "--data-plane=native", "--policy=helm",
+         f"--grpc-port={grpc_port}", f"--http-port={http_port}", f"--metrics-port={metrics_port}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    banner = proc.stdout.readline()
+    assert "native data plane, 2/2 backends healthy" in banner, banner + proc.stdout.read()
+    return proc, grpc_port, http_port, metrics_port
+
+
+def _hop_pid(router_pid: int) -> int:
+    children = Path(f"/proc/{router_pid}/task/{router_pid}/children").read_text().split()
+    assert len(children) == 1, children
+    assert Path(f"/proc/{children[0]}/comm").read_text().strip() == "helmrec-hop"
+    return int(children[0])
+
+
+@needs_hop
+def test_native_hop_sends_each_user_to_the_same_home_as_the_python_router(servers: list[TritonServer]) -> None:
+    """gRPC through the hop and HTTP through the Python router: one home per user, rendezvous's."""
+    proc, grpc_port, http_port, metrics_port = _native_router(servers)
+    backends = [f"127.0.0.1:{s.grpc_port}" for s in servers]
+    try:
+        for user in range(12):
+            before = [successes(s) for s in servers]
+            for length in (4, 5, 6):
+                client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}", channel_args=FRESH_CONNECTION)
+                scores = client.infer(MODEL, infer_inputs(grpcclient, user_request(user, length)))
+                assert scores.as_numpy("SCORES").shape == (16, 2)
+                client.close()
+                http = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}")
+                answer = http.infer(MODEL, infer_inputs(httpclient, user_request(user, length + 1)))
+                assert answer.as_numpy("SCORES").shape == (16, 2)
+                http.close()
+            gained = [successes(s) - b for s, b in zip(servers, before)]
+            home = home_order(user, backends)[0]
+            assert gained[home] == 6 and gained[1 - home] == 0, (user, gained)
+        time.sleep(1.2)  # the hop reports its counters every 0.5 s
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        # The router's own metrics count both planes' requests: 36 through the hop, 36 over HTTP.
+        assert re.search(r"^helmrec_router_requests_total 72\.0$", text, re.M), text
+        assert re.search(r"^helmrec_router_answered_total 72\.0$", text, re.M), text
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+
+
+@needs_hop
+def test_native_hop_and_router_stop_together(servers: list[TritonServer]) -> None:
+    """A dead hop stops the router (exit 1, named); a SIGKILLed router leaves no hop behind."""
+    proc, *_ = _native_router(servers)
+    try:
+        hop = _hop_pid(proc.pid)
+        os.kill(hop, signal.SIGKILL)
+        assert proc.wait(30) == 1
+        assert proc.stdout is not None
+        assert "the native hop exited" in proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    proc, grpc_port, *_ = _native_router(servers)
+    hop = _hop_pid(proc.pid)
+    proc.kill()  # no cleanup runs: the hop sees its stdin close
+    proc.wait(30)
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{hop}") and Path(f"/proc/{hop}/stat").read_text().split()[2] != "Z":
+        assert time.monotonic() < deadline, f"hop pid {hop} outlived its router"
+        time.sleep(0.1)

@@ -9,6 +9,7 @@ Python interpreter (or its GIL) with each other or with the benchmark.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -26,13 +27,15 @@ from helmrec import schema
 from helmrec.launcher import LauncherError, TritonServer, free_port
 from helmrec.launcher.repository import WEIGHTS, control_window_s, stage_repository
 from helmrec.load.client import infer_inputs
-from helmrec.router.config import POLICIES
+from helmrec.router.config import DATA_PLANES, POLICIES
 from helmrec.schema import Limits
 from helmrec.serving.network import read_limits
 
 ADAPTIVE = "adaptive"
 PORT_ATTEMPTS = 3
-ROUTER_READY = "router ready"  # the line `helmrec route` prints once it serves
+# The line `helmrec route` prints once it serves: "router ready (pid ...", or with --workers one
+# "router worker K ready (pid ..." per worker.
+ROUTER_READY = re.compile(r"^router (worker \d+ )?ready \(pid", re.M)
 # What tritonserver and `helmrec route` say when a port was bound by someone else first.
 PORT_TAKEN = ("already in use", "cannot bind")
 T = TypeVar("T")
@@ -57,6 +60,10 @@ class ClusterConfig:
     seed: int = 0
     threads_per_node: int = 1  # torch/OpenMP threads of each node's network
     startup_timeout_s: float = 300.0
+    page_bytes: int | None = None  # None: the repository's page size
+    warmup_shapes: str = ""  # hstu_pool's HISTORYxCANDIDATES graphs captured at load (GPU nodes)
+    router_workers: int = 1  # `helmrec route --workers`
+    data_plane: str = "python"  # `helmrec route --data-plane`
 
     def __post_init__(self) -> None:
         if self.nodes < 1:
@@ -74,6 +81,10 @@ class ClusterConfig:
             raise ValueError(f"ClusterConfig.pool_bytes must be >= 1, got {self.pool_bytes}")
         if self.threads_per_node < 1:
             raise ValueError(f"ClusterConfig.threads_per_node must be >= 1, got {self.threads_per_node}")
+        if self.router_workers < 1:
+            raise ValueError(f"ClusterConfig.router_workers must be >= 1, got {self.router_workers}")
+        if self.data_plane not in DATA_PLANES:
+            raise ValueError(f"ClusterConfig.data_plane must be one of {DATA_PLANES}, got {self.data_plane!r}")
 
     @property
     def adaptive(self) -> bool:
@@ -89,6 +100,10 @@ class ClusterConfig:
         params = {"controller": ADAPTIVE if self.adaptive else "static", "pool_bytes": str(self.pool_bytes)}
         if not self.adaptive:
             params["alpha"] = str(float(self.alpha))
+        if self.page_bytes is not None:
+            params["page_bytes"] = str(self.page_bytes)
+        if self.warmup_shapes:
+            params["warmup_shapes"] = self.warmup_shapes
         return params
 
 
@@ -163,7 +178,8 @@ class Cluster:
     def _start_router(self) -> None:
         port = free_port()
         command = [sys.executable, "-m", "helmrec.cli", "route", "--policy", self.config.policy,
-                   "--grpc-port", str(port), "--http-port", "-1"]  # fmt: skip
+                   "--grpc-port", str(port), "--http-port", "-1", "--workers", str(self.config.router_workers),
+                   "--data-plane", self.config.data_plane]  # fmt: skip
         for s in self.servers:
             command += ["--backend", f"127.0.0.1:{s.grpc_port},metrics={s.metrics_port}"]
         log = (self.work_dir / "router.log").open("wb")
@@ -177,7 +193,7 @@ class Cluster:
             if self._router.poll() is not None:
                 code, self._router = self._router.returncode, None
                 raise LauncherError(f"helmrec route exited with code {code}:\n{self.router_log()}")
-            if ROUTER_READY in self.router_log():
+            if len(ROUTER_READY.findall(self.router_log())) >= self.config.router_workers:
                 return
             time.sleep(0.2)
         raise LauncherError(f"helmrec route not ready after 60 s:\n{self.router_log()}")

@@ -27,7 +27,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from helmrec import schema
-from helmrec.load.bench.served import Traffic, add_traffic_options, first_contact, stage, user_arrays
+from helmrec.load.bench.served import (
+    Traffic,
+    add_traffic_options,
+    check_door_options,
+    first_contact,
+    served_door,
+    traffic_for,
+    user_arrays,
+)
 
 SUMMARY = "mlperf_log_summary.txt"
 
@@ -131,23 +139,22 @@ def run(args: argparse.Namespace) -> dict:
         import mlperf_loadgen  # noqa: F401, PLC0415 - checked before a server starts
     except ImportError:
         raise SystemExit("bench-loadgen needs MLPerf LoadGen: pip install 'helmrec[loadgen]' (mlcommons-loadgen)") from None
-    from helmrec.launcher import TritonServer  # noqa: PLC0415
+    from helmrec.serving.network import read_limits  # noqa: PLC0415
 
     report: dict = {"device": args.device, "preset": args.preset, "history": args.history, "candidates": args.candidates,
-                    "mix": args.mix, "latency_bound_ms": args.latency_ms, "seconds": args.seconds, "runs": []}  # fmt: skip
+                    "mix": args.mix, "latency_bound_ms": args.latency_ms, "seconds": args.seconds, "servers": args.servers,
+                    "runs": []}  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        repo, traffic = stage(args, Path(tmp))
-        with TritonServer(model_repository=repo, device=args.device, startup_timeout_s=600) as server:
-            first_contact(server.grpc_url, traffic, args.users)
-            for qps in args.qps:
-                t0 = time.perf_counter()
-                row = run_target(
-                    server.grpc_url, traffic, args.mix, args.users, qps, args.latency_ms, args.seconds, args.out / f"qps_{qps:g}"
-                )
-                row["wall_s"] = time.perf_counter() - t0
-                report["runs"].append(row)
-                print(json.dumps(row), flush=True)
+    with tempfile.TemporaryDirectory() as tmp, served_door(args, Path(tmp)) as door:
+        traffic = traffic_for(args, read_limits(door.repo / "hstu" / "1" / "weights.pt"))
+        first_contact(door.url, traffic, args.users)
+        for qps in args.qps:
+            t0 = time.perf_counter()
+            out = args.out / f"qps_{qps:g}"
+            row = run_target(door.url, traffic, args.mix, args.users, qps, args.latency_ms, args.seconds, out)
+            row["wall_s"] = time.perf_counter() - t0
+            report["runs"].append(row)
+            print(json.dumps(row), flush=True)
     valid = [r["target_qps"] for r in report["runs"] if r["result"] == "VALID"]
     report["max_valid_qps"] = max(valid) if valid else None
     return report
@@ -163,6 +170,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("out/loadgen"))
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    check_door_options(parser, args)
     report = run(args)
     for r in report["runs"]:
         print(f"target {r['target_qps']:>8.0f} QPS: {r['result']:<8} achieved {r['achieved_qps'] or 0:>8.1f}  "

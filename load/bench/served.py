@@ -39,7 +39,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +47,8 @@ from pathlib import Path
 import numpy as np
 
 from helmrec import schema
+from helmrec.router.config import DATA_PLANES, POLICIES
+from helmrec.schema import Limits
 
 MIXES = ("hit", "grow", "mixed")
 NEW_USER_BASE = 10_000_000  # ids of `mixed`'s new users: disjoint from the warmed ones
@@ -132,9 +134,13 @@ def _load_generator(job: tuple) -> tuple[list[tuple[str, float]], dict[int, int]
 
 
 def closed_loop(pool: mp.pool.Pool, url: str, traffic: Traffic, mix: str, concurrency: int, processes: int,
-                lengths: dict[int, int], seconds: float, spy: Path | None = None) -> dict:  # fmt: skip
+                lengths: dict[int, int], seconds: float, spy: Path | None = None,
+                nodes: Sequence[str] = ()) -> dict:  # fmt: skip
     """`concurrency` client threads over `processes` processes for `seconds`; updates `lengths`.
-    With `spy`, py-spy samples hstu_pool's stub over the row into `spy/<mix>_<concurrency>.txt`."""
+    Load goes to `url`; hstu_pool's statistics are read from `nodes` (default: `url` itself; the
+    servers behind a router, whose front door exposes only the public model).
+    With `spy`, py-spy samples one hstu_pool stub over the row into `spy/<mix>_<concurrency>.txt`."""
+    nodes = list(nodes) or [url]
     users = sorted(lengths)
     shares = [users[i::concurrency] for i in range(concurrency)]
     procs = min(processes, concurrency)
@@ -143,7 +149,7 @@ def closed_loop(pool: mp.pool.Pool, url: str, traffic: Traffic, mix: str, concur
         mine = shares[p::procs]
         owned = {u: lengths[u] for share in mine for u in share}
         jobs.append((url, traffic, mix, mine, owned, seconds, 1 + p + 100 * concurrency))
-    before = pool_statistics(url)
+    before = [pool_statistics(node) for node in nodes]
     with py_spy(stub_pid(schema.POOL_MODEL) if spy else None, seconds, spy and spy / f"{mix}_{concurrency}.txt"):
         t0 = time.perf_counter()
         results = pool.map(_load_generator, jobs)
@@ -153,7 +159,7 @@ def closed_loop(pool: mp.pool.Pool, url: str, traffic: Traffic, mix: str, concur
     for _, owned in results:
         lengths.update(owned)
     row = {"mix": mix, "concurrency": concurrency, "requests": len(samples), "rps": len(samples) / window}
-    row.update(pool_stats_delta(before, pool_statistics(url), window))
+    row.update(pool_stats_delta(before, [pool_statistics(node) for node in nodes], window))
     row.update(_percentiles([ms for _, ms in samples]))
     for kind in sorted({k for k, _ in samples}):
         row[f"{kind}_requests"] = sum(1 for k, _ in samples if k == kind)
@@ -183,17 +189,21 @@ def _batch_ns(stats: dict, phase: str) -> int:
     return sum(_counter(b, phase, "ns") for b in stats.get("batch_stats", []))
 
 
-def pool_stats_delta(before: dict, after: dict, wall_s: float) -> dict[str, float]:
-    """hstu_pool's work between two `pool_statistics` snapshots `wall_s` apart.
+def pool_stats_delta(before: Sequence[dict], after: Sequence[dict], wall_s: float) -> dict[str, float]:
+    """hstu_pool's work between two `pool_statistics` snapshots of each node, `wall_s` apart.
 
     Execute times come from `batch_stats`, which count each execute once: the per-request
     `inference_stats` charge every request of a group the whole group's compute time.
-    `pool_busy` is the share of `wall_s` the one stub spent executing."""
-    executes = _counter(after, "execution_count") - _counter(before, "execution_count")
-    requests = _counter(after, "inference_count") - _counter(before, "inference_count")
-    queued = _counter(after, "inference_stats", "queue", "count") - _counter(before, "inference_stats", "queue", "count")
-    queue_ns = _counter(after, "inference_stats", "queue", "ns") - _counter(before, "inference_stats", "queue", "ns")
-    phase_ns = {p: _batch_ns(after, p) - _batch_ns(before, p) for p in ("compute_input", "compute_infer", "compute_output")}
+    `pool_busy` is the share of `wall_s` a node's one stub spent executing, averaged over nodes."""
+
+    def total(count: Callable[[dict], int]) -> int:
+        return sum(count(a) - count(b) for b, a in zip(before, after, strict=True))
+
+    executes = total(lambda s: _counter(s, "execution_count"))
+    requests = total(lambda s: _counter(s, "inference_count"))
+    queued = total(lambda s: _counter(s, "inference_stats", "queue", "count"))
+    queue_ns = total(lambda s: _counter(s, "inference_stats", "queue", "ns"))
+    phase_ns = {p: total(lambda s, p=p: _batch_ns(s, p)) for p in ("compute_input", "compute_infer", "compute_output")}
     per_execute = 1e6 * max(executes, 1)
     return {
         "pool_executes": executes,
@@ -201,7 +211,7 @@ def pool_stats_delta(before: dict, after: dict, wall_s: float) -> dict[str, floa
         "pool_execute_ms": sum(phase_ns.values()) / per_execute,
         **{f"pool_{p.removeprefix('compute_')}_ms": ns / per_execute for p, ns in phase_ns.items()},
         "pool_queue_ms": queue_ns / 1e6 / max(queued, 1),
-        "pool_busy": sum(phase_ns.values()) / 1e9 / wall_s,
+        "pool_busy": sum(phase_ns.values()) / 1e9 / wall_s / len(after),
     }
 
 
@@ -308,7 +318,8 @@ def in_process_ceiling(
 
 
 def add_traffic_options(parser: argparse.ArgumentParser) -> None:
-    """The node and the users every load bench of `hstu_ensemble` shares (bench-served, bench-loadgen)."""
+    """The nodes, the door in front of them and the users every load bench of `hstu_ensemble`
+    shares (bench-served, bench-loadgen)."""
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--seed", type=int, default=0)
@@ -319,6 +330,33 @@ def add_traffic_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pool-bytes", type=int, default=256 * 2**20)
     parser.add_argument("--page-bytes", type=int, default=1 << 20)
     parser.add_argument("--alpha", type=float, default=0.3)
+    parser.add_argument("--servers", type=int, default=1, help="tritonservers on the device; more than 1: behind helmrec route")
+    parser.add_argument("--policy", choices=POLICIES, default="kv_aware", help="the router's policy (--servers > 1)")
+    parser.add_argument("--router-workers", type=int, default=1, help="helmrec route --workers (--servers > 1)")
+    parser.add_argument("--data-plane", choices=DATA_PLANES, default="python", help="helmrec route --data-plane (--servers > 1)")
+
+
+def check_door_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Counts that must be positive, refused before any server starts."""
+    for name in ("servers", "router_workers"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+
+
+def warmup_shapes(args: argparse.Namespace) -> str:
+    """hstu_pool's `warmup_shapes` for the run: both history buckets its users reach, on a GPU."""
+    if args.device != "cuda":
+        return ""
+    return f"{args.history}x{args.candidates},{args.history + args.grow_room}x{args.candidates}"
+
+
+def traffic_for(args: argparse.Namespace, limits: Limits, miss_share: float = 0.0, hit_share: float = 0.0) -> Traffic:
+    """The users' traffic on a network with `limits`; refused when their histories would outgrow it."""
+    if args.history + args.grow_room > limits.max_seq_len:
+        raise SystemExit(
+            f"--history {args.history} + --grow-room {args.grow_room} exceed the preset's max history {limits.max_seq_len}"
+        )
+    return Traffic(args.history, args.candidates, limits.num_items, args.grow_room, miss_share, hit_share, args.seed)
 
 
 def stage(args: argparse.Namespace, folder: Path, miss_share: float = 0.0, hit_share: float = 0.0) -> tuple[Path, Traffic]:
@@ -327,41 +365,69 @@ def stage(args: argparse.Namespace, folder: Path, miss_share: float = 0.0, hit_s
     from helmrec.launcher.repository import stage_repository  # noqa: PLC0415
     from helmrec.serving.network import read_limits  # noqa: PLC0415
 
-    shapes = f"{args.history}x{args.candidates},{args.history + args.grow_room}x{args.candidates}"
     pool_parameters = {"pool_bytes": str(args.pool_bytes), "page_bytes": str(args.page_bytes), "alpha": str(args.alpha),
-                       "controller": "static", "warmup_shapes": shapes if args.device == "cuda" else ""}  # fmt: skip
+                       "controller": "static", "warmup_shapes": warmup_shapes(args)}  # fmt: skip
     repo = stage_repository(folder / "model_repository", args.preset, args.seed, pool_parameters=pool_parameters)
-    limits = read_limits(repo / "hstu" / "1" / "weights.pt")
-    if args.history + args.grow_room > limits.max_seq_len:
-        raise SystemExit(
-            f"--history {args.history} + --grow-room {args.grow_room} exceed the preset's max history {limits.max_seq_len}"
-        )
-    return repo, Traffic(args.history, args.candidates, limits.num_items, args.grow_room, miss_share, hit_share, args.seed)
+    return repo, traffic_for(args, read_limits(repo / "hstu" / "1" / "weights.pt"), miss_share, hit_share)
+
+
+@dataclass(frozen=True)
+class Door:
+    """Where the load goes (`url`), the nodes whose hstu_pool statistics a row reads, and the repository they serve."""
+
+    url: str
+    nodes: tuple[str, ...]
+    repo: Path
+
+
+@contextmanager
+def served_door(args: argparse.Namespace, folder: Path) -> Iterator[Door]:
+    """One tritonserver (`--servers 1`), or `--servers` of them on the same device behind
+    `helmrec route` (`--policy`, `--router-workers`, `--data-plane`): each with the whole
+    `--pool-bytes` of its own. Always stopped."""
+    from helmrec.launcher import TritonServer  # noqa: PLC0415
+
+    if args.servers == 1:
+        repo, _ = stage(args, folder)
+        with TritonServer(model_repository=repo, device=args.device, startup_timeout_s=600) as server:
+            yield Door(server.grpc_url, (server.grpc_url,), repo)
+        return
+    from helmrec.load.bench.cluster import Cluster, ClusterConfig  # noqa: PLC0415
+
+    config = ClusterConfig(
+        nodes=args.servers, policy=args.policy, alpha=str(args.alpha), pool_bytes=args.pool_bytes, page_bytes=args.page_bytes,
+        device=args.device, preset=args.preset, seed=args.seed, startup_timeout_s=600.0, warmup_shapes=warmup_shapes(args),
+        router_workers=args.router_workers, data_plane=args.data_plane,
+    )  # fmt: skip
+    with Cluster(config, folder) as cluster:
+        yield Door(cluster.router_grpc_url, tuple(s.grpc_url for s in cluster.servers), folder / "model_repository")
 
 
 def run(args: argparse.Namespace) -> dict:
-    from helmrec.launcher import TritonServer  # noqa: PLC0415
+    from helmrec.serving.network import read_limits  # noqa: PLC0415
 
     spy = args.py_spy if args.py_spy and shutil.which("py-spy") else None
     if args.py_spy and spy is None:
         print("--py-spy: no py-spy on PATH, rows run without it", flush=True)
     report: dict = {"device": args.device, "preset": args.preset, "history": args.history, "candidates": args.candidates,
-                    "users": args.users, "processes": args.processes, "seconds": args.seconds,
+                    "users": args.users, "processes": args.processes, "seconds": args.seconds, "servers": args.servers,
+                    "router": None if args.servers == 1 else {"policy": args.policy, "workers": args.router_workers,
+                                                              "data_plane": args.data_plane},
                     "served": [], "ceiling": []}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
-        repo, traffic = stage(args, Path(tmp), args.miss_share, args.hit_share)
         t0 = time.perf_counter()
-        with TritonServer(model_repository=repo, device=args.device, startup_timeout_s=600) as server, \
-                mp.get_context("spawn").Pool(args.processes) as pool:  # fmt: skip
+        with served_door(args, Path(tmp)) as door, mp.get_context("spawn").Pool(args.processes) as pool:
             report["server_start_s"] = time.perf_counter() - t0
+            repo = door.repo
+            traffic = traffic_for(args, read_limits(repo / "hstu" / "1" / "weights.pt"), args.miss_share, args.hit_share)
             lengths = dict.fromkeys(range(args.users), args.history)
-            first_contact(server.grpc_url, traffic, args.users)  # every user's prefill, outside the measurement
+            first_contact(door.url, traffic, args.users)  # every user's prefill, outside the measurement
             for mix in args.mix:
                 for c in args.concurrency:
-                    row = closed_loop(pool, server.grpc_url, traffic, mix, c, args.processes, lengths, args.seconds, spy)
+                    row = closed_loop(pool, door.url, traffic, mix, c, args.processes, lengths, args.seconds, spy, door.nodes)
                     report["served"].append(row)
                     print(json.dumps(row), flush=True)
-        for mix in args.mix:
+        for mix in args.mix:  # once the servers have stopped and given the device back; the repository stays until then
             profile = args.profile.with_name(f"{args.profile.stem}_{mix}.txt") if args.profile else None
             row = in_process_ceiling(repo, args.device, traffic, mix, args.group, args.users, args.seconds, profile, spy)
             report["ceiling"].append(row)
@@ -388,6 +454,10 @@ def print_table(report: dict) -> None:
     ceiling = {r["mix"]: r for r in report["ceiling"]}
     print(f"\nserved hstu_ensemble, {report['preset']} on {report['device']}, history {report['history']}, "
           f"{report['candidates']} candidates, {report['users']} users, {report['processes']} load processes")  # fmt: skip
+    if report["router"]:
+        router = report["router"]
+        print(f"{report['servers']} tritonservers behind helmrec route ({router['policy']}, {router['workers']} worker(s), "
+              f"{router['data_plane']} data plane)")  # fmt: skip
     print(f"{'mix':<7}{'clients':>8}{'req/s':>10}{'P50 ms':>9}{'P99 ms':>9}{'ceiling req/s':>15}{'share':>8}"
           f"{'group':>7}{'exec ms':>9}{'busy':>6}{'queue ms':>10}")  # fmt: skip
     for row in report["served"]:
@@ -412,6 +482,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--py-spy", type=Path, help="py-spy's collapsed stacks of the stub per row and of each ceiling, here")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    check_door_options(parser, args)
     report = run(args)
     print_table(report)
     if args.json:

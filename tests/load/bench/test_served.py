@@ -1,6 +1,6 @@
 """`helmrec bench-served`'s reading of hstu_pool's Triton statistics over a row.
 
-Two snapshots in the JSON form tritonclient returns (uint64s as strings, zero counters
+Snapshots in the JSON form tritonclient returns (uint64s as strings, zero counters
 left out), 1 s apart: 3 executes of 4, 2 and 2 requests (8 requests).
 """
 
@@ -32,7 +32,7 @@ def test_delta_over_a_row() -> None:
     before = snapshot(10, 20, 40_000_000, {2: (10, 1_000_000, 50_000_000, 2_000_000)})
     # + one execute of 4 (0.5 + 20 + 1.5 ms) and two of 2 (0.25 + 10 + 0.75 ms each); 8 requests queued 24 ms in all
     after = snapshot(13, 28, 64_000_000, {2: (12, 1_500_000, 70_000_000, 3_500_000), 4: (1, 500_000, 20_000_000, 1_500_000)})
-    delta = pool_stats_delta(before, after, wall_s=1.0)
+    delta = pool_stats_delta([before], [after], wall_s=1.0)
     assert delta["pool_executes"] == 3
     assert delta["pool_group"] == pytest.approx(8 / 3)
     assert delta["pool_input_ms"] == pytest.approx(1.0 / 3)
@@ -46,13 +46,30 @@ def test_delta_over_a_row() -> None:
 def test_a_row_from_a_fresh_server() -> None:
     """Before the first execute Triton leaves every counter out: the delta is the row itself."""
     after = snapshot(2, 2, 1_000_000, {1: (2, 0, 6_000_000, 0)})
-    delta = pool_stats_delta(snapshot(0, 0, 0, {}), after, wall_s=0.5)
+    delta = pool_stats_delta([snapshot(0, 0, 0, {})], [after], wall_s=0.5)
     assert (delta["pool_group"], delta["pool_execute_ms"], delta["pool_queue_ms"]) == (1.0, 3.0, 0.5)
     assert delta["pool_busy"] == pytest.approx(0.012)
 
 
 def test_an_idle_row() -> None:
     stats = snapshot(5, 5, 1_000, {1: (5, 0, 10, 0)})
-    delta = pool_stats_delta(stats, stats, wall_s=2.0)
+    delta = pool_stats_delta([stats], [stats], wall_s=2.0)
     assert delta["pool_executes"] == 0
     assert delta["pool_busy"] == delta["pool_execute_ms"] == delta["pool_queue_ms"] == 0.0
+
+
+def test_nodes_behind_a_router_add_up() -> None:
+    """Two nodes: counts and execute time add up, the busy share is each stub's on average."""
+    idle = snapshot(0, 0, 0, {})
+    one = snapshot(2, 2, 1_000_000, {1: (2, 0, 6_000_000, 0)})
+    two = snapshot(1, 4, 4_000_000, {4: (1, 0, 10_000_000, 0)})
+    delta = pool_stats_delta([idle, idle], [one, two], wall_s=0.5)
+    assert (delta["pool_executes"], delta["pool_group"]) == (3, 2.0)
+    assert delta["pool_execute_ms"] == pytest.approx(16.0 / 3)
+    assert delta["pool_queue_ms"] == pytest.approx(5.0 / 6)
+    assert delta["pool_busy"] == pytest.approx((0.012 + 0.020) / 2)
+
+
+def test_snapshots_of_different_nodes_are_refused() -> None:
+    with pytest.raises(ValueError):
+        pool_stats_delta([snapshot(0, 0, 0, {})], [snapshot(0, 0, 0, {}), snapshot(0, 0, 0, {})], wall_s=1.0)

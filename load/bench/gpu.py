@@ -420,11 +420,10 @@ def throughput(
 
 
 def batched_throughput(fused: FusedHSTU, users: list, concurrency: list[int], seconds: float, device: torch.device) -> list[dict]:
-    """One caller ranks k users' KV hits together, three ways: `graphed batched` copies each K/V
+    """One caller ranks k users' KV hits together, two ways: `graphed batched` copies each K/V
     into a padded graph buffer first (`GraphedRank`); `paged batched` keeps each user's K/V in
     pages of a pool laid out as `Pool` lays it out (1 MiB pages, shuffled) and reads it in place
-    (`PagedRank`, what hstu_pool runs); `gathered batched` gathers those pages into a padded
-    tensor per layer inside the graph (`PagedRank(gather=True)`)."""
+    (`PagedRank`, what hstu_pool runs)."""
     model = fused.model
     kvs = [kv for kv, *_ in users]
     tpp = (1 << 20) // (kvs[0].shape[0] * kvs[0].shape[2] * kvs[0].element_size())
@@ -438,14 +437,13 @@ def batched_throughput(fused: FusedHSTU, users: list, concurrency: list[int], se
             rows = kv[:, i * tpp : (i + 1) * tpp]
             pool[page, :, : rows.shape[1]] = rows
         tables.append(pages)
-    graphed, paged, gathered, rows = GraphedRank(fused), PagedRank(fused, pool), PagedRank(fused, pool, gather=True), []
+    graphed, paged, rows = GraphedRank(fused), PagedRank(fused, pool), []
     with torch.inference_mode():
         for k in concurrency:
             mine = [(t, kv, c, gap) for t, (kv, _, c, _, gap) in zip(tables, users[:k])]
             ways = {
                 "graphed batched": lambda: graphed.rank_many([RankInput(kv, model.item_emb(c), g) for _, kv, c, g in mine]),
                 "paged batched": lambda: paged.rank_many([PagedInput(t, kv.shape[1], model.item_emb(c), g) for t, kv, c, g in mine]),  # noqa: E501
-                "gathered batched": lambda: gathered.rank_many([PagedInput(t, kv.shape[1], model.item_emb(c), g) for t, kv, c, g in mine]),  # noqa: E501
             }
             for path, batch in ways.items():
                 rounds = max(5, int(seconds / max(1e-3, statistics.median(wall_ms(batch, device, 5, warmup=2)) / 1e3)))

@@ -161,26 +161,6 @@ class FusedHSTU:
 
         return self._rank_layers(length, gap, cand_emb, step)
 
-    def rank_gathered_core(
-        self, kv_pages: torch.Tensor, block_table: torch.Tensor, length: torch.Tensor, gap: torch.Tensor, cand_emb: torch.Tensor
-    ) -> torch.Tensor:
-        """`rank_paged_core` that first gathers each layer's history rows out of the pages into one
-        padded [B, nb * tpp, W] tensor (rows past a request's length zeroed) and runs the contiguous
-        kernel on it. The alternative to reading pages inside the attention loop, which measured
-        11-35% slower than a contiguous read (docs/gpu.md (g)): one gather per layer, bounded by the
-        bucket, inside the same graph. Nothing here reads a value on the host."""
-        tpp = kv_pages.shape[2]
-        tokens = torch.arange(block_table.shape[1] * tpp, device=block_table.device)
-        pages = block_table.long()[:, tokens // tpp]  # [B, n]: the page of each history row
-        slots = (tokens % tpp).expand_as(pages)
-        padding = (tokens.unsqueeze(0) >= length.unsqueeze(1)).unsqueeze(-1)  # [B, n, 1]
-
-        def step(i: int, layer: HSTULayer, x: torch.Tensor) -> torch.Tensor:
-            kv = kv_pages[pages, i, slots].masked_fill_(padding, 0)  # a zero key adds SiLU(0) = 0
-            return layer_rank(layer, x, *self._unpack(kv))
-
-        return self._rank_layers(length, gap, cand_emb, step)
-
     def _rank_layers(self, length: torch.Tensor, gap: torch.Tensor, cand_emb: torch.Tensor, step) -> torch.Tensor:
         """The candidate tower: input features, `step(i, layer, x)` through each layer, the head."""
         model = self.model

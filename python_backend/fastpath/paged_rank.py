@@ -63,13 +63,8 @@ class PagedRank:
         buckets: RankBuckets = RankBuckets(),
         capture_lock: contextlib.AbstractContextManager | None = None,
         max_batch: int = 32,
-        gather: bool = False,
     ) -> None:
-        """`kv_pages` is the pool's KV view [P, L, tokens_per_page, W] (see `Pool`). `gather`: each
-        replay gathers the histories out of the pages into a padded tensor per layer and runs the
-        contiguous kernel (`FusedHSTU.rank_gathered_core`) instead of reading the pages inside the
-        attention loop; memory per graph grows by [batch, history bucket, W] (`bench-gpu
-        --batched-only` times both)."""
+        """`kv_pages` is the pool's KV view [P, L, tokens_per_page, W] (see `Pool`)."""
         require_cuda(fused, "PagedRank")
         if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
             raise ValueError(f"PagedRank max_batch must be an int >= 1, got {max_batch!r}")
@@ -79,7 +74,6 @@ class PagedRank:
         self.buckets = buckets
         self.max_batch = 1 << (max_batch - 1).bit_length()  # batches round up to a power of two
         self._capture_lock = capture_lock
-        self._core = fused.rank_gathered_core if gather else fused.rank_paged_core
         self._buffers: dict[tuple[int, int], _Buffers] = {}
         self._graphs: dict[tuple[int, int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
 
@@ -109,7 +103,7 @@ class PagedRank:
         if graph is None:
             table, length_gap, cand_emb = buffers.block_table[:batch], buffers.length_gap[:, :batch], buffers.cand_emb[:batch]
             graph = self._graphs[(batch, blocks, c)] = capture(
-                lambda: self._core(self.kv_pages, table, length_gap[0], length_gap[1], cand_emb),
+                lambda: self.fused.rank_paged_core(self.kv_pages, table, length_gap[0], length_gap[1], cand_emb),
                 self.kv_pages.device,
                 self._capture_lock,
             )

@@ -118,8 +118,7 @@ def test_paged_inputs_are_checked_by_name() -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
-@pytest.mark.parametrize("gather", [False, True])
-def test_paged_rank_graphs_equal_the_fused_rank_across_lengths_and_batches(gather: bool) -> None:
+def test_paged_rank_graphs_equal_the_fused_rank_across_lengths_and_batches() -> None:
     """Histories stored in a pool's pages (shuffled pages, NaN in every unused row), ranked by
     `PagedRank` alone and in batches, longer then shorter in one bucket: the scores equal
     `FusedHSTU.rank` on each history's dense K/V, and stale block-table rows never leak."""
@@ -138,7 +137,7 @@ def test_paged_rank_graphs_equal_the_fused_rank_across_lengths_and_batches(gathe
     tpp, num_pages = 10, 200
     pool = torch.full((num_pages, cfg.num_layers, tpp, model.kv_width), float("nan"), device="cuda")
     free = torch.randperm(num_pages, generator=torch.Generator().manual_seed(1)).tolist()
-    graphed = PagedRank(fused, pool, RankBuckets(history_step=64, candidate_step=32), gather=gather)
+    graphed = PagedRank(fused, pool, RankBuckets(history_step=64, candidate_step=32))
     gen = torch.Generator().manual_seed(2)
     query = 1_800_000_000
     made = []
@@ -159,11 +158,10 @@ def test_paged_rank_graphs_equal_the_fused_rank_across_lengths_and_batches(gathe
             torch.testing.assert_close(got, want.cpu(), atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("core", ["rank_paged_core", "rank_gathered_core"])
-def test_ranking_from_pages_equals_ranking_the_dense_history(core: str) -> None:
-    """Both ways of ranking a batch from the pool's pages (reading them inside the attention loop,
-    or gathering them into a padded tensor first) score as `FusedHSTU.rank` on each request's own
-    dense K/V; unused page rows hold NaN, so a row read past a request's length would show."""
+def test_ranking_from_pages_equals_ranking_the_dense_history() -> None:
+    """A batch ranked from the pool's pages (read inside the attention loop) scores as
+    `FusedHSTU.rank` on each request's own dense K/V; unused page rows hold NaN, so a row read
+    past a request's length would show."""
     import dataclasses
 
     from helmrec.fastpath.fused_model import FusedHSTU
@@ -194,7 +192,7 @@ def test_ranking_from_pages_equals_ranking_the_dense_history(core: str) -> None:
             tables.append(pages + [0] * (128 // tpp - len(pages)))
             cands.append(cand)
             gaps.append(query - int(ts[-1]) if n else 0)
-        got = getattr(fused, core)(
+        got = fused.rank_paged_core(
             pool,
             torch.tensor(tables, dtype=torch.int32, device=DEVICE),
             torch.tensor(lengths, device=DEVICE),

@@ -9,12 +9,14 @@ copied once into a cache folder with the right stub beside it.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.util
 import os
 import shutil
 import sys
 import sysconfig
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,16 +84,29 @@ def _prepare_backends(dist_root: Path) -> Path:
         )
     key = f"{hashlib.sha1(str(dist_root).encode()).hexdigest()[:10]}-py{_python_version()}"
     target = _cache_root() / "backends" / key
-    python_dir = target / "python"
-    marker = python_dir / "triton_python_backend_stub"
-    if marker.is_file() and marker.stat().st_size == stub.stat().st_size:
+    marker = target / "python" / "triton_python_backend_stub"
+
+    def ready() -> bool:
+        return marker.is_file() and marker.stat().st_size == stub.stat().st_size
+
+    if ready():
         return target
-    staging = target.with_name(target.name + f".tmp{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(dist_root / "backends", staging)
-    shutil.copy2(stub, staging / "python" / "triton_python_backend_stub")
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(staging, target)  # atomic: a concurrent launcher sees old or new, never half
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Servers started at once (threads of one benchmark, or several processes) all find the
+    # cache empty: one copies while the others wait, then find it ready. flock holds per open
+    # file, so it serialises threads of one process as well as processes.
+    with open(target.with_name(key + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if ready():
+            return target
+        staging = Path(tempfile.mkdtemp(prefix=key + ".tmp", dir=target.parent))
+        try:
+            shutil.copytree(dist_root / "backends", staging, dirs_exist_ok=True)
+            shutil.copy2(stub, staging / "python" / "triton_python_backend_stub")
+            shutil.rmtree(target, ignore_errors=True)  # a copy for another stub size: no server can be using it
+            os.replace(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

@@ -327,6 +327,13 @@ def test_killing_a_backend_then_a_worker_under_load_answers_or_refuses_every_req
 
 
 # -- the native data plane: one `helmrec route --data-plane native` process and its hop -----------
+@pytest.fixture(scope="module")
+def fresh_servers(tiny_repository: Path) -> Iterator[list[TritonServer]]:
+    """Two servers of their own: a test above kills one of `servers`."""
+    with cpu_servers(tiny_repository, 2) as started:
+        yield started
+
+
 def _native_router(servers: list[TritonServer]) -> tuple[subprocess.Popen[str], int, int, int]:
     """(the router process, its gRPC, HTTP and metrics ports), once it announced it is ready."""
     grpc_port, http_port, metrics_port = free_port(), free_port(), free_port()
@@ -339,9 +346,23 @@ def _native_router(servers: list[TritonServer]) -> tuple[subprocess.Popen[str], 
         text=True,
     )
     assert proc.stdout is not None
-    banner = proc.stdout.readline()
-    assert "native data plane, 2/2 backends healthy" in banner, banner + proc.stdout.read()
-    return proc, grpc_port, http_port, metrics_port
+    lines = [proc.stdout.readline()]
+    while lines[-1] and "ready (pid" not in lines[-1]:  # log lines (a backend not yet ready) may come first
+        lines.append(proc.stdout.readline())
+    if "native data plane" not in lines[-1]:
+        proc.kill()  # so that reading the rest of its output ends
+        raise AssertionError("".join(lines) + proc.stdout.read())
+    # The banner counts the backends healthy at start; a probe may not have answered yet.
+    deadline = time.monotonic() + 30
+    while True:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        if len(re.findall(r"^helmrec_router_backend_healthy\{.*\} 1\.0$", text, re.M)) == len(servers):
+            return proc, grpc_port, http_port, metrics_port
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"not every backend healthy after 30 s:\n{text}")
+        time.sleep(0.1)
 
 
 def _hop_pid(router_pid: int) -> int:
@@ -352,8 +373,9 @@ def _hop_pid(router_pid: int) -> int:
 
 
 @needs_hop
-def test_native_hop_sends_each_user_to_the_same_home_as_the_python_router(servers: list[TritonServer]) -> None:
+def test_native_hop_sends_each_user_to_the_same_home_as_the_python_router(fresh_servers: list[TritonServer]) -> None:
     """gRPC through the hop and HTTP through the Python router: one home per user, rendezvous's."""
+    servers = fresh_servers
     proc, grpc_port, http_port, metrics_port = _native_router(servers)
     backends = [f"127.0.0.1:{s.grpc_port}" for s in servers]
     try:
@@ -386,9 +408,9 @@ def test_native_hop_sends_each_user_to_the_same_home_as_the_python_router(server
 
 
 @needs_hop
-def test_native_hop_and_router_stop_together(servers: list[TritonServer]) -> None:
+def test_native_hop_and_router_stop_together(fresh_servers: list[TritonServer]) -> None:
     """A dead hop stops the router (exit 1, named); a SIGKILLed router leaves no hop behind."""
-    proc, *_ = _native_router(servers)
+    proc, *_ = _native_router(fresh_servers)
     try:
         hop = _hop_pid(proc.pid)
         os.kill(hop, signal.SIGKILL)
@@ -399,7 +421,7 @@ def test_native_hop_and_router_stop_together(servers: list[TritonServer]) -> Non
         if proc.poll() is None:
             proc.kill()
             proc.wait(30)
-    proc, grpc_port, *_ = _native_router(servers)
+    proc, grpc_port, *_ = _native_router(fresh_servers)
     hop = _hop_pid(proc.pid)
     proc.kill()  # no cleanup runs: the hop sees its stdin close
     proc.wait(30)

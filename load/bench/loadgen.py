@@ -23,6 +23,7 @@ import re
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,12 +33,18 @@ from helmrec.load.bench.served import (
     add_traffic_options,
     check_door_options,
     first_contact,
+    in_process_ceiling,
+    pool_statistics,
+    pool_stats_delta,
     served_door,
     traffic_for,
     user_arrays,
 )
 
 SUMMARY = "mlperf_log_summary.txt"
+# Distinct error messages a run keeps (with their counts): enough to say what failed, bounded
+# however many queries fail.
+ERROR_KINDS = 8
 
 
 class TritonSUT:
@@ -56,9 +63,18 @@ class TritonSUT:
         self._next_user = 0
         self._lock = threading.Lock()
         self.errors = 0
+        self.error_kinds: Counter[str] = Counter()
+
+    def _failed(self, error: Exception) -> None:
+        """Count a failed query and keep its message (the first `ERROR_KINDS` distinct ones)."""
+        message = str(error)[:300]
+        with self._lock:
+            self.errors += 1
+            if message in self.error_kinds or len(self.error_kinds) < ERROR_KINDS:
+                self.error_kinds[message] += 1
 
     def _request(self) -> list:
-        with self._lock:  # one user's requests leave in order; a user is not asked again until answered
+        with self._lock:  # users in turn; a user's requests leave in order, each one event longer (grow)
             user = self._next_user
             self._next_user = (user + 1) % self._users
             if self._mix == "grow" and self._lengths[user] < self._traffic.history + self._traffic.grow_room:
@@ -73,7 +89,7 @@ class TritonSUT:
 
             def done(result, error, sample_id=sample.id) -> None:  # noqa: ANN001 - tritonclient's callback
                 if error is not None:
-                    self.errors += 1
+                    self._failed(error)
                 lg.QuerySamplesComplete([lg.QuerySampleResponse(sample_id, 0, 0)])
 
             self._client.async_infer(schema.ENSEMBLE_MODEL, self._request(), done)
@@ -83,9 +99,12 @@ class TritonSUT:
 
 
 def run_target(
-    url: str, traffic: Traffic, mix: str, users: int, qps: float, latency_ms: float, seconds: float, out: Path
-) -> dict:
-    """One LoadGen Server run at `qps`; LoadGen's verdict and figures from its summary."""
+    url: str, traffic: Traffic, mix: str, users: int, qps: float, latency_ms: float, seconds: float, out: Path,
+    nodes: Sequence[str] = (),
+) -> dict:  # fmt: skip
+    """One LoadGen Server run at `qps`; LoadGen's verdict and figures from its summary, the
+    failed queries' messages, and what hstu_pool did on `nodes` meanwhile (groups, execute and
+    queue times, each node's share of the requests: where a tail comes from)."""
     import mlperf_loadgen as lg  # noqa: PLC0415
 
     settings = lg.TestSettings()
@@ -103,13 +122,19 @@ def run_target(
     sut_impl = TritonSUT(url, traffic, mix, users)
     sut = lg.ConstructSUT(sut_impl.issue_queries, sut_impl.flush_queries)
     qsl = lg.ConstructQSL(users, users, lambda _: None, lambda _: None)
+    before = [pool_statistics(node) for node in nodes]
+    t0 = time.perf_counter()
     try:
         lg.StartTestWithLogSettings(sut, qsl, settings, log)
     finally:
         lg.DestroyQSL(qsl)
         lg.DestroySUT(sut)
+    wall_s = time.perf_counter() - t0
     summary = parse_summary((out / SUMMARY).read_text())
-    return {"target_qps": qps, "errors": sut_impl.errors, **summary}
+    row = {"target_qps": qps, "errors": sut_impl.errors, "error_kinds": dict(sut_impl.error_kinds), **summary}
+    if nodes:
+        row.update(pool_stats_delta(before, [pool_statistics(node) for node in nodes], wall_s))
+    return row
 
 
 def parse_summary(text: str) -> dict:
@@ -145,18 +170,26 @@ def run(args: argparse.Namespace) -> dict:
                     "mix": args.mix, "latency_bound_ms": args.latency_ms, "seconds": args.seconds, "servers": args.servers,
                     "runs": []}  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp, served_door(args, Path(tmp)) as door:
-        traffic = traffic_for(args, read_limits(door.repo / "hstu" / "1" / "weights.pt"))
-        first_contact(door.url, traffic, args.users)
-        for qps in args.qps:
-            t0 = time.perf_counter()
-            out = args.out / f"qps_{qps:g}"
-            row = run_target(door.url, traffic, args.mix, args.users, qps, args.latency_ms, args.seconds, out)
-            row["wall_s"] = time.perf_counter() - t0
-            report["runs"].append(row)
-            print(json.dumps(row), flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        with served_door(args, Path(tmp)) as door:
+            traffic = traffic_for(args, read_limits(door.repo / "hstu" / "1" / "weights.pt"))
+            first_contact(door.url, traffic, args.users)
+            for k, qps in enumerate(args.qps):
+                t0 = time.perf_counter()
+                out = args.out / f"{k:02d}_qps_{qps:g}"  # a target may repeat (e.g. first minute vs later)
+                row = run_target(door.url, traffic, args.mix, args.users, qps, args.latency_ms, args.seconds, out, door.nodes)
+                row["wall_s"] = time.perf_counter() - t0
+                report["runs"].append(row)
+                print(json.dumps(row), flush=True)
+        if args.ceiling_seconds > 0:  # once the servers have given the device back; the repository stays until then
+            report["ceiling"] = in_process_ceiling(
+                door.repo, args.device, traffic, args.mix, args.group, args.users, args.ceiling_seconds
+            )
+            print(json.dumps(report["ceiling"]), flush=True)
     valid = [r["target_qps"] for r in report["runs"] if r["result"] == "VALID"]
     report["max_valid_qps"] = max(valid) if valid else None
+    if valid and "ceiling" in report:
+        report["max_valid_share_of_ceiling"] = report["max_valid_qps"] / report["ceiling"]["rps"]
     return report
 
 
@@ -167,6 +200,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--qps", type=float, nargs="+", default=[20.0, 40.0])
     parser.add_argument("--latency-ms", type=float, default=80.0, help="the P99 bound LoadGen judges (MLPerf DLRMv3 Server: 80)")
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--group", type=int, default=32, help="requests per rank_many group of the in-process ceiling")
+    parser.add_argument("--ceiling-seconds", type=float, default=5.0,
+                        help="timed loop of the in-process ceiling after the servers stop; 0 skips it")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("out/loadgen"))
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
@@ -176,7 +212,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"target {r['target_qps']:>8.0f} QPS: {r['result']:<8} achieved {r['achieved_qps'] or 0:>8.1f}  "
               f"P50 {r['p50_ms'] or 0:>7.2f} ms  P99 {r['p99_ms'] or 0:>7.2f} ms  errors {r['errors']}  "
               f"unmet: {', '.join(r['unmet']) or '-'}")  # fmt: skip
+        for message, count in r["error_kinds"].items():
+            print(f"    {count} x {message}")
     print(f"largest VALID Server QPS at P99 <= {args.latency_ms:g} ms: {report['max_valid_qps']}")
+    if "ceiling" in report:
+        share = report.get("max_valid_share_of_ceiling")
+        print(f"in-process ceiling ({args.mix}, groups of {args.group}): {report['ceiling']['rps']:.0f} req/s"
+              + (f"; largest VALID / ceiling: {share:.2f}" if share is not None else ""))  # fmt: skip
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))

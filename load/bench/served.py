@@ -194,7 +194,8 @@ def pool_stats_delta(before: Sequence[dict], after: Sequence[dict], wall_s: floa
 
     Execute times come from `batch_stats`, which count each execute once: the per-request
     `inference_stats` charge every request of a group the whole group's compute time.
-    `pool_busy` is the share of `wall_s` a node's one stub spent executing, averaged over nodes."""
+    `pool_busy` is the share of `wall_s` a node's one stub spent executing, averaged over nodes;
+    `pool_node_shares` is each node's share of the requests (how evenly the router spread them)."""
 
     def total(count: Callable[[dict], int]) -> int:
         return sum(count(a) - count(b) for b, a in zip(before, after, strict=True))
@@ -212,6 +213,10 @@ def pool_stats_delta(before: Sequence[dict], after: Sequence[dict], wall_s: floa
         **{f"pool_{p.removeprefix('compute_')}_ms": ns / per_execute for p, ns in phase_ns.items()},
         "pool_queue_ms": queue_ns / 1e6 / max(queued, 1),
         "pool_busy": sum(phase_ns.values()) / 1e9 / wall_s / len(after),
+        "pool_node_shares": [
+            (_counter(a, "inference_count") - _counter(b, "inference_count")) / max(requests, 1)
+            for b, a in zip(before, after, strict=True)
+        ],
     }
 
 

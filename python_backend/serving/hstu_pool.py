@@ -95,9 +95,13 @@ class TritonPythonModel:
         shapes = parse_shapes(model.parameter("warmup_shapes"))
         seconds = self.ranker.warm(shapes)
         if shapes:
+            # Reserved = the pool + weights + every captured graph's private memory + the allocator's cache:
+            # what one more server on this GPU has to fit beside.
+            reserved = torch.cuda.memory_reserved(device) if device.type == "cuda" else 0
             pb_utils.Logger.log_info(
                 f"hstu_pool: captured the graphs of {len(shapes)} warm-up shape(s) in {seconds:.1f} s; "
-                f"graph buffers hold {self.ranker.graph_buffer_bytes / 2**20:.0f} MiB"
+                f"graph buffers hold {self.ranker.graph_buffer_bytes / 2**20:.0f} MiB; "
+                f"device memory reserved {reserved / 2**30:.1f} GiB"
             )
         self.service_times = ServiceTimes()
         metrics = PoolMetrics(pb_utils.MetricFamily)

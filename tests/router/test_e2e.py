@@ -388,7 +388,8 @@ def test_backend_killed_mid_load_loses_no_request_and_returns_when_healthy(backe
                     else:
                         scores = http.infer(MODEL, infer_inputs(httpclient, arrays))  # type: ignore[union-attr]
                 except Exception as exc:  # recorded, so one failure does not hide the others
-                    lost.append(f"worker {w} request {i}: {exc!r}")
+                    # str(): tritonclient's InferenceServerException keeps its message out of repr()
+                    lost.append(f"worker {w} request {i}: {type(exc).__name__}: {exc}")
                     continue
                 if scores.as_numpy("SCORES").shape == (16, 2):
                     done += 1

@@ -132,6 +132,18 @@ def successes(server: TritonServer) -> int:
     return sum(int(m.inference_stats.success.count) for m in stats.model_stats)
 
 
+def gained(servers: list[TritonServer], before: list[int], total: int) -> list[int]:
+    """What each server's success count gained since `before`, once `total` answered requests
+    show in them: Triton counts a request when it releases it, which may come just after the
+    client has its answer (seen on a busy 2-core machine). Gives up after 5 s and returns what it has."""
+    deadline = time.monotonic() + 5.0
+    while True:
+        now = [successes(s) - b for s, b in zip(servers, before)]
+        if sum(now) >= total or time.monotonic() > deadline:
+            return now
+        time.sleep(0.05)
+
+
 def test_workers_share_the_port_and_send_each_user_to_its_home(servers: list[TritonServer]) -> None:
     router = Router(servers)
     try:
@@ -146,9 +158,9 @@ def test_workers_share_the_port_and_send_each_user_to_its_home(servers: list[Tri
                 answer = http.infer(MODEL, infer_inputs(httpclient, user_request(user, length + 1)))
                 assert answer.as_numpy("SCORES").shape == (16, 2)
                 http.close()
-            gained = [successes(s) - b for s, b in zip(servers, before)]
+            got = gained(servers, before, 6)
             home = home_order(user, router.backends)[0]
-            assert gained[home] == 6 and gained[1 - home] == 0, (user, gained)
+            assert got[home] == 6 and got[1 - home] == 0, (user, got)
         # Statistics through the router are the cluster's: each backend's, summed (whichever worker answers).
         through = grpcclient.InferenceServerClient(f"127.0.0.1:{router.grpc_port}").get_inference_statistics(MODEL)
         assert int(through.model_stats[0].inference_stats.success.count) == sum(successes(s) for s in servers) >= 72
@@ -211,7 +223,7 @@ def test_the_backend_file_adds_and_removes_backends_without_a_restart(servers: l
             client = grpcclient.InferenceServerClient(f"127.0.0.1:{router.grpc_port}", channel_args=FRESH_CONNECTION)
             client.infer(MODEL, infer_inputs(grpcclient, user_request(user, 5)))
             client.close()
-        return [successes(s) - b for s, b in zip(servers, before)]
+        return gained(servers, before, len(users))
 
     try:
         assert send(range(8)) == [8, 0]  # only backend 0 is listed
@@ -390,9 +402,9 @@ def test_native_hop_sends_each_user_to_the_same_home_as_the_python_router(fresh_
                 answer = http.infer(MODEL, infer_inputs(httpclient, user_request(user, length + 1)))
                 assert answer.as_numpy("SCORES").shape == (16, 2)
                 http.close()
-            gained = [successes(s) - b for s, b in zip(servers, before)]
+            got = gained(servers, before, 6)
             home = home_order(user, backends)[0]
-            assert gained[home] == 6 and gained[1 - home] == 0, (user, gained)
+            assert got[home] == 6 and got[1 - home] == 0, (user, got)
         time.sleep(1.2)  # the hop reports its counters every 0.5 s
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as resp:
             text = resp.read().decode()

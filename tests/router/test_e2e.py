@@ -354,8 +354,30 @@ def test_helmrec_route_cli_serves_stock_clients(backends, data_plane: str) -> No
 
 
 # -- a backend dies mid-load (runs last: it restarts one backend) --------------------------
+def revive(backends: list[TritonServer], slot: int) -> None:
+    """Backend `slot` stopped and started again on the same ports (a restart, as an operator's)."""
+    victim = backends[slot]
+    victim.stop()
+    backends[slot] = TritonServer(
+        model_repository=victim.model_repository,
+        device="cpu",
+        http_port=victim.http_port,
+        grpc_port=victim.grpc_port,
+        metrics_port=victim.metrics_port,
+    ).start()
+
+
 @pytest.mark.parametrize("data_plane", DATA_PLANES)
 def test_backend_killed_mid_load_loses_no_request_and_returns_when_healthy(backends, data_plane: str) -> None:
+    victim = backends[2]
+    try:
+        _kill_mid_load_and_revive(backends, data_plane)
+    finally:  # whatever failed, the next data plane's run starts from a live backend
+        if backends[2] is victim and victim.pid is not None:
+            revive(backends, 2)
+
+
+def _kill_mid_load_and_revive(backends: list[TritonServer], data_plane: str) -> None:
     with router(backends, "round_robin", data_plane=data_plane) as r:
         client = grpcclient.InferenceServerClient(r.server.grpc_url)
         victim = backends[2]
@@ -412,15 +434,7 @@ def test_backend_killed_mid_load_loses_no_request_and_returns_when_healthy(backe
         print(f"\nkilled backend 2 mid-load: 120/120 answered, {stats.retries} retried on another backend")
 
         # The backend comes back on the same ports: the router returns it to rotation.
-        victim.stop()
-        revived = TritonServer(
-            model_repository=victim.model_repository,
-            device="cpu",
-            http_port=victim.http_port,
-            grpc_port=victim.grpc_port,
-            metrics_port=victim.metrics_port,
-        ).start()
-        backends[2] = revived
+        revive(backends, 2)
         deadline = time.monotonic() + 30
         while not r.server.dispatcher.backends[2].healthy and time.monotonic() < deadline:
             time.sleep(0.1)

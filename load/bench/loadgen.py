@@ -50,7 +50,10 @@ ERROR_KINDS = 8
 class TritonSUT:
     """LoadGen's system under test: every query becomes one async gRPC infer of a user's request."""
 
-    def __init__(self, url: str, traffic: Traffic, mix: str, users: int) -> None:
+    def __init__(self, url: str, traffic: Traffic, mix: str, users: int, lengths: dict[int, int]) -> None:
+        """`lengths` holds each user's history length and outlives this SUT: the next run must
+        go on from where the servers' KV caches are, or its first request per user would send a
+        history shorter than the cached one, a KV miss (a whole prefill) for every user at once."""
         import tritonclient.grpc as grpcclient  # noqa: PLC0415
 
         from helmrec.load.client import infer_inputs  # noqa: PLC0415
@@ -59,7 +62,7 @@ class TritonSUT:
         self._inputs = infer_inputs
         self._client = grpcclient.InferenceServerClient(url)
         self._traffic, self._mix, self._users = traffic, mix, users
-        self._lengths = dict.fromkeys(range(users), traffic.history)
+        self._lengths = lengths
         self._next_user = 0
         self._lock = threading.Lock()
         self.errors = 0
@@ -99,8 +102,8 @@ class TritonSUT:
 
 
 def run_target(
-    url: str, traffic: Traffic, mix: str, users: int, qps: float, latency_ms: float, seconds: float, out: Path,
-    nodes: Sequence[str] = (),
+    url: str, traffic: Traffic, mix: str, lengths: dict[int, int], qps: float, latency_ms: float, seconds: float,
+    out: Path, nodes: Sequence[str] = (),
 ) -> dict:  # fmt: skip
     """One LoadGen Server run at `qps`; LoadGen's verdict and figures from its summary, the
     failed queries' messages, and what hstu_pool did on `nodes` meanwhile (groups, execute and
@@ -119,7 +122,8 @@ def run_target(
     log = lg.LogSettings()
     log.log_output.outdir = str(out)
     log.log_output.copy_summary_to_stdout = False
-    sut_impl = TritonSUT(url, traffic, mix, users)
+    users = len(lengths)
+    sut_impl = TritonSUT(url, traffic, mix, users, lengths)
     sut = lg.ConstructSUT(sut_impl.issue_queries, sut_impl.flush_queries)
     qsl = lg.ConstructQSL(users, users, lambda _: None, lambda _: None)
     before = [pool_statistics(node) for node in nodes]
@@ -174,10 +178,11 @@ def run(args: argparse.Namespace) -> dict:
         with served_door(args, Path(tmp)) as door:
             traffic = traffic_for(args, read_limits(door.repo / "hstu" / "1" / "weights.pt"))
             first_contact(door.url, traffic, args.users)
+            lengths = dict.fromkeys(range(args.users), traffic.history)  # what the servers have cached, across runs
             for k, qps in enumerate(args.qps):
                 t0 = time.perf_counter()
                 out = args.out / f"{k:02d}_qps_{qps:g}"  # a target may repeat (e.g. first minute vs later)
-                row = run_target(door.url, traffic, args.mix, args.users, qps, args.latency_ms, args.seconds, out, door.nodes)
+                row = run_target(door.url, traffic, args.mix, lengths, qps, args.latency_ms, args.seconds, out, door.nodes)
                 row["wall_s"] = time.perf_counter() - t0
                 report["runs"].append(row)
                 print(json.dumps(row), flush=True)

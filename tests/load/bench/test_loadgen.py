@@ -75,8 +75,26 @@ def test_failed_queries_are_counted_and_say_why(triton_server: TritonServer, tin
     and the server's message, naming the tensor, is kept once with its count."""
     limits = read_limits(tiny_repository / "hstu" / "1" / "weights.pt")
     traffic = Traffic(8, limits.max_candidates + 1, limits.num_items, 4, 0.0, 0.0, seed=0)
-    row = run_target(triton_server.grpc_url, traffic, "grow", 4, 10.0, 80.0, 1.0, tmp_path, (triton_server.grpc_url,))
+    lengths = dict.fromkeys(range(4), traffic.history)
+    row = run_target(triton_server.grpc_url, traffic, "grow", lengths, 10.0, 80.0, 1.0, tmp_path, (triton_server.grpc_url,))
     assert row["errors"] >= 10 and row["errors"] == sum(row["error_kinds"].values())
     assert 1 <= len(row["error_kinds"]) <= ERROR_KINDS
     assert all(schema.CANDIDATE_ITEM_IDS in message for message in row["error_kinds"])
     assert row["pool_executes"] >= 1  # refused by hstu_pool's own validation, which answered each
+
+
+@pytest.mark.e2e
+def test_users_go_on_from_the_last_run(triton_server: TritonServer, tiny_repository: Path, tmp_path: Path) -> None:
+    """A second run continues each user's history where the first left it, as the server's KV cache
+    does: restarting them (a shorter history than the cached one) made every run after the first
+    open with a KV miss per user (docs/gpu.md (i))."""
+    limits = read_limits(tiny_repository / "hstu" / "1" / "weights.pt")
+    traffic = Traffic(8, 8, limits.num_items, limits.max_seq_len - 8, 0.0, 0.0, seed=0)
+    lengths = dict.fromkeys(range(4), traffic.history)
+    grown = []
+    for k in range(2):
+        row = run_target(triton_server.grpc_url, traffic, "grow", lengths, 10.0, 80.0, 1.0, tmp_path / str(k))
+        assert row["errors"] == 0
+        grown.append(sum(lengths.values()) - 4 * traffic.history)
+    # Every query of a run is one more event of its user (LoadGen issues at least qps x seconds).
+    assert grown[0] >= 10 and grown[1] >= grown[0] + 10

@@ -34,6 +34,7 @@ from helmrec.load.bench.served import (
     check_door_options,
     first_contact,
     in_process_ceiling,
+    node_users,
     pool_statistics,
     pool_stats_delta,
     served_door,
@@ -188,7 +189,7 @@ def run(args: argparse.Namespace) -> dict:
                 print(json.dumps(row), flush=True)
         if args.ceiling_seconds > 0:  # once the servers have given the device back; the repository stays until then
             report["ceiling"] = in_process_ceiling(
-                door.repo, args.device, traffic, args.mix, args.group, args.users, args.ceiling_seconds
+                door.repo, args.device, traffic, args.mix, args.group, node_users(args), args.ceiling_seconds
             )
             print(json.dumps(report["ceiling"]), flush=True)
     valid = [r["target_qps"] for r in report["runs"] if r["result"] == "VALID"]

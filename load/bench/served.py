@@ -318,8 +318,16 @@ def in_process_ceiling(
             with torch.profiler.profile() as prof:
                 ranker.rank_many(batch)
             profile.write_text(prof.key_averages().table(sort_by="cpu_time_total", row_limit=40))
-    return {"mix": mix, "group": group, "requests": served, "rps": served / elapsed,
+    return {"mix": mix, "group": group, "users": users, "requests": served, "rps": served / elapsed,
             "group_p50_ms": statistics.median(lat), "group_p99_ms": float(np.percentile(lat, 99))}  # fmt: skip
+
+
+def node_users(args: argparse.Namespace) -> int:
+    """The users one node holds: the in-process ceiling ranks this many, with one node's pool.
+    With `--servers N` each node caches only its share of the users' KV; the ceiling's one pool
+    holding all of them would evict (at 14,000 tokens 96 users need 12.9 GiB of KV, more than a
+    16 GiB pool's KV side) and rank misses the served nodes never pay."""
+    return -(-args.users // args.servers)
 
 
 def add_traffic_options(parser: argparse.ArgumentParser) -> None:
@@ -434,7 +442,7 @@ def run(args: argparse.Namespace) -> dict:
                     print(json.dumps(row), flush=True)
         for mix in args.mix:  # once the servers have stopped and given the device back; the repository stays until then
             profile = args.profile.with_name(f"{args.profile.stem}_{mix}.txt") if args.profile else None
-            row = in_process_ceiling(repo, args.device, traffic, mix, args.group, args.users, args.seconds, profile, spy)
+            row = in_process_ceiling(repo, args.device, traffic, mix, args.group, node_users(args), args.seconds, profile, spy)
             report["ceiling"].append(row)
             print(json.dumps(row), flush=True)
     ceiling = {r["mix"]: r["rps"] for r in report["ceiling"]}

@@ -64,7 +64,7 @@ def test_bench_loadgen_reports_each_target_the_node_and_the_ceiling(tmp_path: Pa
         assert row["pool_executes"] >= 1 and row["pool_group"] * row["pool_executes"] >= 15 * 1.5
         assert row["pool_node_shares"] == [1.0]
         assert (out / f"{k:02d}_qps_15" / "mlperf_log_summary.txt").stat().st_size > 0
-    assert result["ceiling"]["mix"] == "grow" and result["ceiling"]["rps"] > 0
+    assert result["ceiling"]["mix"] == "grow" and result["ceiling"]["users"] == 8 and result["ceiling"]["rps"] > 0
     if result["max_valid_qps"] is not None:
         assert result["max_valid_share_of_ceiling"] == pytest.approx(result["max_valid_qps"] / result["ceiling"]["rps"])
 

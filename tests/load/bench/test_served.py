@@ -1,4 +1,4 @@
-"""`helmrec bench-served`'s reading of hstu_pool's Triton statistics over a row.
+"""`helmrec bench-served`'s reading of hstu_pool's Triton statistics over a row, and whom its ceiling ranks.
 
 Snapshots in the JSON form tritonclient returns (uint64s as strings, zero counters
 left out), 1 s apart: 3 executes of 4, 2 and 2 requests (8 requests).
@@ -6,9 +6,11 @@ left out), 1 s apart: 3 executes of 4, 2 and 2 requests (8 requests).
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
-from helmrec.load.bench.served import pool_stats_delta
+from helmrec.load.bench.served import node_users, pool_stats_delta
 
 
 def snapshot(executes: int, requests: int, queue_ns: int, batches: dict[int, tuple[int, int, int, int]]) -> dict:
@@ -73,3 +75,11 @@ def test_nodes_behind_a_router_add_up() -> None:
 def test_snapshots_of_different_nodes_are_refused() -> None:
     with pytest.raises(ValueError):
         pool_stats_delta([snapshot(0, 0, 0, {})], [snapshot(0, 0, 0, {}), snapshot(0, 0, 0, {})], wall_s=1.0)
+
+
+def test_the_ceiling_ranks_one_node_s_share_of_the_users() -> None:
+    """With N servers each node caches its share of the users; the in-process ceiling ranks that many
+    with one node's pool (all of them would evict KV the served nodes keep)."""
+    assert node_users(argparse.Namespace(users=96, servers=4)) == 24
+    assert node_users(argparse.Namespace(users=10, servers=4)) == 3
+    assert node_users(argparse.Namespace(users=10, servers=1)) == 10

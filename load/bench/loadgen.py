@@ -51,10 +51,11 @@ ERROR_KINDS = 8
 class TritonSUT:
     """LoadGen's system under test: every query becomes one async gRPC infer of a user's request."""
 
-    def __init__(self, url: str, traffic: Traffic, mix: str, users: int, lengths: dict[int, int]) -> None:
-        """`lengths` holds each user's history length and outlives this SUT: the next run must
-        go on from where the servers' KV caches are, or its first request per user would send a
-        history shorter than the cached one, a KV miss (a whole prefill) for every user at once."""
+    def __init__(self, url: str, traffic: Traffic, mix: str, lengths: dict[int, int]) -> None:
+        """`lengths` holds each user's history length (its keys are the users) and outlives this
+        SUT: the next run must go on from where the servers' KV caches are, or its first request per
+        user would send a history shorter than the cached one, a KV miss (a whole prefill) for
+        every user at once."""
         import tritonclient.grpc as grpcclient  # noqa: PLC0415
 
         from helmrec.load.client import infer_inputs  # noqa: PLC0415
@@ -62,7 +63,7 @@ class TritonSUT:
         self._grpc = grpcclient
         self._inputs = infer_inputs
         self._client = grpcclient.InferenceServerClient(url)
-        self._traffic, self._mix, self._users = traffic, mix, users
+        self._traffic, self._mix, self._users = traffic, mix, len(lengths)
         self._lengths = lengths
         self._next_user = 0
         self._lock = threading.Lock()
@@ -123,10 +124,9 @@ def run_target(
     log = lg.LogSettings()
     log.log_output.outdir = str(out)
     log.log_output.copy_summary_to_stdout = False
-    users = len(lengths)
-    sut_impl = TritonSUT(url, traffic, mix, users, lengths)
+    sut_impl = TritonSUT(url, traffic, mix, lengths)
     sut = lg.ConstructSUT(sut_impl.issue_queries, sut_impl.flush_queries)
-    qsl = lg.ConstructQSL(users, users, lambda _: None, lambda _: None)
+    qsl = lg.ConstructQSL(len(lengths), len(lengths), lambda _: None, lambda _: None)
     before = [pool_statistics(node) for node in nodes]
     t0 = time.perf_counter()
     try:
@@ -139,6 +139,7 @@ def run_target(
     row = {"target_qps": qps, "errors": sut_impl.errors, "error_kinds": dict(sut_impl.error_kinds), **summary}
     if nodes:
         row.update(pool_stats_delta(before, [pool_statistics(node) for node in nodes], wall_s))
+    row["wall_s"] = wall_s
     return row
 
 
@@ -181,10 +182,8 @@ def run(args: argparse.Namespace) -> dict:
             first_contact(door.url, traffic, args.users)
             lengths = dict.fromkeys(range(args.users), traffic.history)  # what the servers have cached, across runs
             for k, qps in enumerate(args.qps):
-                t0 = time.perf_counter()
                 out = args.out / f"{k:02d}_qps_{qps:g}"  # a target may repeat (e.g. first minute vs later)
                 row = run_target(door.url, traffic, args.mix, lengths, qps, args.latency_ms, args.seconds, out, door.nodes)
-                row["wall_s"] = time.perf_counter() - t0
                 report["runs"].append(row)
                 print(json.dumps(row), flush=True)
         if args.ceiling_seconds > 0:  # once the servers have given the device back; the repository stays until then

@@ -34,6 +34,8 @@ DEVICES = ("cpu", "cuda", "auto")
 PORT_RETRIES = 3
 # What tritonserver logs when a port it was given is already bound.
 PORT_TAKEN_SIGNS = ("Address already in use", "address already in use", "Socket '")
+# Triton logs this and serves on without metrics; the router's load guard reads them.
+METRICS_FAILED_SIGN = "failed to start Metrics service"
 
 
 class _PortTaken(Exception):
@@ -232,6 +234,14 @@ class TritonServer:
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             return False
 
+    def _metrics_ready(self) -> bool:
+        """Triton opens its metrics port after it reports ready, and serves on if that fails."""
+        try:
+            with urllib.request.urlopen(self.metrics_url, timeout=1.0) as resp:  # noqa: S310 - loopback
+                return resp.status == 200
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout_s
         assert self._proc is not None
@@ -241,7 +251,11 @@ class TritonServer:
                 if any(sign in self.log() for sign in PORT_TAKEN_SIGNS):
                     raise _PortTaken()
                 raise LauncherError(f"tritonserver exited with code {code} while starting:\n{self._tail()}")
-            if self._ready():
+            if METRICS_FAILED_SIGN in self.log():
+                if any(sign in self.log() for sign in PORT_TAKEN_SIGNS):
+                    raise _PortTaken()
+                raise LauncherError(f"tritonserver started without its metrics service:\n{self._tail()}")
+            if self._ready() and self._metrics_ready():
                 return
             time.sleep(0.2)
         raise LauncherError(f"tritonserver not ready after {self.startup_timeout_s:.0f} s:\n{self._tail()}")

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from helmrec.launcher import TritonServer, free_port, orphans
+from helmrec.launcher import TritonServer, orphans
 from helmrec.load.client import infer_inputs
 
 pytestmark = pytest.mark.e2e
@@ -130,23 +130,33 @@ def test_server_killed_under_load_leaves_no_stub_and_no_region(tiny_repository: 
 
 
 # -- the helmrec serve wrapper killed --------------------------------------------------
-def test_serve_wrapper_killed_under_load_takes_server_and_stubs_along(tiny_repository: Path) -> None:
-    ports = [free_port() for _ in range(3)]
+def serve(repository: Path) -> tuple[subprocess.Popen[str], str, dict[str, int]]:
+    """`helmrec serve` on ports it picks itself (port 0: the launcher picks again when
+    another process binds one first; ports named here and taken in between fail the start);
+    its readiness lines and the ports they name. A failed start fails with all it printed."""
     wrapper = subprocess.Popen(
-        [sys.executable, "-m", "helmrec.cli", "serve", "--model-repository", str(tiny_repository),
-         "--device", "cpu", "--http-port", str(ports[0]), "--grpc-port", str(ports[1]),
-         "--metrics-port", str(ports[2])],
+        [sys.executable, "-m", "helmrec.cli", "serve", "--model-repository", str(repository),
+         "--device", "cpu", "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
+    ready = "".join(wrapper.stdout.readline() for _ in range(4))  # type: ignore[union-attr]
+    if not ready.startswith("tritonserver ready"):
+        wrapper.kill()
+        pytest.fail(ready + wrapper.stdout.read())  # type: ignore[union-attr]
+    ports = {line.split()[0]: int(line.rsplit(":", 1)[1].split("/")[0]) for line in ready.splitlines()[1:]}
+    return wrapper, ready, ports
+
+
+def test_serve_wrapper_killed_under_load_takes_server_and_stubs_along(tiny_repository: Path) -> None:
+    wrapper, ready, named = serve(tiny_repository)
+    ports = list(named.values())
     pid = None
     try:
-        ready = wrapper.stdout.readline()  # type: ignore[union-attr]
-        assert ready.startswith("tritonserver ready"), ready
         pid = int(ready.split("pid ")[1].split(",")[0])
         prefix = f"helmrec_{wrapper.pid}_"
         stubs = group_members(pid) - {pid}
         assert len(stubs) >= 2 and regions(prefix)
-        with under_load(f"127.0.0.1:{ports[1]}"):
+        with under_load(f"127.0.0.1:{named['gRPC']}"):
             wrapper.kill()
             wrapper.wait()
             took = seconds_until(lambda: not group_members(pid) and all(port_free(p) for p in ports))
@@ -168,15 +178,8 @@ def test_serve_wrapper_killed_under_load_takes_server_and_stubs_along(tiny_repos
 
 
 def test_serve_stops_cleanly_when_the_server_dies_on_its_own(tiny_repository: Path) -> None:
-    wrapper = subprocess.Popen(
-        [sys.executable, "-m", "helmrec.cli", "serve", "--model-repository", str(tiny_repository),
-         "--device", "cpu", "--http-port", str(free_port()), "--grpc-port", str(free_port()),
-         "--metrics-port", str(free_port())],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    wrapper, ready, _ = serve(tiny_repository)
     try:
-        ready = wrapper.stdout.readline()  # type: ignore[union-attr]
-        assert ready.startswith("tritonserver ready"), ready
         pid = int(ready.split("pid ")[1].split(",")[0])
         os.kill(pid, signal.SIGKILL)
         wrapper.wait(timeout=30)

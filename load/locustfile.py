@@ -13,6 +13,13 @@ gevent: tritonclient's gRPC client is grpcio, whose blocking calls would
 stall every greenlet; `init_gevent()` makes grpcio cooperate with gevent's
 hub, and must run before any channel exists, i.e. at import of this file.
 
+Several processes (`--processes N`): Locust's master only schedules users; each
+worker replays its share of the trace (the users whose id is its worker index
+modulo N, so a user's rows stay in order in one process) and writes its own exact
+log next to `--latency-csv` (`latency.part0.csv`, ...), read back together by
+`helmrec.load.bench.latency`. Workers started on their own (`--worker`) need
+`--trace-partitions N`, the number of workers.
+
 Precision: Locust rounds response times to whole milliseconds below 100 ms in
 its statistics, which erases a P99 on a fast model; every request's exact
 start and latency (perf_counter) is logged from the same request event hook
@@ -32,11 +39,19 @@ import gevent  # noqa: E402 - after init_gevent, by design
 import tritonclient.grpc as grpcclient  # noqa: E402
 from locust import LoadTestShape, User, constant_throughput, events, task  # noqa: E402
 from locust.env import Environment  # noqa: E402
+from locust.runners import MasterRunner, WorkerRunner  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from helmrec import schema  # noqa: E402
-from helmrec.load.bench.latency import LatencyLog  # noqa: E402
-from helmrec.load.bench.workload import TraceFeed, add_workload_options, make_feed, request_arrays, workload_from_options  # noqa: E402
+from helmrec.load.bench.latency import LatencyLog, part_path  # noqa: E402
+from helmrec.load.bench.workload import (  # noqa: E402
+    Partition,
+    TraceFeed,
+    add_workload_options,
+    make_feed,
+    request_arrays,
+    workload_from_options,
+)
 from helmrec.load.client import infer_inputs  # noqa: E402
 from helmrec.load.shapes import ShapeSchedule, add_shape_options, schedule_from_options  # noqa: E402
 
@@ -60,6 +75,9 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
         "--max-candidates", type=int, default=TINY_LIMITS["max_candidates"], help="served max candidates"
     )
     parser.add_argument("--latency-csv", default="", help="write every request's exact timing to this CSV")
+    parser.add_argument(
+        "--trace-partitions", type=int, default=0, help="workers sharing the trace (default: --processes)"
+    )
     # Users stopped by the shape (a burst ending, the run ending) finish the request they are in,
     # so no request is cut off half-way and counted by one log but not the other.
     parser.set_defaults(stop_timeout=STOP_TIMEOUT_S)
@@ -73,17 +91,33 @@ def grpc_target(host: str) -> str:
     return target.rstrip("/")
 
 
+def partition(environment: Environment) -> Partition:
+    """This process's share of the trace: all of it, or a worker's when several send."""
+    runner = environment.runner
+    if not isinstance(runner, WorkerRunner):
+        return Partition()
+    options = environment.parsed_options
+    count = options.trace_partitions or options.processes
+    if not count:
+        raise ValueError("a Locust worker started on its own needs --trace-partitions N (the number of workers)")
+    return Partition(runner.worker_index, count)
+
+
 class LoadRun:
     """What every user of one Locust process shares: the trace feed, the client, the clock, the log."""
 
     def __init__(self, environment: Environment) -> None:
         options = environment.parsed_options
+        share = partition(environment)
         self.feed: TraceFeed = make_feed(
-            workload_from_options(options), options.num_items, options.max_history, options.max_candidates
+            workload_from_options(options), options.num_items, options.max_history, options.max_candidates, share
         )
         self.client = grpcclient.InferenceServerClient(grpc_target(environment.host or ""))
         self.log = LatencyLog()
+        self.user_offset: int = options.user_offset
         self.latency_csv: str = options.latency_csv
+        if self.latency_csv and share.count > 1:
+            self.latency_csv = str(part_path(self.latency_csv, share.index))
         self.started = time.perf_counter()
 
     def elapsed_s(self) -> float:
@@ -98,7 +132,8 @@ def _start(environment: Environment, **_: object) -> None:
     global RUN
     if environment.host is None:
         raise ValueError("--host is required: the gRPC address of a tritonserver or of the router")
-    RUN = LoadRun(environment)
+    if not isinstance(environment.runner, MasterRunner):  # a master schedules users and sends nothing
+        RUN = LoadRun(environment)
 
 
 @events.request.add_listener
@@ -142,7 +177,7 @@ class HstuUser(User):
         row, wait_s = taken
         if wait_s > 0:
             gevent.sleep(wait_s)
-        arrays = request_arrays(RUN.feed.trace, row)
+        arrays = request_arrays(RUN.feed.trace, row, RUN.user_offset)
         inputs = infer_inputs(grpcclient, arrays)
         error: Exception | None = None
         length = 0

@@ -105,3 +105,15 @@ def test_init_repository_refuses_what_it_cannot_serve(tmp_path: Path, capsys: py
     assert not (tmp_path / "r").exists()
     assert _exit_code(["init-repository", str(tmp_path / "r"), "--preset", "huge"]) == 2
     assert "invalid choice: 'huge'" in capsys.readouterr().err
+
+
+def test_a_staged_repository_can_carry_a_larger_item_table(tmp_path: Path) -> None:
+    """`helmrec bench --num-items`: the catalogue (and the host table hstu_pool caches rows of) grows,
+    the rest of the preset stays."""
+    from helmrec.launcher.repository import stage_repository
+    from helmrec.serving.network import read_limits
+
+    staged = stage_repository(tmp_path / "repo", "tiny", num_items=5000)
+    assert read_limits(staged / WEIGHTS).num_items == 5000
+    with pytest.raises(ValueError, match="num_items resizes a preset's item table"):
+        stage_repository(tmp_path / "other", None, num_items=5000)

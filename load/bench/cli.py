@@ -8,8 +8,19 @@ per shape and on the same seed (the same requests), every alpha of
 `--static-alphas` with `--baseline-policy`, keeps the one with the lowest P99
 (the best static alpha in hindsight: a stronger baseline than any one fixed
 choice), then the adaptive controller with the `helm` router, and prints the
-P99 reduction and SLO satisfaction side by side. Every system gets freshly
-started nodes, so no run inherits another's caches.
+P99 reduction and SLO satisfaction side by side.
+
+By default every run gets freshly started nodes, so no run inherits another's
+caches. `--keep-servers` starts each system's nodes once and runs its shapes
+back to back on them (where start-up dominates: the `large` network on a GPU
+captures its graphs at load). Each shape then sends other user ids, so no run
+finds another's KV prefixes; the EMB cache and an adaptive node's alpha carry
+over from the shape before, in the same order for every system.
+
+`--resume` keeps every run an earlier command finished in `--out` (its folder
+holds run.json) and runs only the rest, so a comparison can be spread over
+several commands of a few minutes each. `--processes N` sends from N Locust
+worker processes (one Python process cannot hold a GPU's rate).
 """
 
 from __future__ import annotations
@@ -19,17 +30,18 @@ import dataclasses
 import shlex
 import signal
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
 
 from helmrec.launcher import LauncherError
-from helmrec.load.bench.cluster import ADAPTIVE, ClusterConfig
+from helmrec.load.bench.cluster import ADAPTIVE, Cluster, ClusterConfig
 from helmrec.load.bench.report import Comparison, best_static, write_run, write_summary
-from helmrec.load.bench.run import BenchError, RunResult, RunSpec, run_once
+from helmrec.load.bench.run import BenchError, RunResult, RunSpec, load_record, run_on, run_once, save_record
 from helmrec.load.bench.workload import WorkloadConfig, add_trace_shape_options
-from helmrec.router.config import POLICIES
+from helmrec.router.config import DATA_PLANES, POLICIES
 from helmrec.workload.traces import REGIMES
 
 
@@ -45,6 +57,8 @@ class RunSize:
 # --quick: a single run takes about a minute on a shared 2-core CPU (most of it server start-up).
 QUICK = RunSize(duration_s=20.0, base_rate=30.0, static_alphas="0.2,0.8")
 FULL = RunSize(duration_s=60.0, base_rate=40.0, static_alphas="0.2,0.5,0.8")
+# --keep-servers: shape i's users are i * this + the trace's ids (fewer than this; warm-up uses 2^40).
+SHAPE_USER_SPACING = 1 << 32
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,10 +79,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"--quick {QUICK.static_alphas})")  # fmt: skip
     add("--baseline-policy", choices=POLICIES, default="round_robin", help="router policy of the static runs")
     add("--per-user-rps", type=float, default=2.0, help="requests/s per Locust user; users = rate / this")
+    add("--processes", type=int, default=1, help="Locust processes sending (more than 1: workers under a master)")
+    add("--keep-servers", action="store_true", help="start each system's nodes once for all its shapes")
+    add("--resume", action="store_true", help="keep the runs an earlier command finished in --out")
     add("--pool-bytes", type=int, default=c.pool_bytes, help="each node's pool budget (EMB + KV)")
     add("--device", choices=("cpu", "cuda", "auto"), default=c.device, help="auto: CUDA where present")
     add("--preset", default=c.preset, help="HSTU preset of the seeded network the nodes serve")
     add("--threads-per-node", type=int, default=c.threads_per_node, help="torch threads per node")
+    add("--num-items", type=int, help="rows of the item table (default: the preset's); the pool caches a share of them")
+    add("--page-bytes", type=int, help="pool page size (default: the repository's)")
+    add("--warmup-shapes", default=c.warmup_shapes, help="hstu_pool graphs captured at load, e.g. 2048x256 (GPU)")
+    add("--data-plane", choices=DATA_PLANES, default=c.data_plane, help="`helmrec route --data-plane`")
+    add("--router-workers", type=int, default=c.router_workers, help="`helmrec route --workers`")
     add_trace_shape_options(parser)
 
 
@@ -82,19 +104,59 @@ def parse_alphas(text: str) -> tuple[str, ...]:
     return alphas
 
 
-def _measure(console: Console, spec: RunSpec, out: Path) -> RunResult:
-    label = spec.cluster.label
-    console.print(f"[bold]{spec.workload.regime}[/]: {label} ({spec.cluster.nodes} nodes, {spec.workload.duration_s:g} s) ...")
-    run_dir = out / spec.workload.regime / label.replace(" ", "_").replace("+", "__")
-    result = run_once(spec, run_dir)
-    write_run(result)
+def run_dir(out: Path, spec: RunSpec) -> Path:
+    return out / spec.workload.regime / spec.cluster.label.replace(" ", "_").replace("+", "__")
+
+
+def _report(console: Console, result: RunResult, kept: bool = False) -> RunResult:
     s = result.summary
     console.print(
-        f"  {s.requests} requests, {s.failures} failures, P50 {s.p50_ms:.2f} ms, P99 {s.p99_ms:.2f} ms, "
-        f"SLO {s.slo_satisfaction:.3f}, {s.throughput_rps:.1f} req/s, KV hit {result.caches.kv_hit_rate:.3f}, "
-        f"EMB hit {result.caches.emb_hit_rate:.3f}, mean alpha {result.caches.mean_alpha:.3f}"
+        f"  {'kept from an earlier command: ' if kept else ''}{s.requests} requests, {s.failures} failures, "
+        f"P50 {s.p50_ms:.2f} ms, P99 {s.p99_ms:.2f} ms, SLO {s.slo_satisfaction:.3f}, {s.throughput_rps:.1f} req/s, "
+        f"KV hit {result.caches.kv_hit_rate:.3f}, EMB hit {result.caches.emb_hit_rate:.3f}, "
+        f"mean alpha {result.caches.mean_alpha:.3f}"
     )
     return result
+
+
+def _announce(console: Console, spec: RunSpec) -> None:
+    c, w = spec.cluster, spec.workload
+    console.print(f"[bold]{w.regime}[/]: {c.label} ({c.nodes} nodes, {w.duration_s:g} s) ...")
+
+
+def _measure(console: Console, spec: RunSpec, out: Path, cluster: Cluster | None = None) -> RunResult:
+    """One run, on `cluster` if given (it stays up), else on nodes started for it alone."""
+    _announce(console, spec)
+    where = run_dir(out, spec)
+    result = run_once(spec, where) if cluster is None else run_on(cluster, spec, where)
+    write_run(result)
+    save_record(result)
+    return _report(console, result)
+
+
+def measure_system(
+    console: Console, specs: list[RunSpec], out: Path, keep_servers: bool, resume: bool
+) -> list[RunResult]:
+    """Every run of one system (one cluster config, one run per shape), in order.
+
+    With `resume`, finished runs are read back and only the rest run; with `keep_servers`
+    those share one start of the nodes."""
+    done: dict[int, RunResult] = {}
+    if resume:
+        for i, spec in enumerate(specs):
+            kept = load_record(spec, run_dir(out, spec))
+            if kept is not None:
+                _announce(console, spec)
+                done[i] = _report(console, kept, kept=True)
+    todo = [i for i in range(len(specs)) if i not in done]
+    if todo and keep_servers:
+        with tempfile.TemporaryDirectory(prefix="helmrec-bench-") as tmp, Cluster(specs[0].cluster, Path(tmp)) as cluster:
+            for i in todo:
+                done[i] = _measure(console, specs[i], out, cluster)
+    else:
+        for i in todo:
+            done[i] = _measure(console, specs[i], out)
+    return [done[i] for i in range(len(specs))]
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
@@ -116,6 +178,11 @@ def run(args: argparse.Namespace) -> int:
             preset=args.preset,
             seed=args.seed,
             threads_per_node=args.threads_per_node,
+            num_items=args.num_items,
+            page_bytes=args.page_bytes,
+            warmup_shapes=args.warmup_shapes,
+            data_plane=args.data_plane,
+            router_workers=args.router_workers,
         )
         workload = WorkloadConfig(
             seed=args.seed,
@@ -130,6 +197,8 @@ def run(args: argparse.Namespace) -> int:
         alphas = parse_alphas(args.static_alphas or size.static_alphas) if args.compare else ()
         if args.slo_ms <= 0:
             raise ValueError(f"--slo-ms must be > 0, got {args.slo_ms}")
+        if args.processes < 1:
+            raise ValueError(f"--processes must be >= 1, got {args.processes}")
     except ValueError as exc:
         console.print(f"helmrec bench: {exc}", style="red")
         return 2
@@ -137,28 +206,37 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
 
-    def spec(regime: str, cluster: ClusterConfig) -> RunSpec:
-        return RunSpec(cluster=cluster, workload=workload.with_regime(regime), per_user_rps=args.per_user_rps, slo_ms=args.slo_ms)
+    def spec(index: int, regime: str, cluster: ClusterConfig) -> RunSpec:
+        # Shared nodes: each shape's users are new to them (ids far apart; warm-up's are above all).
+        offset = index * SHAPE_USER_SPACING if args.keep_servers else 0
+        return RunSpec(
+            cluster=cluster,
+            workload=dataclasses.replace(workload.with_regime(regime), user_offset=offset),
+            per_user_rps=args.per_user_rps,
+            slo_ms=args.slo_ms,
+            processes=args.processes,
+        )
 
+    if args.compare:
+        systems = [dataclasses.replace(base_cluster, alpha=a, policy=args.baseline_policy) for a in alphas]
+        systems.append(dataclasses.replace(base_cluster, alpha=ADAPTIVE, policy="helm"))
+    else:
+        systems = [base_cluster]
     runs: list[RunResult] = []
-    comparisons: list[Comparison] = []
     try:
-        for regime in shapes:
-            if not args.compare:
-                runs.append(_measure(console, spec(regime, base_cluster), out))
-                continue
-            statics = [
-                _measure(console, spec(regime, dataclasses.replace(base_cluster, alpha=a, policy=args.baseline_policy)), out)
-                for a in alphas
-            ]
-            adaptive = _measure(console, spec(regime, dataclasses.replace(base_cluster, alpha=ADAPTIVE, policy="helm")), out)
-            runs += [*statics, adaptive]
-            comparisons.append(Comparison(regime, best_static(statics), adaptive))
+        for system in systems:
+            specs = [spec(i, regime, system) for i, regime in enumerate(shapes)]
+            runs += measure_system(console, specs, out, args.keep_servers, args.resume)
     except (BenchError, LauncherError) as exc:
         console.print(f"helmrec bench: {exc}", style="red")
         if runs:
-            write_summary(out, runs, comparisons, _command())
+            write_summary(out, runs, [], _command())
         return 1
+    comparisons = []
+    if args.compare:
+        for regime in shapes:
+            mine = [r for r in runs if r.spec.workload.regime == regime]
+            comparisons.append(Comparison(regime, best_static(mine), next(r for r in mine if r.spec.cluster.adaptive)))
 
     table = write_summary(out, runs, comparisons, _command())
     if table:

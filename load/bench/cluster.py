@@ -64,6 +64,7 @@ class ClusterConfig:
     warmup_shapes: str = ""  # hstu_pool's HISTORYxCANDIDATES graphs captured at load (GPU nodes)
     router_workers: int = 1  # `helmrec route --workers`
     data_plane: str = "python"  # `helmrec route --data-plane`
+    num_items: int | None = None  # None: the preset's item table; else its rows (the host table's size)
 
     def __post_init__(self) -> None:
         if self.nodes < 1:
@@ -83,6 +84,8 @@ class ClusterConfig:
             raise ValueError(f"ClusterConfig.threads_per_node must be >= 1, got {self.threads_per_node}")
         if self.router_workers < 1:
             raise ValueError(f"ClusterConfig.router_workers must be >= 1, got {self.router_workers}")
+        if self.num_items is not None and self.num_items < 1:
+            raise ValueError(f"ClusterConfig.num_items must be >= 1, got {self.num_items}")
         if self.data_plane not in DATA_PLANES:
             raise ValueError(f"ClusterConfig.data_plane must be one of {DATA_PLANES}, got {self.data_plane!r}")
 
@@ -129,6 +132,7 @@ class Cluster:
             self.config.preset,
             self.config.seed,
             pool_parameters=self.config.pool_parameters(),
+            num_items=self.config.num_items,
         )
         self.limits = read_limits(repo / WEIGHTS)
         self.control_interval_s = control_window_s(repo)

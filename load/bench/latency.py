@@ -57,15 +57,34 @@ class Latencies:
         return int(self.latency_ms.shape[0])
 
 
-def read_latencies(path: str | os.PathLike[str]) -> Latencies:
-    """Load a log written by `LatencyLog.write_csv`; a missing column is an error naming it."""
+def part_path(path: str | os.PathLike[str], index: int) -> Path:
+    """Where load-generator process `index` of several writes its share of the log at `path`
+    (`latency.csv` -> `latency.part3.csv`): processes never share a file."""
     path = Path(path)
-    with path.open(newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None or tuple(header) != COLUMNS:
-            raise ValueError(f"{path}: header must be {','.join(COLUMNS)}, got {header}")
-        rows = list(reader)
+    return path.with_name(f"{path.stem}.part{index}{path.suffix}")
+
+
+def log_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The log at `path`, or else every process's part of it (none: an empty list)."""
+    path = Path(path)
+    if path.exists():
+        return [path]
+    return sorted(path.parent.glob(f"{path.stem}.part*{path.suffix}"))
+
+
+def read_latencies(*paths: str | os.PathLike[str]) -> Latencies:
+    """Load logs written by `LatencyLog.write_csv` (several: one run's parts, merged by start
+    time); a wrong header is an error naming the file."""
+    if not paths:
+        raise ValueError("read_latencies: give at least one log file")
+    rows: list[list[str]] = []
+    for path in map(Path, paths):
+        with path.open(newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None or tuple(header) != COLUMNS:
+                raise ValueError(f"{path}: header must be {','.join(COLUMNS)}, got {header}")
+            rows += reader
     data = np.array(rows, dtype=np.float64).reshape(-1, len(COLUMNS))
     order = np.argsort(data[:, 0], kind="stable")
     data = data[order]

@@ -8,7 +8,9 @@ so nothing in the result is estimated by the benchmark itself.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -16,10 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from helmrec.load.bench.cluster import Cluster, ClusterConfig
-from helmrec.load.bench.latency import Latencies, LatencySummary, read_latencies, summarize
+from helmrec.load.bench.latency import Latencies, LatencySummary, log_files, read_latencies, summarize
 from helmrec.load.bench.metrics import CacheTotals, MetricsPoller, MetricsSample, cache_totals
 from helmrec.load.bench.workload import WorkloadConfig, workload_flags
 from helmrec.resources import locustfile
+from helmrec.router.backend_metrics import BackendReport
 
 LOCUSTFILE = locustfile()
 # Locust's final statistics (`--json-file` adds .json): written at shutdown, unlike its CSVs,
@@ -27,6 +30,8 @@ LOCUSTFILE = locustfile()
 LOCUST_FINAL = "locust_final"
 # Locust's own start-up and shutdown around the shape's duration.
 LOCUST_GRACE_S = 120.0
+# The exact per-request log; with several Locust processes, one part per process beside it.
+LATENCY_LOG = "latency.csv"
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,11 @@ class RunSpec:
     per_user_rps: float = 2.0
     slo_ms: float = 25.0
     metrics_interval_s: float = 0.5
+    processes: int = 1  # Locust processes sending (more than 1: a master and this many workers)
+
+    def __post_init__(self) -> None:
+        if self.processes < 1:
+            raise ValueError(f"RunSpec.processes must be >= 1, got {self.processes}")
 
 
 @dataclass(frozen=True)
@@ -61,39 +71,52 @@ def locust_command(spec: RunSpec, host: str, out_dir: Path, limits: tuple[int, i
     return [
         sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary",
         "--host", host, "--csv", str(out_dir / "locust"), "--json-file", str(out_dir / LOCUST_FINAL),
-        "--latency-csv", str(out_dir / "latency.csv"),
+        "--latency-csv", str(out_dir / LATENCY_LOG),
         f"--per-user-rps={spec.per_user_rps}", f"--num-items={num_items}",
         f"--max-history={max_history}", f"--max-candidates={max_candidates}",
-        *workload_flags(spec.workload),
+        *workload_flags(spec.workload), *(["--processes", str(spec.processes)] if spec.processes > 1 else []),
     ]  # fmt: skip
 
 
 def run_once(spec: RunSpec, out_dir: Path) -> RunResult:
     """Start the cluster, replay the workload through the router, stop everything, read the figures."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="helmrec-bench-") as tmp, Cluster(spec.cluster, Path(tmp)) as cluster:
-        assert cluster.limits is not None
-        limits = (cluster.limits.num_items, cluster.limits.max_seq_len, cluster.limits.max_candidates)
-        command = locust_command(spec, cluster.router_grpc_url, out_dir, limits)
-        settle_s = 1.5 * cluster.control_interval_s
-        poller = MetricsPoller(cluster.metrics_urls, spec.metrics_interval_s, settle_s).start()
-        try:
-            with (out_dir / "locust.log").open("wb") as log:
-                proc = subprocess.run(  # noqa: S603 - our own locustfile
-                    command,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    timeout=spec.workload.duration_s + LOCUST_GRACE_S,
-                    check=False,
-                )
-        finally:
-            samples = poller.stop()
-        (out_dir / "router.log").write_text(cluster.router_log())
-    latency_csv = out_dir / "latency.csv"
-    if not latency_csv.exists():
+        return run_on(cluster, spec, out_dir)
+
+
+def run_on(cluster: Cluster, spec: RunSpec, out_dir: Path) -> RunResult:
+    """Replay the workload through a started cluster's router and read the figures; the cluster
+    stays up (several runs of one system can share it, see `helmrec bench --keep-servers`)."""
+    if cluster.config != spec.cluster or cluster.limits is None:
+        raise BenchError(f"run_on: the cluster serves {cluster.config}, the run asks for {spec.cluster}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in log_files(out_dir / LATENCY_LOG):  # an earlier run's logs in this folder
+        stale.unlink()
+    limits = (cluster.limits.num_items, cluster.limits.max_seq_len, cluster.limits.max_candidates)
+    command = locust_command(spec, cluster.router_grpc_url, out_dir, limits)
+    settle_s = 1.5 * cluster.control_interval_s
+    poller = MetricsPoller(cluster.metrics_urls, spec.metrics_interval_s, settle_s).start()
+    try:
+        with (out_dir / "locust.log").open("wb") as log:
+            proc = subprocess.run(  # noqa: S603 - our own locustfile
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=spec.workload.duration_s + LOCUST_GRACE_S,
+                check=False,
+            )
+    finally:
+        samples = poller.stop()
+    (out_dir / "router.log").write_text(cluster.router_log())
+    latency_csv = out_dir / LATENCY_LOG
+    logs = log_files(latency_csv)
+    if len(logs) != (1 if spec.processes == 1 else spec.processes):
         tail = (out_dir / "locust.log").read_text(errors="replace")[-3000:]
-        raise BenchError(f"Locust exited with code {proc.returncode} and wrote no {latency_csv}:\n{tail}")
-    latencies = read_latencies(latency_csv)
+        raise BenchError(
+            f"Locust exited with code {proc.returncode} and wrote {len(logs)} of the {spec.processes} "
+            f"logs of {latency_csv}:\n{tail}"
+        )
+    latencies = read_latencies(*logs)
     if len(latencies) == 0:
         raise BenchError(f"{latency_csv}: Locust sent no request; see {out_dir / 'locust.log'}")
     counted = locust_request_count(out_dir / f"{LOCUST_FINAL}.json")
@@ -131,3 +154,70 @@ def write_metrics_csv(samples: list[MetricsSample], path: Path) -> None:
         for s in samples:
             values = [getattr(s.report, name) for name in METRICS_COLUMNS[2:]]
             out.writerow([f"{s.t_unix_s:.3f}", s.node, *("" if v is None else v for v in values)])
+
+
+def read_metrics_csv(path: Path) -> list[MetricsSample]:
+    """The scrapes `write_metrics_csv` wrote, back as samples (an empty cell: not exported)."""
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if rows and tuple(rows[0]) != METRICS_COLUMNS:
+        raise ValueError(f"{path}: columns must be {','.join(METRICS_COLUMNS)}, got {','.join(rows[0])}")
+    return [
+        MetricsSample(
+            float(row["t_unix_s"]),
+            int(row["node"]),
+            BackendReport(**{name: float(row[name]) if row[name] else None for name in METRICS_COLUMNS[2:]}),
+        )
+        for row in rows
+    ]
+
+
+# -- finished runs, kept across commands (`helmrec bench --resume`) ---------------------------------
+RUN_RECORD = "run.json"
+
+
+def spec_record(spec: RunSpec) -> dict[str, object]:
+    """The spec as JSON values: what a finished run is matched by when a comparison resumes."""
+    return json.loads(json.dumps(dataclasses.asdict(spec)))
+
+
+def save_record(result: RunResult) -> None:
+    """Mark the run finished, last, and atomically: a folder without the record is re-run."""
+    record = {
+        "spec": spec_record(result.spec),
+        "failed_scrapes": result.failed_scrapes,
+        "locust_exit_code": result.locust_exit_code,
+    }
+    partial = result.out_dir / f"{RUN_RECORD}.partial"
+    partial.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(partial, result.out_dir / RUN_RECORD)
+
+
+def load_record(spec: RunSpec, out_dir: Path) -> RunResult | None:
+    """The finished run of `spec` in `out_dir`, read back from its logs; None if it never finished.
+
+    A finished run of another spec there is an error, not overwritten: a comparison resumed with
+    other flags would otherwise mix two configurations in one table."""
+    path = out_dir / RUN_RECORD
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    wanted = spec_record(spec)
+    if record["spec"] != wanted:
+        differs = sorted(k for k in wanted if record["spec"].get(k) != wanted[k])
+        raise BenchError(
+            f"{path}: a finished run of another configuration (it differs in {', '.join(differs)}); "
+            "resume with the flags that started it, or give another --out"
+        )
+    latencies = read_latencies(*log_files(out_dir / LATENCY_LOG))
+    samples = read_metrics_csv(out_dir / "metrics.csv")
+    return RunResult(
+        spec=spec,
+        out_dir=out_dir,
+        summary=summarize(latencies, spec.slo_ms),
+        caches=cache_totals(samples),
+        latencies=latencies,
+        samples=tuple(samples),
+        failed_scrapes=int(record["failed_scrapes"]),
+        locust_exit_code=int(record["locust_exit_code"]),
+    )

@@ -43,8 +43,13 @@ class WorkloadConfig:
     mean_history_len: float = 24.0
     candidates: int = 32
     burst_rate_mult: float = 2.0
+    # Added to every USER_ID sent: runs that share servers (`helmrec bench --keep-servers`) use
+    # disjoint users, so no run finds another's KV prefixes.
+    user_offset: int = 0
 
     def __post_init__(self) -> None:
+        if self.user_offset < 0:
+            raise ValueError(f"WorkloadConfig.user_offset must be >= 0, got {self.user_offset}")
         if self.regime not in REGIMES:
             raise ValueError(f"WorkloadConfig.regime must be one of {REGIMES}, got {self.regime!r}")
         for name in ("duration_s", "base_rate", "mean_history_len", "burst_rate_mult"):
@@ -96,11 +101,33 @@ class WorkloadConfig:
         return dataclasses.replace(self, regime=regime)
 
 
-def request_arrays(trace: Trace, row: int) -> dict[str, np.ndarray]:
+def request_arrays(trace: Trace, row: int, user_offset: int = 0) -> dict[str, np.ndarray]:
     """The `hstu_ensemble` inputs of trace row `row` (HISTORY_ACTIONS left out: the trace has none)."""
     return schema.ensemble_request(
-        int(trace.user_id[row]), trace.history_ids(row), trace.history_timestamps(row), trace.candidate_ids(row)
+        user_offset + int(trace.user_id[row]), trace.history_ids(row), trace.history_timestamps(row), trace.candidate_ids(row)
     )
+
+
+@dataclass(frozen=True)
+class Partition:
+    """Share `index` of `count` of a trace: the users whose id is `index` modulo `count`.
+
+    Several load-generator processes (Locust `--processes`) replay one trace this way:
+    together they send every row once, each user's rows stay in one process and in
+    order (a returning user's history only ever grows, as the KV cache expects), and
+    each process keeps the trace's timing for its share.
+    """
+
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise ValueError(f"Partition: index must be in [0, count) and count >= 1, got {self.index} of {self.count}")
+
+    def rows(self, trace: Trace) -> np.ndarray:
+        """The trace's rows of this share, in time order."""
+        return np.flatnonzero(trace.user_id % self.count == self.index)
 
 
 class TraceFeed:
@@ -109,33 +136,38 @@ class TraceFeed:
     `take(elapsed_s)` returns the next row and how long to wait before sending
     it (its arrival time may still be ahead of the run's clock). Rows more than
     `max_lag_s` behind the clock are skipped. Not locked: Locust's users are
-    greenlets on one thread, and `take` never yields.
+    greenlets on one thread, and `take` never yields. With a `partition` only
+    that share of the rows is handed out.
     """
 
-    def __init__(self, trace: Trace, max_lag_s: float = MAX_LAG_S) -> None:
+    def __init__(self, trace: Trace, max_lag_s: float = MAX_LAG_S, partition: Partition = Partition()) -> None:
         if max_lag_s < 0:
             raise ValueError(f"TraceFeed.max_lag_s must be >= 0, got {max_lag_s}")
         self.trace = trace
         self.max_lag_s = max_lag_s
+        self._rows = partition.rows(trace)
+        self._t_s = trace.t_s[self._rows]
         self._cursor = 0
         self.skipped = 0
 
     def take(self, elapsed_s: float) -> tuple[int, float] | None:
         """(row, wait_s) of the next request, or None once the trace is used up."""
-        first_fresh = int(np.searchsorted(self.trace.t_s, elapsed_s - self.max_lag_s, side="left"))
+        first_fresh = int(np.searchsorted(self._t_s, elapsed_s - self.max_lag_s, side="left"))
         if first_fresh > self._cursor:
             self.skipped += first_fresh - self._cursor
             self._cursor = first_fresh
-        if self._cursor >= len(self.trace):
+        if self._cursor >= len(self._rows):
             return None
-        row = self._cursor
+        at = self._cursor
         self._cursor += 1
-        return row, max(0.0, float(self.trace.t_s[row]) - elapsed_s)
+        return int(self._rows[at]), max(0.0, float(self._t_s[at]) - elapsed_s)
 
 
-def make_feed(workload: WorkloadConfig, num_items: int, max_history_len: int, max_candidates: int) -> TraceFeed:
-    """The feed of a workload for a network with these limits."""
-    return TraceFeed(generate(workload.trace_config(num_items, max_history_len, max_candidates)))
+def make_feed(
+    workload: WorkloadConfig, num_items: int, max_history_len: int, max_candidates: int, partition: Partition = Partition()
+) -> TraceFeed:
+    """The feed of a workload for a network with these limits (its `partition` share of the rows)."""
+    return TraceFeed(generate(workload.trace_config(num_items, max_history_len, max_candidates)), partition=partition)
 
 
 def add_workload_options(parser: argparse.ArgumentParser) -> None:
@@ -146,6 +178,7 @@ def add_workload_options(parser: argparse.ArgumentParser) -> None:
     add("--trace-seed", type=int, default=d.seed, help="seed of the trace (same seed, same requests)")
     add("--shape-duration", type=float, default=d.duration_s, help="seconds; the shape stops the run after it")
     add("--base-rate", type=float, default=d.base_rate, help="requests/s outside bursts")
+    add("--user-offset", type=int, default=d.user_offset, help="added to every USER_ID sent")
     add_trace_shape_options(parser)
 
 
@@ -172,6 +205,7 @@ def workload_from_options(options: argparse.Namespace) -> WorkloadConfig:
         mean_history_len=options.mean_history,
         candidates=options.candidates,
         burst_rate_mult=options.burst_rate_mult,
+        user_offset=options.user_offset,
     )
 
 
@@ -187,4 +221,5 @@ def workload_flags(workload: WorkloadConfig) -> list[str]:
         f"--hot-users={workload.hot_users}",
         f"--mean-history={workload.mean_history_len}",
         f"--candidates={workload.candidates}",
+        f"--user-offset={workload.user_offset}",
     ]

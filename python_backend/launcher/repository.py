@@ -7,6 +7,7 @@ touching the checkout's model_repository/ or its trained weights.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,15 +31,23 @@ def stage_repository(
     seed: int = 0,
     source: Path = SOURCE,
     pool_parameters: Mapping[str, str] | None = None,
+    num_items: int | None = None,
 ) -> Path:
     """Copy `source` to `target`; write a seeded, untrained `preset_name` network into it
     (None keeps the source's trained weights) and override `hstu_pool` parameters
-    (e.g. {"alpha": "0.3", "controller": "adaptive"})."""
+    (e.g. {"alpha": "0.3", "controller": "adaptive"}). `num_items` resizes the preset's
+    item table (the host table `hstu_pool` caches rows of), so a benchmark can make
+    the catalogue larger than a pool's EMB side."""
+    if num_items is not None and not preset_name:
+        raise ValueError("stage_repository: num_items resizes a preset's item table; trained weights keep theirs")
     ignore = shutil.ignore_patterns("__pycache__", *(("weights.pt",) if preset_name else ()))
     shutil.copytree(source, target, ignore=ignore)
     if preset_name:
+        config = preset(preset_name)
+        if num_items is not None:
+            config = dataclasses.replace(config, num_items=num_items)
         torch.manual_seed(seed)
-        save(HSTU(preset(preset_name)).eval(), target / WEIGHTS)
+        save(HSTU(config).eval(), target / WEIGHTS)
     if pool_parameters:
         set_parameters(target / schema.POOL_MODEL / "config.pbtxt", pool_parameters)
     return target

@@ -19,7 +19,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from helmrec.launcher import TritonServer
-from helmrec.load.bench.latency import read_latencies
+from helmrec.load.bench.latency import log_files, read_latencies
 from helmrec.load.client import infer_inputs
 from helmrec.resources import locustfile
 from helmrec.router.backend_metrics import BackendReport, parse_report
@@ -29,13 +29,15 @@ from helmrec.router.server import RouterThread
 pytestmark = pytest.mark.e2e
 
 
-def run_locust(host: str, out: Path, shape: str, duration_s: float = 4.0) -> subprocess.CompletedProcess[str]:
+def run_locust(
+    host: str, out: Path, shape: str, duration_s: float = 4.0, *extra: str
+) -> subprocess.CompletedProcess[str]:
     command = [
         sys.executable, "-m", "locust", "-f", str(locustfile()), "--headless", "--only-summary",
         "--host", host, "--csv", str(out / "locust"), "--json-file", str(out / "locust_final"),
         "--latency-csv", str(out / "latency.csv"),
         f"--shape={shape}", f"--shape-duration={duration_s}", "--base-rate=20", "--per-user-rps=4",
-        "--trace-users=200", "--hot-users=10", "--mean-history=12", "--candidates=16",
+        "--trace-users=200", "--hot-users=10", "--mean-history=12", "--candidates=16", *extra,
     ]  # fmt: skip
     return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
 
@@ -92,6 +94,24 @@ def test_shapes_through_the_router(warm_server: TritonServer, tmp_path: Path, sh
     with RouterThread(RouterConfig(backends=(backend,), policy="helm")) as router:
         proc = run_locust(f"grpc://{router.server.grpc_url}", tmp_path, shape, duration_s=3.0)
     check_run(proc, tmp_path)
+
+
+def test_several_processes_share_the_trace_by_user(warm_server: TritonServer, tmp_path: Path) -> None:
+    """`--processes 2`: each worker sends its users' rows and logs them in its own file; together
+    they are the requests Locust's master counted, and no user's rows are split over processes
+    (a user's history must grow in order for the KV cache to extend it)."""
+    proc = run_locust(warm_server.grpc_url, tmp_path, "steady", 4.0, "--processes", "2")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    parts = log_files(tmp_path / "latency.csv")
+    assert [p.name for p in parts] == ["latency.part0.csv", "latency.part1.csv"]
+    logs = [read_latencies(p) for p in parts]
+    assert all(len(log) > 0 for log in logs), [len(log) for log in logs]
+    users = [set(log.user_id.tolist()) for log in logs]
+    assert [{u % 2 for u in share} for share in users] == [{0}, {1}]
+    requests, failures = locust_totals(tmp_path)
+    merged = read_latencies(*parts)
+    assert failures == 0 and len(merged) == requests == sum(len(log) for log in logs)
+    assert np.all(np.diff(merged.start_unix_s) >= 0)
 
 
 def test_a_host_without_port_is_refused_by_name(tmp_path: Path) -> None:

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helmrec.load.bench.latency import LatencyLog, read_latencies, summarize, timeline
+from helmrec.load.bench.latency import LatencyLog, log_files, part_path, read_latencies, summarize, timeline
 from helmrec.load.bench.metrics import MetricsSample, cache_totals
-from helmrec.load.bench.workload import TraceFeed, WorkloadConfig, make_feed, request_arrays
+from helmrec.load.bench.workload import Partition, TraceFeed, WorkloadConfig, make_feed, request_arrays
 from helmrec.router.backend_metrics import BackendReport
 
 LIMITS = dict(num_items=300, max_history_len=64, max_candidates=64)
@@ -73,6 +73,32 @@ def test_feed_hands_rows_in_order_waits_for_future_rows_and_skips_stale_ones() -
     taken = [feed.take(end) for _ in range(fresh)]
     assert [r for r, _ in taken] == list(range(len(trace) - fresh, len(trace)))  # the fresh tail, in order
     assert feed.take(end) is None  # then the trace is used up
+
+
+def test_partitions_send_every_row_once_and_keep_each_user_in_one_share() -> None:
+    trace = make_feed(WorkloadConfig(duration_s=10.0, base_rate=40.0), **LIMITS).trace
+    shares = [TraceFeed(trace, max_lag_s=1e9, partition=Partition(k, 3)) for k in range(3)]
+    rows = [[taken[0] for taken in iter(lambda f=feed: f.take(0.0), None)] for feed in shares]
+    assert sorted(r for share in rows for r in share) == list(range(len(trace)))
+    for k, share in enumerate(rows):
+        assert share == sorted(share) and set(trace.user_id[share] % 3) == {k}
+    # A share keeps the trace's own timing: its first row waits for that row's arrival time.
+    first = shares[1].trace.t_s[rows[1][0]]
+    assert TraceFeed(trace, partition=Partition(1, 3)).take(0.0) == (rows[1][0], pytest.approx(first))
+    with pytest.raises(ValueError, match=r"index must be in \[0, count\)"):
+        Partition(3, 3)
+
+
+def test_the_parts_of_a_log_are_read_back_as_one(tmp_path: Path) -> None:
+    target = tmp_path / "latency.csv"
+    for index, start in ((0, 2.0), (1, 1.0)):
+        log = LatencyLog()
+        log.record(start, 3.0, index, 5, True)
+        log.write_csv(part_path(target, index))
+    files = log_files(target)
+    assert [f.name for f in files] == ["latency.part0.csv", "latency.part1.csv"]
+    merged = read_latencies(*files)
+    assert merged.user_id.tolist() == [1, 0]  # sorted by start time across the parts
 
 
 def test_candidates_beyond_the_model_are_refused_by_name() -> None:

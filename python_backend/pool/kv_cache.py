@@ -190,12 +190,23 @@ class KVCache:
         finally:
             self.unpin(held)
         if writes:
-            tpp = self.tokens_per_page
-            index = np.concatenate([np.stack([pages[pos // tpp], pos % tpp]) for pages, pos, _ in writes], axis=1)
-            page_index, slot_index = to_device(index, self._pages.device)
-            new = torch.cat([kv for _, _, kv in writes], dim=1) if len(writes) > 1 else writes[0][2]
-            self._pages[page_index, :, slot_index] = new.permute(1, 0, 2).to(self._pages.dtype)
+            try:
+                self._write(writes)
+            except BaseException:
+                # The entries already claim these tokens; their K/V may not be in the pages (e.g. the
+                # device ran out of memory for the scatter). A later match would reuse garbage: drop them.
+                for user_id in held:
+                    self._drop(user_id, evicted=False)
+                raise
         return evicted
+
+    def _write(self, writes: Sequence[tuple[np.ndarray, np.ndarray, torch.Tensor]]) -> None:
+        """One scatter of every (entry pages, token positions, K/V) into the pool's pages."""
+        tpp = self.tokens_per_page
+        index = np.concatenate([np.stack([pages[pos // tpp], pos % tpp]) for pages, pos, _ in writes], axis=1)
+        page_index, slot_index = to_device(index, self._pages.device)
+        new = torch.cat([kv for _, _, kv in writes], dim=1) if len(writes) > 1 else writes[0][2]
+        self._pages[page_index, :, slot_index] = new.permute(1, 0, 2).to(self._pages.dtype)
 
     def _place(self, item: StoreItem) -> tuple[int, tuple[np.ndarray, np.ndarray, torch.Tensor] | None]:
         """`store`'s bookkeeping for one user: (users evicted, what to write: the entry's pages,

@@ -188,8 +188,8 @@ class Pool:
             hit = slots >= 0
             hit_rows = self.emb_cache.gather(slots[hit])
             pages: list[tuple[int, ...]] = [()] * len(queries)
+            reused = [q.user_id for q, m in zip(queries, matches) if m.length] if in_place else []
             if in_place:
-                reused = [q.user_id for q, m in zip(queries, matches) if m.length]
                 self.kv_cache.pin(reused)
                 pages = [tuple(self.kv_cache.pages_of(q.user_id)) if m.length else () for q, m in zip(queries, matches)]
             wanted = [] if in_place else [(q.user_id, m.length) for q, m in zip(queries, matches) if m.length]
@@ -199,17 +199,11 @@ class Pool:
             self._stats.emb_hits += int(hit.sum())
             miss_ids = need[~hit]
             self._stats.h2d_critical_bytes += miss_ids.size * self.host_table.row_bytes
-        if miss_ids.size == 0:  # the steady state of hot users: no copy, no scatter
-            emb = hit_rows
-        else:
-            miss_rows = self.host_table.fetch_critical(torch.from_numpy(miss_ids)).wait()
-            if miss_ids.size == need.size:
-                emb = miss_rows
-            else:
-                # Index lists, not a boolean mask: masked assignment would stall on a device sync.
-                emb = torch.empty(need.size, self.host_table.width, dtype=self.host_table.dtype, device=self.device)
-                emb.index_copy_(0, torch.from_numpy(np.flatnonzero(hit)).to(self.device), hit_rows)
-                emb.index_copy_(0, torch.from_numpy(np.flatnonzero(~hit)).to(self.device), miss_rows)
+        try:
+            emb = self._rows(need.size, hit, hit_rows, miss_ids)
+        except BaseException:
+            self.unpin(reused)  # the caller never gets the lookups it would unpin (e.g. out of device memory)
+            raise
         out, offset, miss_offset = [], 0, 0
         misses_before = np.concatenate([[0], np.cumsum(~hit)])
         for q, m, part, prefix_kv, prefix_pages in zip(queries, matches, parts, prefix_kvs, pages):
@@ -229,6 +223,19 @@ class Pool:
             )
             offset, miss_offset = end, miss_end
         return out
+
+    def _rows(self, count: int, hit: np.ndarray, hit_rows: torch.Tensor, miss_ids: np.ndarray) -> torch.Tensor:
+        """The group's `count` embedding rows in order: the cache's hits with the host table's misses."""
+        if miss_ids.size == 0:  # the steady state of hot users: no copy, no scatter
+            return hit_rows
+        miss_rows = self.host_table.fetch_critical(torch.from_numpy(miss_ids)).wait()
+        if miss_ids.size == count:
+            return miss_rows
+        # Index lists, not a boolean mask: masked assignment would stall on a device sync.
+        emb = torch.empty(count, self.host_table.width, dtype=self.host_table.dtype, device=self.device)
+        emb.index_copy_(0, torch.from_numpy(np.flatnonzero(hit)).to(self.device), hit_rows)
+        emb.index_copy_(0, torch.from_numpy(np.flatnonzero(~hit)).to(self.device), miss_rows)
+        return emb
 
     def commit(self, user_id: int, tokens: HistoryTokens, lookup: PoolLookup, kv: torch.Tensor) -> None:
         """`commit_many` of one request."""
@@ -304,10 +311,16 @@ class Pool:
             return 0
         try:
             rows = self.host_table.fetch_background(torch.from_numpy(items))
-        except BaseException:
+        except BaseException as exc:
             with self.lock:
                 self.emb_cache.cancel(admitted)
                 self.emb_cache.cancel(refilled)
+                self._stats.h2d_background_bytes -= items.size * self.host_table.row_bytes
+            if isinstance(exc, torch.cuda.OutOfMemoryError):
+                # Requests hold the device memory cap for now: this round copies nothing (its admitted
+                # misses are forgotten until they miss again) and a later round refills. Raising would
+                # stop the background thread, and with it the node.
+                return 0
             raise
         with self.lock:
             self.emb_cache.publish(admitted, rows[: admitted.size])

@@ -32,6 +32,7 @@ from helmrec.load.bench.served import (
     Traffic,
     add_traffic_options,
     check_door_options,
+    device_memory_bytes,
     first_contact,
     in_process_ceiling,
     node_users,
@@ -174,6 +175,7 @@ def run(args: argparse.Namespace) -> dict:
 
     report: dict = {"device": args.device, "preset": args.preset, "history": args.history, "candidates": args.candidates,
                     "mix": args.mix, "latency_bound_ms": args.latency_ms, "seconds": args.seconds, "servers": args.servers,
+                    "device_memory_bytes": device_memory_bytes(args),
                     "runs": []}  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:

@@ -51,6 +51,9 @@ from helmrec.router.config import DATA_PLANES, POLICIES
 from helmrec.schema import Limits
 
 MIXES = ("hit", "grow", "mixed")
+# The share of the GPU's memory that the default caps of `--servers N` nodes add up to; the rest is
+# for what no cap sees: each process's CUDA context and the router's and load generators' processes.
+AUTO_CAP_SHARE = 0.9
 NEW_USER_BASE = 10_000_000  # ids of `mixed`'s new users: disjoint from the warmed ones
 
 
@@ -347,6 +350,23 @@ def add_traffic_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", choices=POLICIES, default="kv_aware", help="the router's policy (--servers > 1)")
     parser.add_argument("--router-workers", type=int, default=1, help="helmrec route --workers (--servers > 1)")
     parser.add_argument("--data-plane", choices=DATA_PLANES, default="python", help="helmrec route --data-plane (--servers > 1)")
+    parser.add_argument("--device-memory-bytes", type=int, default=None,
+                        help="hstu_pool's device_memory_bytes: each server's cap on the GPU memory it reserves; 0: no cap. "
+                             f"Default (auto): {AUTO_CAP_SHARE:.0%}% of the GPU's memory / --servers on cuda with --servers > 1, "
+                             "else 0")  # fmt: skip
+
+
+def device_memory_bytes(args: argparse.Namespace) -> int:
+    """Each server's `device_memory_bytes`: `--device-memory-bytes`, or by default an equal share of
+    `AUTO_CAP_SHARE` of the GPU when several servers share it (uncapped, their caches filled the
+    H200 under overload: docs/gpu.md (i)). One server alone, or the CPU, gets no cap."""
+    if args.device_memory_bytes is not None:
+        return args.device_memory_bytes
+    if args.device != "cuda" or args.servers == 1:
+        return 0
+    import torch  # noqa: PLC0415 - only a GPU run needs it here
+
+    return int(AUTO_CAP_SHARE * torch.cuda.get_device_properties(0).total_memory) // args.servers
 
 
 def check_door_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -354,6 +374,8 @@ def check_door_options(parser: argparse.ArgumentParser, args: argparse.Namespace
     for name in ("servers", "router_workers"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.device_memory_bytes is not None and args.device_memory_bytes < 0:
+        parser.error(f"--device-memory-bytes must be >= 0, got {args.device_memory_bytes}")
 
 
 def warmup_shapes(args: argparse.Namespace) -> str:
@@ -379,7 +401,8 @@ def stage(args: argparse.Namespace, folder: Path, miss_share: float = 0.0, hit_s
     from helmrec.serving.network import read_limits  # noqa: PLC0415
 
     pool_parameters = {"pool_bytes": str(args.pool_bytes), "page_bytes": str(args.page_bytes), "alpha": str(args.alpha),
-                       "controller": "static", "warmup_shapes": warmup_shapes(args)}  # fmt: skip
+                       "controller": "static", "warmup_shapes": warmup_shapes(args),
+                       "device_memory_bytes": str(device_memory_bytes(args))}  # fmt: skip
     repo = stage_repository(folder / "model_repository", args.preset, args.seed, pool_parameters=pool_parameters)
     return repo, traffic_for(args, read_limits(repo / "hstu" / "1" / "weights.pt"), miss_share, hit_share)
 
@@ -405,12 +428,13 @@ def served_door(args: argparse.Namespace, folder: Path) -> Iterator[Door]:
         with TritonServer(model_repository=repo, device=args.device, startup_timeout_s=600) as server:
             yield Door(server.grpc_url, (server.grpc_url,), repo)
         return
-    from helmrec.load.bench.cluster import Cluster, ClusterConfig  # noqa: PLC0415
+    from helmrec.load.bench.capped_cluster import CappedClusterConfig  # noqa: PLC0415
+    from helmrec.load.bench.cluster import Cluster  # noqa: PLC0415
 
-    config = ClusterConfig(
+    config = CappedClusterConfig(
         nodes=args.servers, policy=args.policy, alpha=str(args.alpha), pool_bytes=args.pool_bytes, page_bytes=args.page_bytes,
         device=args.device, preset=args.preset, seed=args.seed, startup_timeout_s=600.0, warmup_shapes=warmup_shapes(args),
-        router_workers=args.router_workers, data_plane=args.data_plane,
+        router_workers=args.router_workers, data_plane=args.data_plane, device_memory_bytes=device_memory_bytes(args),
     )  # fmt: skip
     with Cluster(config, folder) as cluster:
         yield Door(cluster.router_grpc_url, tuple(s.grpc_url for s in cluster.servers), folder / "model_repository")
@@ -424,6 +448,7 @@ def run(args: argparse.Namespace) -> dict:
         print("--py-spy: no py-spy on PATH, rows run without it", flush=True)
     report: dict = {"device": args.device, "preset": args.preset, "history": args.history, "candidates": args.candidates,
                     "users": args.users, "processes": args.processes, "seconds": args.seconds, "servers": args.servers,
+                    "device_memory_bytes": device_memory_bytes(args),
                     "router": None if args.servers == 1 else {"policy": args.policy, "workers": args.router_workers,
                                                               "data_plane": args.data_plane},
                     "served": [], "ceiling": []}  # fmt: skip

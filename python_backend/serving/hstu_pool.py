@@ -31,6 +31,8 @@ from helmrec.allocator.interface import Decider
 from helmrec.pool.config import PoolConfig
 from helmrec.pool.metrics import PoolMetrics
 from helmrec.pool.ranker import PooledRanker
+from helmrec.serving.device_memory import PARAMETER as MEMORY_CAP
+from helmrec.serving.device_memory import apply_cap, out_of_memory_message, parse_device_memory_bytes, total_memory
 from helmrec.serving.network import load_network, read_limits, resolve_device, serving_dtype
 from helmrec.serving.node_control import NodeControl, ServiceTimes
 from helmrec.serving.triton_io import ModelArgs, error_response, input_arrays, output_tensor, to_torch
@@ -72,6 +74,22 @@ def parse_shapes(text: str) -> list[tuple[int, int]]:
     return shapes
 
 
+def _device_memory_cap(raw: str, pool_bytes: int, device: torch.device) -> int:
+    """`device_memory_bytes` parsed and, on a GPU, put in force; the cap in force (0: none).
+
+    Called before the pool and the network are allocated: the cap bounds the allocator from then on."""
+    try:
+        cap = parse_device_memory_bytes(raw, pool_bytes, total_memory(device))
+    except ValueError as exc:
+        raise pb_utils.TritonModelException(f"hstu_pool: {exc}") from None
+    if cap and device.type != "cuda":
+        pb_utils.Logger.log_info(f"hstu_pool: parameter '{MEMORY_CAP}' ({cap}) is ignored on {device}: it caps a GPU's memory")
+        return 0
+    if cap:
+        apply_cap(cap, device)
+    return cap
+
+
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         model = ModelArgs(args)
@@ -85,10 +103,12 @@ class TritonPythonModel:
             return
         device = resolve_device(model.parameter("device"), model.instance_kind, model.device_id)
         dtype = serving_dtype(model.parameter("dtype"), device)
+        pool_config = PoolConfig.from_triton_parameters(model.parameters(), device=str(device))
+        self.memory_cap = _device_memory_cap(model.parameter(MEMORY_CAP), pool_config.pool_bytes, device)
         network = load_network(model.path_parameter("weights"), device, dtype)
         self.ranker = PooledRanker(
             network,
-            PoolConfig.from_triton_parameters(model.parameters(), device=str(device)),
+            pool_config,
             background_interval_s=float(model.parameter("background_interval_ms")) / 1e3,
             graph_max_batch=int(model.parameter("graph_max_batch")),
         )
@@ -98,10 +118,11 @@ class TritonPythonModel:
             # Reserved = the pool + weights + every captured graph's private memory + the allocator's cache:
             # what one more server on this GPU has to fit beside.
             reserved = torch.cuda.memory_reserved(device) if device.type == "cuda" else 0
+            cap = f" of a {self.memory_cap / 2**30:.1f} GiB cap ({MEMORY_CAP})" if self.memory_cap else ""
             pb_utils.Logger.log_info(
                 f"hstu_pool: captured the graphs of {len(shapes)} warm-up shape(s) in {seconds:.1f} s; "
                 f"graph buffers hold {self.ranker.graph_buffer_bytes / 2**20:.0f} MiB; "
-                f"device memory reserved {reserved / 2**30:.1f} GiB"
+                f"device memory reserved {reserved / 2**30:.1f} GiB{cap}"
             )
         self.service_times = ServiceTimes()
         metrics = PoolMetrics(pb_utils.MetricFamily)
@@ -135,13 +156,21 @@ class TritonPythonModel:
         return out
 
     def _rank(self, reqs: list[schema.ValidRequest]) -> list[Any]:
-        """Valid requests through the pool as one group; a failure of the node's own machinery fails loudly."""
+        """Valid requests through the pool as one group; a failure of the node's own machinery fails loudly.
+
+        Running out of device memory (the `device_memory_bytes` cap, or a full GPU) fails the
+        group, not the node: the allocator's cache is emptied and the next group is served.
+        INTERNAL, not UNAVAILABLE: a router takes UNAVAILABLE for a dead backend."""
         for failed in (self.control.error, self.ranker.background_error):
             if failed is not None:
                 error = error_response(f"hstu_pool: node control stopped: {failed!r}", pb_utils.TritonError.INTERNAL)
                 return [error] * len(reqs)
         t0 = time.perf_counter()
-        results = self.ranker.rank_many(reqs)
+        try:
+            results = self.ranker.rank_many(reqs)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            return [error_response(out_of_memory_message(self.memory_cap), pb_utils.TritonError.INTERNAL)] * len(reqs)
         group_ms = (time.perf_counter() - t0) * 1e3
         for _ in reqs:  # each request of the group waited for all of it
             self.service_times.record(group_ms)

@@ -160,3 +160,20 @@ def test_a_parameter_missing_from_the_pool_config_stops_the_load_naming_it(tiny_
     config.write_text("\n".join(line for line in config.read_text().splitlines() if 'key: "controller"' not in line))
     with pytest.raises(LauncherError, match="config.pbtxt needs parameter 'controller'"):
         TritonServer(model_repository=repo, device="cpu").start()
+
+
+def test_a_device_memory_cap_is_ignored_on_the_cpu_and_a_bad_one_stops_the_load(tiny_repository, tmp_path) -> None:
+    """`device_memory_bytes` caps a GPU's memory: a CPU node logs that it ignores it and serves;
+    a cap the pool alone would not fit in stops the load naming the parameter, on any device."""
+    from helmrec.launcher import LauncherError
+    from helmrec.launcher.repository import stage_repository
+
+    repo = stage_repository(
+        tmp_path / "capped", None, source=tiny_repository, pool_parameters={"device_memory_bytes": str(1 << 30)}
+    )
+    with TritonServer(model_repository=repo, device="cpu") as server:
+        np.testing.assert_allclose(infer_grpc(server, Request()), expected_scores(repo, Request()), rtol=1e-4, atol=1e-5)
+        assert "parameter 'device_memory_bytes' (1073741824) is ignored on cpu" in server.log()
+    repo = stage_repository(tmp_path / "too_small", None, source=tiny_repository, pool_parameters={"device_memory_bytes": "4096"})
+    with pytest.raises(LauncherError, match="'device_memory_bytes' \\(4096\\) must exceed pool_bytes"):
+        TritonServer(model_repository=repo, device="cpu").start()

@@ -1,4 +1,5 @@
-"""`helmrec bench-served`'s reading of hstu_pool's Triton statistics over a row, and whom its ceiling ranks.
+"""`helmrec bench-served`'s reading of hstu_pool's Triton statistics over a row, whom its ceiling ranks,
+and each server's device memory cap.
 
 Snapshots in the JSON form tritonclient returns (uint64s as strings, zero counters
 left out), 1 s apart: 3 executes of 4, 2 and 2 requests (8 requests).
@@ -10,7 +11,7 @@ import argparse
 
 import pytest
 
-from helmrec.load.bench.served import node_users, pool_stats_delta
+from helmrec.load.bench.served import add_traffic_options, device_memory_bytes, node_users, pool_stats_delta
 
 
 def snapshot(executes: int, requests: int, queue_ns: int, batches: dict[int, tuple[int, int, int, int]]) -> dict:
@@ -83,3 +84,32 @@ def test_the_ceiling_ranks_one_node_s_share_of_the_users() -> None:
     assert node_users(argparse.Namespace(users=96, servers=4)) == 24
     assert node_users(argparse.Namespace(users=10, servers=4)) == 3
     assert node_users(argparse.Namespace(users=10, servers=1)) == 10
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_traffic_options(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_servers_sharing_a_gpu_get_an_equal_share_of_nine_tenths_of_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda _: argparse.Namespace(total_memory=100_000))
+    assert device_memory_bytes(_args("--device", "cuda", "--servers", "4")) == 22_500
+    assert device_memory_bytes(_args("--device", "cuda")) == 0  # one server alone: no neighbour to leave room for
+    assert device_memory_bytes(_args("--servers", "4")) == 0  # the CPU: nothing to cap
+    assert device_memory_bytes(_args("--device", "cuda", "--servers", "4", "--device-memory-bytes", "0")) == 0
+    assert device_memory_bytes(_args("--device-memory-bytes", "7")) == 7
+
+
+def test_a_capped_cluster_stages_the_cap_with_its_pool_parameters() -> None:
+    from helmrec.load.bench.capped_cluster import CappedClusterConfig
+
+    config = CappedClusterConfig(alpha="0.25", device_memory_bytes=1 << 30)
+    assert config.pool_parameters() == {
+        "controller": "static",
+        "pool_bytes": "1048576",
+        "alpha": "0.25",
+        "device_memory_bytes": str(1 << 30),
+    }

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from helmrec.allocator.controller import Controller, ControllerConfig
-from helmrec.allocator.interface import Decider
+from helmrec.allocator.interface import Decider, StaticAlpha
 from helmrec.allocator.node_model import NodeConfig, NodeState, WindowTable, step_node
 from helmrec.allocator.observation import Observation
 from helmrec.allocator.oracle import alpha_star
@@ -33,17 +33,9 @@ STATIC = (0.02, 0.05, *(round(0.1 * k, 1) for k in range(1, 10)))
 DECISION_CALLS = 100_000
 
 
-class _Static:
-    def __init__(self, alpha: float) -> None:
-        self.alpha = alpha
-
-    def decide(self, obs: Observation) -> float:
-        return self.alpha
-
-
 def policies(policy: Policy) -> dict[str, Callable[[], Decider]]:
     """Fresh-instance factories of every compared policy (controllers are stateful)."""
-    out: dict[str, Callable[[], Decider]] = {f"static_{a}": (lambda a=a: _Static(a)) for a in STATIC}
+    out: dict[str, Callable[[], Decider]] = {f"static_{a}": (lambda a=a: StaticAlpha(a)) for a in STATIC}
     if "meta_pid_setpoint" not in policy.extra:
         raise ValueError("policy file has no meta_pid_setpoint: re-export it with helmrec train-allocator")
     setpoint = float(policy.extra["meta_pid_setpoint"])

@@ -20,3 +20,13 @@ class Decider(Protocol):
     def decide(self, obs: Observation) -> float:
         """The EMB share of the pool for the next window."""
         ...
+
+
+class StaticAlpha:
+    """The static baseline: the same alpha every window, whatever the window was."""
+
+    def __init__(self, alpha: float) -> None:
+        self.alpha = alpha
+
+    def decide(self, obs: Observation) -> float:
+        return self.alpha

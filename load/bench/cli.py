@@ -20,7 +20,9 @@ over from the shape before, in the same order for every system.
 `--resume` keeps every run an earlier command finished in `--out` (its folder
 holds run.json) and runs only the rest, so a comparison can be spread over
 several commands of a few minutes each. `--processes N` sends from N Locust
-worker processes (one Python process cannot hold a GPU's rate).
+worker processes (one Python process cannot hold a GPU's rate). `--costs TABLE`
+simulates every run too (`helmrec.load.bench.predict`) and reports the
+simulator's figures beside the measured ones.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ from rich.console import Console
 
 from helmrec.launcher import LauncherError
 from helmrec.load.bench.cluster import ADAPTIVE, Cluster, ClusterConfig
+from helmrec.load.bench.gpu_cap import AUTO_CAP_SHARE, shared_gpu_cap
+from helmrec.load.bench.predict import Costs, predict
 from helmrec.load.bench.report import Comparison, best_static, write_run, write_summary
 from helmrec.load.bench.run import BenchError, RunResult, RunSpec, load_record, run_on, run_once, save_record
 from helmrec.load.bench.workload import WorkloadConfig, add_trace_shape_options
@@ -82,6 +86,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--processes", type=int, default=1, help="Locust processes sending (more than 1: workers under a master)")
     add("--keep-servers", action="store_true", help="start each system's nodes once for all its shapes")
     add("--resume", action="store_true", help="keep the runs an earlier command finished in --out")
+    add("--costs", type=Path, help="a `helmrec calibrate` cost table of the nodes' preset and device: "
+        "the simulator's prediction for every run is put beside its measurement")  # fmt: skip
     add("--pool-bytes", type=int, default=c.pool_bytes, help="each node's pool budget (EMB + KV)")
     add("--device", choices=("cpu", "cuda", "auto"), default=c.device, help="auto: CUDA where present")
     add("--preset", default=c.preset, help="HSTU preset of the seeded network the nodes serve")
@@ -91,6 +97,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--warmup-shapes", default=c.warmup_shapes, help="hstu_pool graphs captured at load, e.g. 2048x256 (GPU)")
     add("--data-plane", choices=DATA_PLANES, default=c.data_plane, help="`helmrec route --data-plane`")
     add("--router-workers", type=int, default=c.router_workers, help="`helmrec route --workers`")
+    add("--device-memory-bytes", type=int, help="each node's hstu_pool device_memory_bytes; 0: no cap. Default: "
+        f"{AUTO_CAP_SHARE:.0%}% of the GPU / --nodes with several nodes on cuda, else 0")  # fmt: skip
     add_trace_shape_options(parser)
 
 
@@ -183,6 +191,9 @@ def run(args: argparse.Namespace) -> int:
             warmup_shapes=args.warmup_shapes,
             data_plane=args.data_plane,
             router_workers=args.router_workers,
+            device_memory_bytes=(
+                shared_gpu_cap(args.device, args.nodes) if args.device_memory_bytes is None else args.device_memory_bytes
+            ),
         )
         workload = WorkloadConfig(
             seed=args.seed,
@@ -199,7 +210,10 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--slo-ms must be > 0, got {args.slo_ms}")
         if args.processes < 1:
             raise ValueError(f"--processes must be >= 1, got {args.processes}")
-    except ValueError as exc:
+        costs = Costs.read(args.costs) if args.costs else None
+        if costs is not None:
+            costs.check(args.preset)
+    except (ValueError, OSError) as exc:
         console.print(f"helmrec bench: {exc}", style="red")
         return 2
     shapes = args.shape or (list(REGIMES) if args.compare else ["burst"])
@@ -238,7 +252,8 @@ def run(args: argparse.Namespace) -> int:
             mine = [r for r in runs if r.spec.workload.regime == regime]
             comparisons.append(Comparison(regime, best_static(mine), next(r for r in mine if r.spec.cluster.adaptive)))
 
-    table = write_summary(out, runs, comparisons, _command())
+    predictions = {r.out_dir: predict(r.spec, costs) for r in runs} if costs else {}
+    table = write_summary(out, runs, comparisons, _command(), predictions)
     if table:
         print(table)
     failures = sum(r.summary.failures for r in runs)

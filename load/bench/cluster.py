@@ -65,6 +65,7 @@ class ClusterConfig:
     router_workers: int = 1  # `helmrec route --workers`
     data_plane: str = "python"  # `helmrec route --data-plane`
     num_items: int | None = None  # None: the preset's item table; else its rows (the host table's size)
+    device_memory_bytes: int = 0  # hstu_pool's cap on each node's GPU memory; 0: none
 
     def __post_init__(self) -> None:
         if self.nodes < 1:
@@ -84,6 +85,8 @@ class ClusterConfig:
             raise ValueError(f"ClusterConfig.threads_per_node must be >= 1, got {self.threads_per_node}")
         if self.router_workers < 1:
             raise ValueError(f"ClusterConfig.router_workers must be >= 1, got {self.router_workers}")
+        if self.device_memory_bytes < 0:
+            raise ValueError(f"ClusterConfig.device_memory_bytes must be >= 0, got {self.device_memory_bytes}")
         if self.num_items is not None and self.num_items < 1:
             raise ValueError(f"ClusterConfig.num_items must be >= 1, got {self.num_items}")
         if self.data_plane not in DATA_PLANES:
@@ -107,6 +110,8 @@ class ClusterConfig:
             params["page_bytes"] = str(self.page_bytes)
         if self.warmup_shapes:
             params["warmup_shapes"] = self.warmup_shapes
+        if self.device_memory_bytes:
+            params["device_memory_bytes"] = str(self.device_memory_bytes)
         return params
 
 

@@ -7,7 +7,9 @@ summary.json follows the `helmrec sim --json` shape of docs/reports.md so the re
 and the simulated cluster can be read by the same code:
   {"nodes": n, "slo_ms": f, "regimes": {REGIME: {"p99_reduction_vs_best_static": f,
    "slo_satisfaction": f, "best_static_alpha": f, "policies": {LABEL: {"p50_ms": f, "p99_ms": f,
-   "slo_satisfaction": f, "throughput_rps": f, "emb_hit": f, "kv_hit": f, "failures": n}}}}}
+   "slo_satisfaction": f, "throughput_rps": f, "emb_hit": f, "kv_hit": f, "failures": n,
+   "predicted": {...}}}}}}
+"predicted" (with `--costs`): the simulator's figures for the same run (`helmrec.load.bench.predict`).
 """
 
 from __future__ import annotations
@@ -108,6 +110,9 @@ def write_run(result: RunResult) -> None:
 
 
 # -- several runs ------------------------------------------------------------------------------
+# A simulated P99 this far from the measured one (relative) is a disagreement to explain (issue 19).
+P99_DISAGREEMENT = 0.2
+
 RUN_COLUMNS = ("regime", "system", "alpha", "policy", "requests", "failures", "p50_ms", "p99_ms",
                "slo_satisfaction", "throughput_rps", "emb_hit", "kv_hit", "mean_alpha")  # fmt: skip
 
@@ -153,8 +158,17 @@ def best_static(runs: list[RunResult]) -> RunResult:
     return min(statics, key=lambda r: (r.summary.p99_ms, -r.summary.slo_satisfaction))
 
 
-def write_summary(out: Path, runs: list[RunResult], comparisons: list[Comparison], command: str) -> str:
-    """runs.csv, summary.json and report.md at the top of `out`; returns the comparison table as text."""
+def write_summary(
+    out: Path,
+    runs: list[RunResult],
+    comparisons: list[Comparison],
+    command: str,
+    predictions: dict[Path, dict[str, float]] | None = None,
+) -> str:
+    """runs.csv, summary.json and report.md at the top of `out`; returns the comparison table as text.
+
+    `predictions`: the simulator's figures per run folder, put beside the measured ones."""
+    predictions = predictions or {}
     with (out / "runs.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=RUN_COLUMNS)
         w.writeheader()
@@ -174,6 +188,7 @@ def write_summary(out: Path, runs: list[RunResult], comparisons: list[Comparison
             "emb_hit": r.caches.emb_hit_rate,
             "kv_hit": r.caches.kv_hit_rate,
             "failures": r.summary.failures,
+            **({"predicted": predictions[r.out_dir]} if r.out_dir in predictions else {}),
         }
     for comp in comparisons:
         regimes[comp.regime].update(
@@ -194,6 +209,8 @@ def write_summary(out: Path, runs: list[RunResult], comparisons: list[Comparison
     table = compare_table(comparisons, slo) if comparisons else ""
     if comparisons:
         lines += ["", "## Best static alpha vs adaptive", "", "```", table, "```"]
+    if predictions:
+        lines += ["", *prediction_lines(runs, comparisons, predictions)]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     return table
 
@@ -214,3 +231,35 @@ def compare_table(comparisons: list[Comparison], slo_ms: float) -> str:
     rows.append(f"mean P99 reduction of adaptive vs best static over {len(comparisons)} regimes "
                 f"(SLO {slo_ms:g} ms): {mean:.1%}")  # fmt: skip
     return "\n".join(rows)
+
+
+def prediction_lines(
+    runs: list[RunResult], comparisons: list[Comparison], predictions: dict[Path, dict[str, float]]
+) -> list[str]:
+    """Markdown: measured beside simulated, per run and per comparison; disagreements flagged."""
+    lines = [
+        "## Measured vs simulated (`helmrec sim` on the same trace and cluster)",
+        "",
+        "| regime | system | P99 ms measured | P99 ms simulated | simulated / measured | SLO measured "
+        "| SLO simulated | KV hit measured | KV hit simulated | EMB hit measured | EMB hit simulated "
+        "| mean alpha measured | mean alpha simulated |",
+        "|" + "---|" * 13,
+    ]
+    for r in runs:
+        sim = predictions.get(r.out_dir)
+        if sim is None:
+            continue
+        ratio = sim["p99_ms"] / r.summary.p99_ms
+        flag = " (off by more than 20%)" if abs(ratio - 1.0) > P99_DISAGREEMENT else ""
+        lines.append(
+            f"| {r.spec.workload.regime} | {r.spec.cluster.label} | {_f(r.summary.p99_ms)} | {_f(sim['p99_ms'])} | "
+            f"{_f(ratio)}{flag} | {_f(r.summary.slo_satisfaction, 3)} | {_f(sim['slo_satisfaction'], 3)} | "
+            f"{_f(r.caches.kv_hit_rate, 3)} | {_f(sim['kv_hit'], 3)} | {_f(r.caches.emb_hit_rate, 3)} | "
+            f"{_f(sim['emb_hit'], 3)} | {_f(r.caches.mean_alpha, 3)} | {_f(sim['mean_alpha'], 3)} |"
+        )
+    for c in comparisons:
+        b, a = predictions.get(c.best_static.out_dir), predictions.get(c.adaptive.out_dir)
+        if b is not None and a is not None:
+            lines += ["", f"{c.regime}: P99 reduction of adaptive vs the measured best static, measured "
+                      f"{c.p99_reduction:.1%}, simulated {1.0 - a['p99_ms'] / b['p99_ms']:.1%}."]  # fmt: skip
+    return lines

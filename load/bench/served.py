@@ -47,13 +47,11 @@ from pathlib import Path
 import numpy as np
 
 from helmrec import schema
+from helmrec.load.bench.gpu_cap import AUTO_CAP_SHARE, shared_gpu_cap
 from helmrec.router.config import DATA_PLANES, POLICIES
 from helmrec.schema import Limits
 
 MIXES = ("hit", "grow", "mixed")
-# The share of the GPU's memory that the default caps of `--servers N` nodes add up to; the rest is
-# for what no cap sees: each process's CUDA context and the router's and load generators' processes.
-AUTO_CAP_SHARE = 0.9
 NEW_USER_BASE = 10_000_000  # ids of `mixed`'s new users: disjoint from the warmed ones
 
 
@@ -357,16 +355,10 @@ def add_traffic_options(parser: argparse.ArgumentParser) -> None:
 
 
 def device_memory_bytes(args: argparse.Namespace) -> int:
-    """Each server's `device_memory_bytes`: `--device-memory-bytes`, or by default an equal share of
-    `AUTO_CAP_SHARE` of the GPU when several servers share it (uncapped, their caches filled the
-    H200 under overload: docs/gpu.md (i)). One server alone, or the CPU, gets no cap."""
+    """Each server's `device_memory_bytes`: `--device-memory-bytes`, or by default `shared_gpu_cap`."""
     if args.device_memory_bytes is not None:
         return args.device_memory_bytes
-    if args.device != "cuda" or args.servers == 1:
-        return 0
-    import torch  # noqa: PLC0415 - only a GPU run needs it here
-
-    return int(AUTO_CAP_SHARE * torch.cuda.get_device_properties(0).total_memory) // args.servers
+    return shared_gpu_cap(args.device, args.servers)
 
 
 def check_door_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -428,10 +420,9 @@ def served_door(args: argparse.Namespace, folder: Path) -> Iterator[Door]:
         with TritonServer(model_repository=repo, device=args.device, startup_timeout_s=600) as server:
             yield Door(server.grpc_url, (server.grpc_url,), repo)
         return
-    from helmrec.load.bench.capped_cluster import CappedClusterConfig  # noqa: PLC0415
-    from helmrec.load.bench.cluster import Cluster  # noqa: PLC0415
+    from helmrec.load.bench.cluster import Cluster, ClusterConfig  # noqa: PLC0415
 
-    config = CappedClusterConfig(
+    config = ClusterConfig(
         nodes=args.servers, policy=args.policy, alpha=str(args.alpha), pool_bytes=args.pool_bytes, page_bytes=args.page_bytes,
         device=args.device, preset=args.preset, seed=args.seed, startup_timeout_s=600.0, warmup_shapes=warmup_shapes(args),
         router_workers=args.router_workers, data_plane=args.data_plane, device_memory_bytes=device_memory_bytes(args),

@@ -26,8 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from helmrec.allocator.controller import Controller, ControllerConfig
-from helmrec.allocator.interface import Decider
-from helmrec.allocator.observation import Observation
+from helmrec.allocator.interface import Decider, StaticAlpha
 from helmrec.allocator.policy import Policy
 from helmrec.load.sim.alpha_gap import alpha_gap
 from helmrec.load.sim.cluster import simulate
@@ -101,20 +100,10 @@ _GRID: GridConfig | None = None
 _POLICY: Policy | None = None
 
 
-class _Static:
-    """A fixed alpha (the static baselines)."""
-
-    def __init__(self, alpha: float) -> None:
-        self.alpha = alpha
-
-    def decide(self, obs: Observation) -> float:
-        return self.alpha
-
-
 def _decider_factory(spec: str) -> Callable[[], Decider]:
     if spec.startswith("static:"):
         value = float(spec.split(":", 1)[1])
-        return lambda: _Static(value)
+        return lambda: StaticAlpha(value)
     global _POLICY
     if _POLICY is None:
         _POLICY = Policy.load(_GRID.policy_path if _GRID is not None else None)

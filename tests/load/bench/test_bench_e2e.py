@@ -20,11 +20,15 @@ pytestmark = pytest.mark.e2e
 
 
 def test_single_bench_run_writes_report_csvs_and_plots(tmp_path: Path) -> None:
-    out = tmp_path / "bench"
+    out, costs = tmp_path / "bench", tmp_path / "tiny_cpu.json"
+    calibrate = [sys.executable, "-m", "helmrec.cli", "calibrate", "--device", "cpu", "--preset", "tiny", "--quick",
+                 "--out", str(costs)]  # fmt: skip
+    subprocess.run(calibrate, capture_output=True, text=True, timeout=300, check=True)
     command = [
         sys.executable, "-m", "helmrec.cli", "bench", "--nodes", "1", "--alpha", "0.3", "--policy", "helm",
         "--shape", "burst", "--duration", "4", "--rate", "15", "--device", "cpu", "--out", str(out),
         "--trace-users", "100", "--hot-users", "10", "--mean-history", "8", "--candidates", "8",
+        "--costs", str(costs),
     ]  # fmt: skip
     proc = subprocess.run(command, capture_output=True, text=True, timeout=400, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -49,6 +53,12 @@ def test_single_bench_run_writes_report_csvs_and_plots(tmp_path: Path) -> None:
     assert looked_up == len(lat)
     assert 0.0 <= figures["kv_hit"] <= 1.0 and figures["p99_ms"] >= figures["p50_ms"] > 0
     assert "static 0.3+helm" in (out / "report.md").read_text()
+    # The simulator's figures for the same run sit beside the measured ones: the same trace (so the
+    # same KV outcome of every returning user on the one node) and the static alpha held.
+    predicted = figures["predicted"]
+    assert predicted["mean_alpha"] == 0.3 and predicted["refused"] == 0.0
+    assert abs(predicted["kv_hit"] - figures["kv_hit"]) < 0.05, (predicted["kv_hit"], figures["kv_hit"])
+    assert "Measured vs simulated" in (out / "report.md").read_text()
 
 
 def bench(out: Path, *extra: str) -> subprocess.CompletedProcess[str]:

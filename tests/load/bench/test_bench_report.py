@@ -13,10 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helmrec.allocator.cost_model import CostModel
 from helmrec.load.bench.cli import parse_alphas
 from helmrec.load.bench.cluster import ClusterConfig
 from helmrec.load.bench.latency import Latencies, summarize
 from helmrec.load.bench.metrics import MetricsSample, cache_totals
+from helmrec.load.bench.predict import Costs, PredictionError
 from helmrec.load.bench.report import Comparison, alpha_series, best_static, compare_table, write_run, write_summary
 from helmrec.load.bench.run import RunResult, RunSpec
 from helmrec.load.bench.workload import WorkloadConfig
@@ -98,3 +100,32 @@ def test_bad_bench_settings_name_the_flag_and_rule() -> None:
         best_static([])
     assert ClusterConfig(alpha="0.25").pool_parameters() == {"controller": "static", "pool_bytes": "1048576", "alpha": "0.25"}
     assert ClusterConfig().pool_parameters() == {"controller": "adaptive", "pool_bytes": "1048576"}
+
+
+def test_simulated_figures_sit_beside_the_measured_and_disagreements_are_flagged(tmp_path: Path) -> None:
+    static = fake_run(tmp_path, "burst", "0.5", "round_robin", np.linspace(1, 20, 200))
+    adaptive = fake_run(tmp_path, "burst", "adaptive", "helm", np.linspace(1, 10, 200))
+    comp = Comparison("burst", static, adaptive)
+    sim = {"p50_ms": 1.0, "slo_satisfaction": 1.0, "throughput_rps": 20.0, "emb_hit": 0.9, "kv_hit": 0.4,
+           "mean_alpha": 0.5, "refused": 0.0}  # fmt: skip
+    predictions = {static.out_dir: {**sim, "p99_ms": static.summary.p99_ms * 1.1},
+                   adaptive.out_dir: {**sim, "p99_ms": adaptive.summary.p99_ms * 0.5}}  # fmt: skip
+    write_summary(tmp_path, [static, adaptive], [comp], "helmrec bench --compare --costs t.json", predictions)
+    policies = json.loads((tmp_path / "summary.json").read_text())["regimes"]["burst"]["policies"]
+    assert policies["adaptive+helm"]["predicted"]["p99_ms"] == pytest.approx(adaptive.summary.p99_ms * 0.5)
+    report = (tmp_path / "report.md").read_text()
+    rows = {line.split(" | ")[1]: line for line in report.splitlines() if line.startswith("| burst |")}
+    assert "1.10 |" in rows["static 0.5+round_robin"] and "off by more" not in rows["static 0.5+round_robin"]
+    assert "0.50 (off by more than 20%)" in rows["adaptive+helm"]
+    measured = comp.p99_reduction
+    simulated = 1.0 - 0.5 * adaptive.summary.p99_ms / (1.1 * static.summary.p99_ms)
+    assert f"measured {measured:.1%}, simulated {simulated:.1%}" in report
+
+
+def test_a_cost_table_of_another_network_is_refused_before_any_server_starts(tmp_path: Path) -> None:
+    from helmrec.cli import main
+
+    assert main(["bench", "--costs", str(tmp_path / "absent.json"), "--out", str(tmp_path / "o")]) == 2
+    costs = Costs(CostModel(), "small", "cpu", tmp_path / "small.json")
+    with pytest.raises(PredictionError, match="measured on preset 'small', the nodes serve 'tiny'"):
+        costs.check("tiny")

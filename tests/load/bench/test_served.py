@@ -104,9 +104,12 @@ def test_servers_sharing_a_gpu_get_an_equal_share_of_nine_tenths_of_it(monkeypat
 
 
 def test_a_capped_cluster_stages_the_cap_with_its_pool_parameters() -> None:
-    from helmrec.load.bench.capped_cluster import CappedClusterConfig
+    from helmrec.load.bench.cluster import ClusterConfig
 
-    config = CappedClusterConfig(alpha="0.25", device_memory_bytes=1 << 30)
+    assert "device_memory_bytes" not in ClusterConfig().pool_parameters()  # 0: the repository's (no cap)
+    with pytest.raises(ValueError, match="ClusterConfig.device_memory_bytes must be >= 0"):
+        ClusterConfig(device_memory_bytes=-1)
+    config = ClusterConfig(alpha="0.25", device_memory_bytes=1 << 30)
     assert config.pool_parameters() == {
         "controller": "static",
         "pool_bytes": "1048576",

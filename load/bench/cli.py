@@ -252,7 +252,7 @@ def run(args: argparse.Namespace) -> int:
             mine = [r for r in runs if r.spec.workload.regime == regime]
             comparisons.append(Comparison(regime, best_static(mine), next(r for r in mine if r.spec.cluster.adaptive)))
 
-    predictions = {r.out_dir: predict(r.spec, costs) for r in runs} if costs else {}
+    predictions = {r.out_dir: predict(r.spec, costs, r.probe_ms) for r in runs} if costs else {}
     table = write_summary(out, runs, comparisons, _command(), predictions)
     if table:
         print(table)

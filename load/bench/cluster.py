@@ -41,6 +41,9 @@ PORT_TAKEN = ("already in use", "cannot bind")
 T = TypeVar("T")
 # Far above any benchmark trace's user ids, so warm-up never touches a measured user's KV entry.
 WARM_UP_USER = 1 << 40
+# The probe's user (below the warm-up users, above every trace's) and its request count.
+PROBE_USER = WARM_UP_USER - 1
+PROBE_REQUESTS = 21
 
 
 @dataclass(frozen=True)
@@ -217,6 +220,20 @@ class Cluster:
             client = grpcclient.InferenceServerClient(server.grpc_url)
             arrays = schema.ensemble_request(WARM_UP_USER + node, np.array([1]), np.array([0]), np.array([1]))
             client.infer(schema.ENSEMBLE_MODEL, infer_inputs(grpcclient, arrays))
+
+    def probe(self, requests: int = PROBE_REQUESTS) -> list[float]:
+        """Milliseconds of `requests - 1` requests of the smallest kind (a KV hit of a one-event
+        history, one candidate) sent one at a time through the router, after one that seeds the
+        user's KV entry: what the served path (gRPC, router, ensemble, the stub's hops) costs
+        where the network does almost nothing and nothing queues."""
+        client = grpcclient.InferenceServerClient(self.router_grpc_url)
+        inputs = infer_inputs(grpcclient, schema.ensemble_request(PROBE_USER, np.array([1]), np.array([0]), np.array([1])))
+        times = []
+        for _ in range(requests):
+            t0 = time.perf_counter()
+            client.infer(schema.ENSEMBLE_MODEL, inputs)
+            times.append((time.perf_counter() - t0) * 1e3)
+        return times[1:]
 
     def stop(self) -> None:
         if self._router is not None:

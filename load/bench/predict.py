@@ -6,8 +6,12 @@ workers replay (same workload, seed and network limits), the nodes' pool budget,
 page size, control window and starting alpha as the staged repository sets them,
 the same router policy object and the same alpha controller. The node's service
 times come from a cost table `helmrec calibrate` measured through `PooledRanker`
-for the preset the nodes serve; what the table does not see (gRPC, the ensemble,
-the router hop, Locust) is where a disagreement is expected first.
+for the preset the nodes serve. What the table does not see (gRPC, the router
+hop, the ensemble, the stub's hops) comes from the run's own probe (`Cluster.probe`,
+one client, the smallest request, just before the run): its median less the
+table's service time of that request is added to every simulated latency as
+`SimConfig.path_ms`, a delay outside the node's queue. Contention for the host's
+cores between the nodes, the router and Locust under load is not modelled.
 
 Not modelled: `--keep-servers` runs inherit the caches and alpha of the shape run
 before them on the same nodes; the simulation of every run starts cold.
@@ -65,7 +69,16 @@ class Costs:
             )
 
 
-def sim_config(spec: RunSpec, costs: Costs) -> SimConfig:
+def path_ms(probe_ms: tuple[float, ...], costs: Costs) -> float:
+    """The served path's own milliseconds: the probe's median less what the cost table says
+    its request (a KV hit of a one-event history, one candidate, its row a hit) costs the node."""
+    if not probe_ms:
+        return 0.0
+    node_ms = float(costs.model.service_us(np.array(0.0), np.array(1.0), 1, np.array(0.0), np.array(1.0))) / 1e3
+    return max(0.0, float(np.median(probe_ms)) - node_ms)
+
+
+def sim_config(spec: RunSpec, costs: Costs, probe_ms: tuple[float, ...] = ()) -> SimConfig:
     """The simulated cluster of `spec`: its nodes as the staged repository configures them."""
     cluster = spec.cluster
     costs.check(cluster.preset)
@@ -82,16 +95,17 @@ def sim_config(spec: RunSpec, costs: Costs) -> SimConfig:
         slo_ms=spec.slo_ms,
         start_alpha=start_alpha,
         seed=spec.workload.seed,
+        path_ms=path_ms(probe_ms, costs),
     )
 
 
-def predict(spec: RunSpec, costs: Costs) -> dict[str, float]:
+def predict(spec: RunSpec, costs: Costs, probe_ms: tuple[float, ...] = ()) -> dict[str, float]:
     """The simulator's figures for `spec` (the keys of a measured run's summary.json entry,
-    plus `mean_alpha` and `refused`)."""
+    plus `mean_alpha`, `refused` and the `path_ms` it added)."""
     network = preset(spec.cluster.preset)
     num_items = spec.cluster.num_items or network.num_items
     trace = generate(spec.workload.trace_config(num_items, network.max_seq_len, network.max_candidates))
-    config = sim_config(spec, costs)
+    config = sim_config(spec, costs, probe_ms)
 
     def decider() -> Decider:
         return Controller.load() if spec.cluster.adaptive else StaticAlpha(config.start_alpha)
@@ -100,4 +114,5 @@ def predict(spec: RunSpec, costs: Costs) -> dict[str, float]:
     figures = summarize(result, trace, config)
     figures["mean_alpha"] = float(np.mean(result.alpha))
     figures["refused"] = refused_share(result, trace, config)
+    figures["path_ms"] = config.path_ms
     return figures

@@ -240,10 +240,13 @@ def prediction_lines(
     lines = [
         "## Measured vs simulated (`helmrec sim` on the same trace and cluster)",
         "",
+        "Path ms: the served path's own time from the run's probe (one client, the smallest request), "
+        "added to every simulated latency.",
+        "",
         "| regime | system | P99 ms measured | P99 ms simulated | simulated / measured | SLO measured "
         "| SLO simulated | KV hit measured | KV hit simulated | EMB hit measured | EMB hit simulated "
-        "| mean alpha measured | mean alpha simulated |",
-        "|" + "---|" * 13,
+        "| mean alpha measured | mean alpha simulated | path ms (probe) |",
+        "|" + "---|" * 14,
     ]
     for r in runs:
         sim = predictions.get(r.out_dir)
@@ -255,7 +258,7 @@ def prediction_lines(
             f"| {r.spec.workload.regime} | {r.spec.cluster.label} | {_f(r.summary.p99_ms)} | {_f(sim['p99_ms'])} | "
             f"{_f(ratio)}{flag} | {_f(r.summary.slo_satisfaction, 3)} | {_f(sim['slo_satisfaction'], 3)} | "
             f"{_f(r.caches.kv_hit_rate, 3)} | {_f(sim['kv_hit'], 3)} | {_f(r.caches.emb_hit_rate, 3)} | "
-            f"{_f(sim['emb_hit'], 3)} | {_f(r.caches.mean_alpha, 3)} | {_f(sim['mean_alpha'], 3)} |"
+            f"{_f(sim['emb_hit'], 3)} | {_f(r.caches.mean_alpha, 3)} | {_f(sim['mean_alpha'], 3)} | {_f(sim['path_ms'])} |"
         )
     for c in comparisons:
         b, a = predictions.get(c.best_static.out_dir), predictions.get(c.adaptive.out_dir)

@@ -60,6 +60,7 @@ class RunResult:
     samples: tuple[MetricsSample, ...]
     failed_scrapes: int
     locust_exit_code: int
+    probe_ms: tuple[float, ...] = ()  # `Cluster.probe` just before the run: the served path unloaded
 
 
 class BenchError(RuntimeError):
@@ -94,6 +95,7 @@ def run_on(cluster: Cluster, spec: RunSpec, out_dir: Path) -> RunResult:
         stale.unlink()
     limits = (cluster.limits.num_items, cluster.limits.max_seq_len, cluster.limits.max_candidates)
     command = locust_command(spec, cluster.router_grpc_url, out_dir, limits)
+    probe_ms = cluster.probe()  # before the poller's baseline scrape: its requests are not the run's
     settle_s = 1.5 * cluster.control_interval_s
     poller = MetricsPoller(cluster.metrics_urls, spec.metrics_interval_s, settle_s).start()
     try:
@@ -132,6 +134,7 @@ def run_on(cluster: Cluster, spec: RunSpec, out_dir: Path) -> RunResult:
         samples=tuple(samples),
         failed_scrapes=poller.failed_scrapes,
         locust_exit_code=proc.returncode,
+        probe_ms=tuple(probe_ms),
     )
 
 
@@ -187,6 +190,7 @@ def save_record(result: RunResult) -> None:
         "spec": spec_record(result.spec),
         "failed_scrapes": result.failed_scrapes,
         "locust_exit_code": result.locust_exit_code,
+        "probe_ms": list(result.probe_ms),
     }
     partial = result.out_dir / f"{RUN_RECORD}.partial"
     partial.write_text(json.dumps(record, indent=2) + "\n")
@@ -220,4 +224,5 @@ def load_record(spec: RunSpec, out_dir: Path) -> RunResult | None:
         samples=tuple(samples),
         failed_scrapes=int(record["failed_scrapes"]),
         locust_exit_code=int(record["locust_exit_code"]),
+        probe_ms=tuple(float(ms) for ms in record["probe_ms"]),
     )

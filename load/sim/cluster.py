@@ -143,7 +143,7 @@ def simulate(
         policy.on_placed(req, j, backends)
         done, hit, lookups, hit_p = nodes[j].serve(t, req.user_id, hist[i])
         heapq.heappush(heap, (done, i, j, req))
-        latency[i] = (done - t) * 1e3
+        latency[i] = (done - t) * 1e3 + config.path_ms
         node_of[i] = j
         kv_hit[i] = hit
         emb_lookups[i] = lookups

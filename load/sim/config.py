@@ -91,6 +91,10 @@ class SimConfig:
     burst_len_s: float = 3.0
     burst_start_s: float | None = None  # first burst; None: half of burst_every_s
     workload: str = "paper"  # the trace workload (helmrec.workload.traces.WORKLOADS)
+    # Milliseconds a request spends outside the node's server and its queue: the client's and the
+    # router's gRPC hops and the ensemble, as a benchmark's probe measures them on real servers
+    # (`helmrec.load.bench.predict`). Added to every served request's latency; 0: not modelled.
+    path_ms: float = 0.0
 
     def __post_init__(self) -> None:
         if self.nodes < 1:
@@ -104,6 +108,8 @@ class SimConfig:
         for name in ("refill_bytes_per_s", "slo_ms"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"SimConfig.{name} must be > 0, got {getattr(self, name)}")
+        if self.path_ms < 0:
+            raise ValueError(f"SimConfig.path_ms must be >= 0, got {self.path_ms}")
         if self.max_in_flight < 1:
             raise ValueError(f"SimConfig.max_in_flight must be >= 1, got {self.max_in_flight}")
         if not 0.0 <= self.start_alpha <= 1.0:

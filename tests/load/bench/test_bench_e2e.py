@@ -57,6 +57,9 @@ def test_single_bench_run_writes_report_csvs_and_plots(tmp_path: Path) -> None:
     # same KV outcome of every returning user on the one node) and the static alpha held.
     predicted = figures["predicted"]
     assert predicted["mean_alpha"] == 0.3 and predicted["refused"] == 0.0
+    # The served path's own time (the probe's median less the node's service) is in every simulated latency.
+    probe = json.loads((run_dir / "run.json").read_text())["probe_ms"]
+    assert len(probe) == 20 and 0.0 < predicted["path_ms"] < max(probe) and predicted["p50_ms"] > predicted["path_ms"]
     assert abs(predicted["kv_hit"] - figures["kv_hit"]) < 0.05, (predicted["kv_hit"], figures["kv_hit"])
     assert "Measured vs simulated" in (out / "report.md").read_text()
 

@@ -107,7 +107,7 @@ def test_simulated_figures_sit_beside_the_measured_and_disagreements_are_flagged
     adaptive = fake_run(tmp_path, "burst", "adaptive", "helm", np.linspace(1, 10, 200))
     comp = Comparison("burst", static, adaptive)
     sim = {"p50_ms": 1.0, "slo_satisfaction": 1.0, "throughput_rps": 20.0, "emb_hit": 0.9, "kv_hit": 0.4,
-           "mean_alpha": 0.5, "refused": 0.0}  # fmt: skip
+           "mean_alpha": 0.5, "refused": 0.0, "path_ms": 4.0}  # fmt: skip
     predictions = {static.out_dir: {**sim, "p99_ms": static.summary.p99_ms * 1.1},
                    adaptive.out_dir: {**sim, "p99_ms": adaptive.summary.p99_ms * 0.5}}  # fmt: skip
     write_summary(tmp_path, [static, adaptive], [comp], "helmrec bench --compare --costs t.json", predictions)

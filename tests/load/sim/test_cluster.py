@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,19 @@ def trace():
 @pytest.fixture(scope="module")
 def runs(trace):
     return {router: simulate(trace, CONFIG, router, lambda: Fixed(0.5)) for router in ("round_robin", "helm")}
+
+
+def test_the_served_path_adds_its_time_to_every_latency_and_nothing_else(trace, runs) -> None:
+    """`path_ms` (a benchmark's probe of gRPC, router and ensemble) is outside the node's queue:
+    the same placements, completions and caches, every latency longer by exactly that."""
+    res = simulate(trace, dataclasses.replace(CONFIG, path_ms=4.0), "round_robin", lambda: Fixed(0.5))
+    base = runs["round_robin"]
+    np.testing.assert_array_equal(res.node, base.node)
+    np.testing.assert_array_equal(res.done_s, base.done_s)
+    np.testing.assert_array_equal(res.kv_hit, base.kv_hit)
+    np.testing.assert_allclose(res.latency_ms - base.latency_ms, 4.0)
+    with pytest.raises(ValueError, match="SimConfig.path_ms must be >= 0"):
+        dataclasses.replace(CONFIG, path_ms=-1.0)
 
 
 def test_every_request_is_served_once_in_fifo_order_per_node(trace, runs) -> None:

@@ -252,7 +252,10 @@ def run(args: argparse.Namespace) -> int:
             mine = [r for r in runs if r.spec.workload.regime == regime]
             comparisons.append(Comparison(regime, best_static(mine), next(r for r in mine if r.spec.cluster.adaptive)))
 
-    predictions = {r.out_dir: predict(r.spec, costs, r.probe_ms) for r in runs} if costs else {}
+    # One served path for all: every system has the same nodes, router and network, and one run's
+    # 20 probes swing with the host's load (2-9 ms medians on a shared 2-core box).
+    probes = tuple(ms for r in runs for ms in r.probe_ms)
+    predictions = {r.out_dir: predict(r.spec, costs, probes) for r in runs} if costs else {}
     table = write_summary(out, runs, comparisons, _command(), predictions)
     if table:
         print(table)

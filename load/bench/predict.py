@@ -7,10 +7,11 @@ page size, control window and starting alpha as the staged repository sets them,
 the same router policy object and the same alpha controller. The node's service
 times come from a cost table `helmrec calibrate` measured through `PooledRanker`
 for the preset the nodes serve. What the table does not see (gRPC, the router
-hop, the ensemble, the stub's hops) comes from the run's own probe (`Cluster.probe`,
-one client, the smallest request, just before the run): its median less the
-table's service time of that request is added to every simulated latency as
-`SimConfig.path_ms`, a delay outside the node's queue. Contention for the host's
+hop, the ensemble, the stub's hops) comes from the runs' probes (`Cluster.probe`,
+one client, the smallest request, just before each run; `helmrec bench` pools
+those of all its runs): their median less the table's service time of that
+request is added to every simulated latency as `SimConfig.path_ms`, a delay
+outside the node's queue. Contention for the host's
 cores between the nodes, the router and Locust under load is not modelled.
 
 Not modelled: `--keep-servers` runs inherit the caches and alpha of the shape run

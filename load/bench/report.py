@@ -240,8 +240,8 @@ def prediction_lines(
     lines = [
         "## Measured vs simulated (`helmrec sim` on the same trace and cluster)",
         "",
-        "Path ms: the served path's own time from the run's probe (one client, the smallest request), "
-        "added to every simulated latency.",
+        "Path ms: the served path's own time from the runs' probes (one client, the smallest request, "
+        "pooled over the runs), added to every simulated latency.",
         "",
         "| regime | system | P99 ms measured | P99 ms simulated | simulated / measured | SLO measured "
         "| SLO simulated | KV hit measured | KV hit simulated | EMB hit measured | EMB hit simulated "

@@ -204,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
             mean_history_len=args.mean_history,
             candidates=args.candidates,
             burst_rate_mult=args.burst_rate_mult,
+            workload=args.workload,
         )
         alphas = parse_alphas(args.static_alphas or size.static_alphas) if args.compare else ()
         if args.slo_ms <= 0:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from helmrec import schema
-from helmrec.workload.traces import REGIMES, Trace, TraceConfig, generate, regime_config
+from helmrec.workload.traces import REGIMES, WORKLOADS, Trace, TraceConfig, generate, regime_config
 
 # Requests older than this (trace time behind the run's clock) are skipped: when the servers
 # fall behind, the replay stays on the trace's schedule (bursts stay where they belong) instead
@@ -43,11 +43,17 @@ class WorkloadConfig:
     mean_history_len: float = 24.0
     candidates: int = 32
     burst_rate_mult: float = 2.0
+    # The named trace workload the regime starts from (`helmrec.workload.traces.WORKLOADS`): "paper",
+    # or "production", the grounded one (MovieLens-fitted user activity, sessions and history spread).
+    # The sizes above and the run's timing replace the workload's own.
+    workload: str = "paper"
     # Added to every USER_ID sent: runs that share servers (`helmrec bench --keep-servers`) use
     # disjoint users, so no run finds another's KV prefixes.
     user_offset: int = 0
 
     def __post_init__(self) -> None:
+        if self.workload not in WORKLOADS:
+            raise ValueError(f"WorkloadConfig.workload must be one of {tuple(WORKLOADS)}, got {self.workload!r}")
         if self.user_offset < 0:
             raise ValueError(f"WorkloadConfig.user_offset must be >= 0, got {self.user_offset}")
         if self.regime not in REGIMES:
@@ -74,6 +80,7 @@ class WorkloadConfig:
         return regime_config(
             self.regime,
             self.seed,
+            workload=self.workload,
             num_users=self.num_users,
             hot_users=min(self.hot_users, self.num_users),
             num_items=num_items,
@@ -85,10 +92,12 @@ class WorkloadConfig:
 
     def rate_at(self, t_s: np.ndarray | float) -> np.ndarray:
         """Arrival rate (req/s) of the trace at run times `t_s` (the same schedule the rows follow)."""
-        return regime_config(self.regime, self.seed, **self._timing()).rate_at(np.asarray(t_s, dtype=np.float64))
+        config = regime_config(self.regime, self.seed, workload=self.workload, **self._timing())
+        return config.rate_at(np.asarray(t_s, dtype=np.float64))
 
-    def _timing(self) -> dict[str, float]:
+    def _timing(self) -> dict[str, float | None]:
         return {
+            "burst_start_s": None,  # half of burst_every_s (the production workload's own is 60 s in)
             "arrival_rate": self.base_rate,
             "duration_s": self.duration_s,
             "burst_every_s": self.duration_s / 2,
@@ -186,6 +195,8 @@ def add_trace_shape_options(parser: argparse.ArgumentParser) -> None:
     """The trace's shape flags, shared by Locust's parser and `helmrec bench`."""
     d = WorkloadConfig()
     add = parser.add_argument
+    add("--workload", choices=tuple(WORKLOADS), default=d.workload, help="trace workload the shape starts from "
+        "(production: the grounded one, docs/workload.md)")  # fmt: skip
     add("--burst-rate-mult", type=float, default=d.burst_rate_mult, help="rate multiplier inside a burst")
     add("--trace-users", type=int, default=d.num_users, help="distinct users in the trace")
     add("--hot-users", type=int, default=d.hot_users, help="size of the hot user set")
@@ -205,6 +216,7 @@ def workload_from_options(options: argparse.Namespace) -> WorkloadConfig:
         mean_history_len=options.mean_history,
         candidates=options.candidates,
         burst_rate_mult=options.burst_rate_mult,
+        workload=options.workload,
         user_offset=options.user_offset,
     )
 
@@ -221,5 +233,6 @@ def workload_flags(workload: WorkloadConfig) -> list[str]:
         f"--hot-users={workload.hot_users}",
         f"--mean-history={workload.mean_history_len}",
         f"--candidates={workload.candidates}",
+        f"--workload={workload.workload}",
         f"--user-offset={workload.user_offset}",
     ]

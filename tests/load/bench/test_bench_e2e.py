@@ -66,7 +66,7 @@ def test_single_bench_run_writes_report_csvs_and_plots(tmp_path: Path) -> None:
 
 def bench(out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     command = [
-        sys.executable, "-m", "helmrec.cli", "bench", "--compare", "--static-alphas", "0.2", "--nodes", "1",
+        sys.executable, "-m", "helmrec.cli", "bench", "--alpha", "0.2", "--policy", "helm", "--nodes", "1",
         "--shape", "steady", "--shape", "burst", "--duration", "3", "--rate", "15", "--device", "cpu",
         "--out", str(out), "--trace-users", "100", "--hot-users", "10", "--mean-history", "8", "--candidates", "8",
         "--processes", "2", "--keep-servers", *extra,
@@ -79,37 +79,35 @@ def metrics_rows(run_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def test_a_comparison_shares_servers_per_system_and_resumes_where_it_stopped(tmp_path: Path) -> None:
+def test_shapes_share_servers_and_a_run_resumes_where_it_stopped(tmp_path: Path) -> None:
     """`--keep-servers --processes 2`, then `--resume`: the user story of a GPU comparison spread over
-    several commands of a few minutes each."""
+    several commands of a few minutes each (one system here: `--compare` runs each system the same way)."""
     out = tmp_path / "bench"
     first = bench(out)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    runs = {(regime, system): out / regime / system for regime in ("steady", "burst")
-            for system in ("static_0.2__round_robin", "adaptive__helm")}  # fmt: skip
-    for (regime, _), run_dir in runs.items():
+    runs = {regime: out / regime / "static_0.2__helm" for regime in ("steady", "burst")}
+    for regime, run_dir in runs.items():
         parts = sorted(p.name for p in run_dir.glob("latency*.csv"))
         assert parts == ["latency.part0.csv", "latency.part1.csv"], parts  # one log per Locust worker
         users = read_latencies(*(run_dir / p for p in parts)).user_id
-        # The second shape on the same servers sends users none of the first shape's runs sent.
+        # The second shape on the same servers sends users none of the first shape's run sent.
         assert (users >= 1 << 32).all() if regime == "burst" else (users < 1 << 32).all()
-    for system in ("static_0.2__round_robin", "adaptive__helm"):
-        # One start of the nodes for both shapes: the second run's counters start where the first's ended.
-        steady_end = float(metrics_rows(runs["steady", system])[-1]["kv_requests_total"])
-        burst_start = float(metrics_rows(runs["burst", system])[0]["kv_requests_total"])
-        assert burst_start >= steady_end > 0
+    # One start of the nodes for both shapes: the second run's counters start where the first's ended.
+    steady_end = float(metrics_rows(runs["steady"])[-1]["kv_requests_total"])
+    burst_start = float(metrics_rows(runs["burst"])[0]["kv_requests_total"])
+    assert burst_start >= steady_end > 0
     summary = json.loads((out / "summary.json").read_text())
 
     again = bench(out, "--resume")
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert again.stdout.count("kept from an earlier command") == 4
+    assert again.stdout.count("kept from an earlier command") == 2
     assert json.loads((out / "summary.json").read_text()) == summary
 
-    (runs["burst", "adaptive__helm"] / "run.json").unlink()  # as if the command had stopped there
+    (runs["burst"] / "run.json").unlink()  # as if the command had stopped there
     rest = bench(out, "--resume")
     assert rest.returncode == 0, rest.stdout[-3000:] + rest.stderr[-3000:]
-    assert rest.stdout.count("kept from an earlier command") == 3
-    assert (runs["burst", "adaptive__helm"] / "run.json").exists()
+    assert rest.stdout.count("kept from an earlier command") == 1
+    assert (runs["burst"] / "run.json").exists()
 
     other = bench(out, "--resume", "--rate", "20")
     assert other.returncode == 1

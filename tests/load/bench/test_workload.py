@@ -154,3 +154,22 @@ def test_cache_totals_are_counter_deltas_summed_over_nodes() -> None:
     # A node scraped before it first published its counters: they start from zero.
     late = [MetricsSample(0.0, 0, BackendReport()), MetricsSample(1.0, 0, report(0.5, (10, 5), (4, 1)))]
     assert cache_totals(late).kv_hit_rate == pytest.approx(0.25)
+
+
+def test_the_grounded_workload_keeps_its_laws_and_takes_the_runs_sizes_and_timing() -> None:
+    """`--workload production`: sessions and the MovieLens-fitted spread come from the grounded workload;
+    users, items, history cap, candidates, rate and burst timing from the run (bursts inside a 20 s run)."""
+    from helmrec.workload.traces import PRODUCTION
+
+    run = WorkloadConfig(regime="burst", workload="production", duration_s=20.0, base_rate=40.0)
+    config = run.trace_config(**LIMITS)
+    assert config.session_return_share == PRODUCTION.session_return_share > 0
+    assert config.compact and config.history_law == "lognormal"
+    assert (config.num_users, config.num_items, config.max_history_len, config.candidates) == (
+        run.num_users, LIMITS["num_items"], LIMITS["max_history_len"], run.candidates)  # fmt: skip
+    assert config.burst_start_s is None and config.burst_every_s == 10.0  # first burst at 5 s, not 60 s
+    trace = make_feed(run, **LIMITS).trace
+    assert trace.user_id.max() < run.num_users and trace.t_s.max() < 20.0
+    assert run.rate_at(6.0) == pytest.approx(2 * run.rate_at(1.0))  # in the burst: twice the base rate
+    with pytest.raises(ValueError, match="WorkloadConfig.workload must be one of"):
+        WorkloadConfig(workload="other")

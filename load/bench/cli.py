@@ -77,6 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--out", type=Path, default=Path("bench-out"), help="folder for reports, CSVs and plots")
     add("--seed", type=int, default=0, help="trace and weights seed (the same for every compared system)")
     add("--slo-ms", type=float, default=25.0, help="latency SLO; satisfaction = share of requests within it")
+    add("--warmup", type=float, default=0.0, help="seconds of each run sent but not measured (caches fill); "
+        "the simulated runs skip as many")  # fmt: skip
     add("--quick", action="store_true", help="short runs sized for a shared 2-core machine")
     add("--compare", action="store_true", help="best static alpha vs adaptive+helm on every shape")
     add("--static-alphas", help=f"alphas swept for the best static (default {FULL.static_alphas}, "
@@ -211,6 +213,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--slo-ms must be > 0, got {args.slo_ms}")
         if args.processes < 1:
             raise ValueError(f"--processes must be >= 1, got {args.processes}")
+        if not 0.0 <= args.warmup < workload.duration_s:
+            raise ValueError(f"--warmup must be in [0, --duration {workload.duration_s:g}), got {args.warmup}")
         costs = Costs.read(args.costs) if args.costs else None
         if costs is not None:
             costs.check(args.preset)
@@ -230,6 +234,7 @@ def run(args: argparse.Namespace) -> int:
             per_user_rps=args.per_user_rps,
             slo_ms=args.slo_ms,
             processes=args.processes,
+            warmup_s=args.warmup,
         )
 
     if args.compare:

@@ -56,6 +56,13 @@ class Latencies:
     def __len__(self) -> int:
         return int(self.latency_ms.shape[0])
 
+    def since(self, warmup_s: float) -> Latencies:
+        """The requests sent `warmup_s` or more after the run's first one (the measured part)."""
+        keep = self.t_s >= warmup_s
+        return Latencies(
+            self.start_unix_s[keep], self.latency_ms[keep], self.user_id[keep], self.history_len[keep], self.ok[keep]
+        )
+
 
 def part_path(path: str | os.PathLike[str], index: int) -> Path:
     """Where load-generator process `index` of several writes its share of the log at `path`

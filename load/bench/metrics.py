@@ -99,15 +99,19 @@ def _delta(first: BackendReport, last: BackendReport, field: str) -> float:
     return 0.0 if b is None else b - (a or 0.0)
 
 
-def cache_totals(samples: list[MetricsSample]) -> CacheTotals:
-    """Run-wide EMB and KV hit rates and the time-averaged alpha over all nodes (NaN when unknown)."""
+def cache_totals(samples: list[MetricsSample] | tuple[MetricsSample, ...], since_unix_s: float = 0.0) -> CacheTotals:
+    """EMB and KV hit rates and the time-averaged alpha over all nodes (NaN when unknown), from
+    `since_unix_s` on: each node's counters from its last scrape at or before then (its first if
+    none) to its last."""
     nodes = sorted({s.node for s in samples})
     sums = {"emb_lookups_total": 0.0, "emb_hits_total": 0.0, "kv_requests_total": 0.0, "kv_hits_total": 0.0}
     for node in nodes:
-        mine = [s.report for s in samples if s.node == node]
+        mine = [s for s in samples if s.node == node]
+        before = [s for s in mine if s.t_unix_s <= since_unix_s]
+        first = before[-1] if before else mine[0]
         for field in sums:
-            sums[field] += _delta(mine[0], mine[-1], field)
-    alphas = [s.report.alpha for s in samples if s.report.alpha is not None]
+            sums[field] += _delta(first.report, mine[-1].report, field)
+    alphas = [s.report.alpha for s in samples if s.report.alpha is not None and s.t_unix_s >= since_unix_s]
     nan = float("nan")
     return CacheTotals(
         emb_hit_rate=sums["emb_hits_total"] / sums["emb_lookups_total"] if sums["emb_lookups_total"] else nan,

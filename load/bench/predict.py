@@ -88,9 +88,9 @@ def sim_config(spec: RunSpec, costs: Costs, probe_ms: tuple[float, ...] = ()) ->
     return SimConfig(
         nodes=cluster.nodes,
         duration_s=spec.workload.duration_s,
-        warmup_s=0.0,  # the benchmark times every request of the run
+        warmup_s=spec.warmup_s,  # the run's unmeasured lead-in, here too
         interval_s=interval_s,
-        node=NodeConfig(pool_bytes=cluster.pool_bytes, interval_s=interval_s, warmup_s=0.0, cost=costs.model),
+        node=NodeConfig(pool_bytes=cluster.pool_bytes, interval_s=interval_s, warmup_s=spec.warmup_s, cost=costs.model),
         page_bytes=cluster.page_bytes or int(get_parameter(POOL_CONFIG, "page_bytes")),
         refill_bytes_per_s=float(get_parameter(POOL_CONFIG, "refill_bandwidth_bytes_per_s")),
         slo_ms=spec.slo_ms,
@@ -113,7 +113,8 @@ def predict(spec: RunSpec, costs: Costs, probe_ms: tuple[float, ...] = ()) -> di
 
     result = simulate(trace, config, spec.cluster.policy, decider)
     figures = summarize(result, trace, config)
-    figures["mean_alpha"] = float(np.mean(result.alpha))
+    first = int(round(config.warmup_s / config.interval_s))
+    figures["mean_alpha"] = float(np.mean(result.alpha[first:]))
     figures["refused"] = refused_share(result, trace, config)
     figures["path_ms"] = config.path_ms
     return figures

@@ -93,7 +93,8 @@ def write_run(result: RunResult) -> None:
         "",
         f"{spec.cluster.nodes} nodes ({spec.cluster.device}, preset {spec.cluster.preset}, "
         f"pool {spec.cluster.pool_bytes} B each), {spec.workload.duration_s:g} s, base rate "
-        f"{spec.workload.base_rate:g} req/s, seed {spec.workload.seed}, SLO {spec.slo_ms:g} ms.",
+        f"{spec.workload.base_rate:g} req/s, seed {spec.workload.seed}, SLO {spec.slo_ms:g} ms"
+        + (f"; figures from {spec.warmup_s:g} s in (the plots show the whole run)." if spec.warmup_s else "."),
         "",
         "| requests | failures | P50 ms | P99 ms | SLO satisfaction | throughput req/s | EMB hit | KV hit | mean alpha |",
         "|---|---|---|---|---|---|---|---|---|",

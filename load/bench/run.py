@@ -44,10 +44,15 @@ class RunSpec:
     slo_ms: float = 25.0
     metrics_interval_s: float = 0.5
     processes: int = 1  # Locust processes sending (more than 1: a master and this many workers)
+    # Seconds from the first request that are sent but not measured (caches fill, controllers learn):
+    # the summary and the hit rates start after them; the plots show the whole run.
+    warmup_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.processes < 1:
             raise ValueError(f"RunSpec.processes must be >= 1, got {self.processes}")
+        if not 0.0 <= self.warmup_s < self.workload.duration_s:
+            raise ValueError(f"RunSpec.warmup_s must be in [0, duration {self.workload.duration_s:g}), got {self.warmup_s}")
 
 
 @dataclass(frozen=True)
@@ -125,15 +130,29 @@ def run_on(cluster: Cluster, spec: RunSpec, out_dir: Path) -> RunResult:
     if counted != len(latencies):
         raise BenchError(f"{latency_csv}: {len(latencies)} requests logged, but Locust counted {counted}")
     write_metrics_csv(samples, out_dir / "metrics.csv")
+    return measured(spec, out_dir, latencies, samples, poller.failed_scrapes, proc.returncode, probe_ms)
+
+
+def measured(
+    spec: RunSpec,
+    out_dir: Path,
+    latencies: Latencies,
+    samples: list[MetricsSample],
+    failed_scrapes: int,
+    locust_exit_code: int,
+    probe_ms: list[float] | tuple[float, ...],
+) -> RunResult:
+    """The run's figures from its logs: after `spec.warmup_s`, latencies and cache counters alike."""
+    since_unix_s = float(latencies.start_unix_s[0]) + spec.warmup_s
     return RunResult(
         spec=spec,
         out_dir=out_dir,
-        summary=summarize(latencies, spec.slo_ms),
-        caches=cache_totals(samples),
+        summary=summarize(latencies.since(spec.warmup_s), spec.slo_ms),
+        caches=cache_totals(samples, since_unix_s),
         latencies=latencies,
         samples=tuple(samples),
-        failed_scrapes=poller.failed_scrapes,
-        locust_exit_code=proc.returncode,
+        failed_scrapes=failed_scrapes,
+        locust_exit_code=locust_exit_code,
         probe_ms=tuple(probe_ms),
     )
 
@@ -179,6 +198,11 @@ def read_metrics_csv(path: Path) -> list[MetricsSample]:
 RUN_RECORD = "run.json"
 
 
+# Not part of what a run did, only of how it is read: a resumed comparison may measure from
+# another point of the same logs.
+ANALYSIS_ONLY = ("warmup_s",)
+
+
 def spec_record(spec: RunSpec) -> dict[str, object]:
     """The spec as JSON values: what a finished run is matched by when a comparison resumes."""
     return json.loads(json.dumps(dataclasses.asdict(spec)))
@@ -198,7 +222,8 @@ def save_record(result: RunResult) -> None:
 
 
 def load_record(spec: RunSpec, out_dir: Path) -> RunResult | None:
-    """The finished run of `spec` in `out_dir`, read back from its logs; None if it never finished.
+    """The finished run of `spec` in `out_dir`, read back from its logs (measured from `spec.warmup_s`
+    on, whatever the command that ran it said); None if it never finished.
 
     A finished run of another spec there is an error, not overwritten: a comparison resumed with
     other flags would otherwise mix two configurations in one table."""
@@ -206,23 +231,15 @@ def load_record(spec: RunSpec, out_dir: Path) -> RunResult | None:
     if not path.exists():
         return None
     record = json.loads(path.read_text())
-    wanted = spec_record(spec)
-    if record["spec"] != wanted:
-        differs = sorted(k for k in wanted if record["spec"].get(k) != wanted[k])
+    wanted = {k: v for k, v in spec_record(spec).items() if k not in ANALYSIS_ONLY}
+    done = {k: v for k, v in record["spec"].items() if k not in ANALYSIS_ONLY}
+    if done != wanted:
+        differs = sorted(k for k in wanted if done.get(k) != wanted[k])
         raise BenchError(
             f"{path}: a finished run of another configuration (it differs in {', '.join(differs)}); "
             "resume with the flags that started it, or give another --out"
         )
     latencies = read_latencies(*log_files(out_dir / LATENCY_LOG))
     samples = read_metrics_csv(out_dir / "metrics.csv")
-    return RunResult(
-        spec=spec,
-        out_dir=out_dir,
-        summary=summarize(latencies, spec.slo_ms),
-        caches=cache_totals(samples),
-        latencies=latencies,
-        samples=tuple(samples),
-        failed_scrapes=int(record["failed_scrapes"]),
-        locust_exit_code=int(record["locust_exit_code"]),
-        probe_ms=tuple(float(ms) for ms in record["probe_ms"]),
-    )
+    probe_ms = [float(ms) for ms in record["probe_ms"]]
+    return measured(spec, out_dir, latencies, samples, int(record["failed_scrapes"]), int(record["locust_exit_code"]), probe_ms)

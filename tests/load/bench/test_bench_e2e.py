@@ -28,7 +28,7 @@ def test_single_bench_run_writes_report_csvs_and_plots(tmp_path: Path) -> None:
         sys.executable, "-m", "helmrec.cli", "bench", "--nodes", "1", "--alpha", "0.3", "--policy", "helm",
         "--shape", "burst", "--duration", "4", "--rate", "15", "--device", "cpu", "--out", str(out),
         "--trace-users", "100", "--hot-users", "10", "--mean-history", "8", "--candidates", "8",
-        "--costs", str(costs),
+        "--costs", str(costs), "--warmup", "1",
     ]  # fmt: skip
     proc = subprocess.run(command, capture_output=True, text=True, timeout=400, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -60,8 +60,13 @@ def test_single_bench_run_writes_report_csvs_and_plots(tmp_path: Path) -> None:
     # The served path's own time (the probe's median less the node's service) is in every simulated latency.
     probe = json.loads((run_dir / "run.json").read_text())["probe_ms"]
     assert len(probe) == 20 and 0.0 < predicted["path_ms"] < max(probe) and predicted["p50_ms"] > predicted["path_ms"]
-    assert abs(predicted["kv_hit"] - figures["kv_hit"]) < 0.05, (predicted["kv_hit"], figures["kv_hit"])
+    # (Within 0.1: the nodes publish their counters once a 1 s window, so the cut after --warmup 1 in a
+    # 4 s run is window-granular on the measured side.)
+    assert abs(predicted["kv_hit"] - figures["kv_hit"]) < 0.1, (predicted["kv_hit"], figures["kv_hit"])
     assert "Measured vs simulated" in (out / "report.md").read_text()
+    # --warmup 1: the figures leave out the first second's requests (the logs and plots keep them).
+    with (out / "runs.csv").open() as f:
+        assert int(next(csv.DictReader(f))["requests"]) == int((lat.t_s >= 1.0).sum()) < len(lat)
 
 
 def bench(out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -108,6 +113,10 @@ def test_shapes_share_servers_and_a_run_resumes_where_it_stopped(tmp_path: Path)
     assert rest.returncode == 0, rest.stdout[-3000:] + rest.stderr[-3000:]
     assert rest.stdout.count("kept from an earlier command") == 1
     assert (runs["burst"] / "run.json").exists()
+
+    # The lead-in is how the logs are read, not what ran: another --warmup reads the same runs anew.
+    reread = bench(out, "--resume", "--warmup", "1")
+    assert reread.returncode == 0 and reread.stdout.count("kept from an earlier command") == 2, reread.stdout[-3000:]
 
     other = bench(out, "--resume", "--rate", "20")
     assert other.returncode == 1

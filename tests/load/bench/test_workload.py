@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helmrec.load.bench.latency import LatencyLog, log_files, part_path, read_latencies, summarize, timeline
+from helmrec.load.bench.latency import Latencies, LatencyLog, log_files, part_path, read_latencies, summarize, timeline
 from helmrec.load.bench.metrics import MetricsSample, cache_totals
 from helmrec.load.bench.workload import Partition, TraceFeed, WorkloadConfig, make_feed, request_arrays
 from helmrec.router.backend_metrics import BackendReport
@@ -154,6 +154,21 @@ def test_cache_totals_are_counter_deltas_summed_over_nodes() -> None:
     # A node scraped before it first published its counters: they start from zero.
     late = [MetricsSample(0.0, 0, BackendReport()), MetricsSample(1.0, 0, report(0.5, (10, 5), (4, 1)))]
     assert cache_totals(late).kv_hit_rate == pytest.approx(0.25)
+    # After a warm-up: from each node's last scrape at or before the cut, alpha averaged after it.
+    later = [*samples, MetricsSample(2.0, 0, report(0.1, (400, 290), (40, 20))),
+             MetricsSample(2.0, 1, report(0.9, (200, 70), (30, 9)))]  # fmt: skip
+    warm = cache_totals(later, since_unix_s=1.5)
+    assert warm.emb_hit_rate == pytest.approx((90 + 50) / (100 + 100))
+    assert warm.kv_hit_rate == pytest.approx((9 + 5) / (10 + 10))
+    assert warm.mean_alpha == pytest.approx(0.5)
+
+
+def test_a_warm_up_leaves_the_first_seconds_out_of_the_figures() -> None:
+    n = 10
+    lat = Latencies(100.0 + np.arange(n), np.arange(n, dtype=float) + 1, np.arange(n), np.ones(n, int), np.ones(n, bool))
+    kept = lat.since(4.0)
+    assert kept.latency_ms.tolist() == [5.0, 6.0, 7.0, 8.0, 9.0, 10.0] and kept.t_s[0] == 0.0
+    assert summarize(kept, 25.0).requests == 6
 
 
 def test_the_grounded_workload_keeps_its_laws_and_takes_the_runs_sizes_and_timing() -> None:

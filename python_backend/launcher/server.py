@@ -226,36 +226,31 @@ class TritonServer:
             self.stop()
             raise
 
-    def _ready(self) -> bool:
-        url = f"http://{self.http_url}/v2/health/ready"
+    @staticmethod
+    def _answers(url: str) -> bool:
         try:
             with urllib.request.urlopen(url, timeout=1.0) as resp:  # noqa: S310 - loopback
                 return resp.status == 200
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             return False
 
-    def _metrics_ready(self) -> bool:
-        """Triton opens its metrics port after it reports ready, and serves on if that fails."""
-        try:
-            with urllib.request.urlopen(self.metrics_url, timeout=1.0) as resp:  # noqa: S310 - loopback
-                return resp.status == 200
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return False
+    def _ready(self) -> bool:
+        """Health ready, and metrics served: Triton opens its metrics port after it reports
+        ready, and serves on if that fails."""
+        return self._answers(f"http://{self.http_url}/v2/health/ready") and self._answers(self.metrics_url)
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout_s
         assert self._proc is not None
         while time.monotonic() < deadline:
-            code = self._proc.returncode
-            if code is not None:
-                if any(sign in self.log() for sign in PORT_TAKEN_SIGNS):
+            code = self._proc.returncode  # before the log: an exited server has written all of it
+            log = self.log()
+            if code is not None or METRICS_FAILED_SIGN in log:
+                if any(sign in log for sign in PORT_TAKEN_SIGNS):
                     raise _PortTaken()
-                raise LauncherError(f"tritonserver exited with code {code} while starting:\n{self._tail()}")
-            if METRICS_FAILED_SIGN in self.log():
-                if any(sign in self.log() for sign in PORT_TAKEN_SIGNS):
-                    raise _PortTaken()
-                raise LauncherError(f"tritonserver started without its metrics service:\n{self._tail()}")
-            if self._ready() and self._metrics_ready():
+                what = f"exited with code {code} while starting" if code is not None else "started without its metrics service"
+                raise LauncherError(f"tritonserver {what}:\n{self._tail()}")
+            if self._ready():
                 return
             time.sleep(0.2)
         raise LauncherError(f"tritonserver not ready after {self.startup_timeout_s:.0f} s:\n{self._tail()}")

@@ -40,7 +40,7 @@ from rich.console import Console
 
 from helmrec.launcher import LauncherError
 from helmrec.load.bench.cluster import ADAPTIVE, Cluster, ClusterConfig
-from helmrec.load.bench.gpu_cap import AUTO_CAP_SHARE, shared_gpu_cap
+from helmrec.load.bench.gpu_cap import AUTO_CAP_SHARE, node_cap
 from helmrec.load.bench.predict import Costs, predict
 from helmrec.load.bench.report import Comparison, best_static, write_run, write_summary
 from helmrec.load.bench.run import BenchError, RunResult, RunSpec, load_record, run_on, run_once, save_record
@@ -193,9 +193,7 @@ def run(args: argparse.Namespace) -> int:
             warmup_shapes=args.warmup_shapes,
             data_plane=args.data_plane,
             router_workers=args.router_workers,
-            device_memory_bytes=(
-                shared_gpu_cap(args.device, args.nodes) if args.device_memory_bytes is None else args.device_memory_bytes
-            ),
+            device_memory_bytes=node_cap(args.device_memory_bytes, args.device, args.nodes),
         )
         workload = WorkloadConfig(
             seed=args.seed,
@@ -211,10 +209,15 @@ def run(args: argparse.Namespace) -> int:
         alphas = parse_alphas(args.static_alphas or size.static_alphas) if args.compare else ()
         if args.slo_ms <= 0:
             raise ValueError(f"--slo-ms must be > 0, got {args.slo_ms}")
-        if args.processes < 1:
-            raise ValueError(f"--processes must be >= 1, got {args.processes}")
-        if not 0.0 <= args.warmup < workload.duration_s:
-            raise ValueError(f"--warmup must be in [0, --duration {workload.duration_s:g}), got {args.warmup}")
+        # Every run's spec but its cluster and shape; RunSpec checks --processes and --warmup.
+        base_run = RunSpec(
+            cluster=base_cluster,
+            workload=workload,
+            per_user_rps=args.per_user_rps,
+            slo_ms=args.slo_ms,
+            processes=args.processes,
+            warmup_s=args.warmup,
+        )
         costs = Costs.read(args.costs) if args.costs else None
         if costs is not None:
             costs.check(args.preset)
@@ -228,14 +231,8 @@ def run(args: argparse.Namespace) -> int:
     def spec(index: int, regime: str, cluster: ClusterConfig) -> RunSpec:
         # Shared nodes: each shape's users are new to them (ids far apart; warm-up's are above all).
         offset = index * SHAPE_USER_SPACING if args.keep_servers else 0
-        return RunSpec(
-            cluster=cluster,
-            workload=dataclasses.replace(workload.with_regime(regime), user_offset=offset),
-            per_user_rps=args.per_user_rps,
-            slo_ms=args.slo_ms,
-            processes=args.processes,
-            warmup_s=args.warmup,
-        )
+        shape = dataclasses.replace(workload.with_regime(regime), user_offset=offset)
+        return dataclasses.replace(base_run, cluster=cluster, workload=shape)
 
     if args.compare:
         systems = [dataclasses.replace(base_cluster, alpha=a, policy=args.baseline_policy) for a in alphas]

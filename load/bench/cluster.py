@@ -46,6 +46,11 @@ PROBE_USER = WARM_UP_USER - 1
 PROBE_REQUESTS = 21
 
 
+def smallest_request(user: int) -> list[grpcclient.InferInput]:
+    """`user`'s one-event history ranked against one candidate: what warm-up and probe send."""
+    return infer_inputs(grpcclient, schema.ensemble_request(user, np.array([1]), np.array([0]), np.array([1])))
+
+
 @dataclass(frozen=True)
 class ClusterConfig:
     """One benchmarked system: nodes, their pool and alpha controller, the router policy.
@@ -218,8 +223,7 @@ class Cluster:
         """One request per node, straight to it, so one-time start-up costs are not timed."""
         for node, server in enumerate(self.servers):
             client = grpcclient.InferenceServerClient(server.grpc_url)
-            arrays = schema.ensemble_request(WARM_UP_USER + node, np.array([1]), np.array([0]), np.array([1]))
-            client.infer(schema.ENSEMBLE_MODEL, infer_inputs(grpcclient, arrays))
+            client.infer(schema.ENSEMBLE_MODEL, smallest_request(WARM_UP_USER + node))
 
     def probe(self, requests: int = PROBE_REQUESTS) -> list[float]:
         """Milliseconds of `requests - 1` requests of the smallest kind (a KV hit of a one-event
@@ -227,7 +231,7 @@ class Cluster:
         user's KV entry: what the served path (gRPC, router, ensemble, the stub's hops) costs
         where the network does almost nothing and nothing queues."""
         client = grpcclient.InferenceServerClient(self.router_grpc_url)
-        inputs = infer_inputs(grpcclient, schema.ensemble_request(PROBE_USER, np.array([1]), np.array([0]), np.array([1])))
+        inputs = smallest_request(PROBE_USER)
         times = []
         for _ in range(requests):
             t0 = time.perf_counter()

@@ -21,3 +21,8 @@ def shared_gpu_cap(device: str, nodes: int) -> int:
     import torch  # noqa: PLC0415 - only a GPU run needs it here
 
     return int(AUTO_CAP_SHARE * torch.cuda.get_device_properties(0).total_memory) // nodes
+
+
+def node_cap(given: int | None, device: str, nodes: int) -> int:
+    """Each node's `device_memory_bytes`: the operator's `--device-memory-bytes`, else `shared_gpu_cap`."""
+    return shared_gpu_cap(device, nodes) if given is None else given

@@ -117,7 +117,7 @@ def run_on(cluster: Cluster, spec: RunSpec, out_dir: Path) -> RunResult:
     (out_dir / "router.log").write_text(cluster.router_log())
     latency_csv = out_dir / LATENCY_LOG
     logs = log_files(latency_csv)
-    if len(logs) != (1 if spec.processes == 1 else spec.processes):
+    if len(logs) != spec.processes:
         tail = (out_dir / "locust.log").read_text(errors="replace")[-3000:]
         raise BenchError(
             f"Locust exited with code {proc.returncode} and wrote {len(logs)} of the {spec.processes} "

@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from helmrec import schema
-from helmrec.load.bench.gpu_cap import AUTO_CAP_SHARE, shared_gpu_cap
+from helmrec.load.bench.gpu_cap import AUTO_CAP_SHARE, node_cap
 from helmrec.router.config import DATA_PLANES, POLICIES
 from helmrec.schema import Limits
 
@@ -355,10 +355,8 @@ def add_traffic_options(parser: argparse.ArgumentParser) -> None:
 
 
 def device_memory_bytes(args: argparse.Namespace) -> int:
-    """Each server's `device_memory_bytes`: `--device-memory-bytes`, or by default `shared_gpu_cap`."""
-    if args.device_memory_bytes is not None:
-        return args.device_memory_bytes
-    return shared_gpu_cap(args.device, args.servers)
+    """Each server's `device_memory_bytes` (`node_cap` of `--device-memory-bytes`)."""
+    return node_cap(args.device_memory_bytes, args.device, args.servers)
 
 
 def check_door_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
